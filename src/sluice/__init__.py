@@ -1,0 +1,3 @@
+"""Sluice: a traffic controller for LLM inference."""
+
+__version__ = "0.1.0"

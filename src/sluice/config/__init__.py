@@ -1,0 +1,32 @@
+"""Configuration: typed, frozen, parsed once."""
+
+from sluice.config.loader import CONFIG_ENV, config_path_from_env, load_settings, parse_settings
+from sluice.config.schema import (
+    DEFAULT_MODEL,
+    AuthSettings,
+    Dialect,
+    EngineSettings,
+    KeySettings,
+    ModelSettings,
+    ServerSettings,
+    Settings,
+    SimSettings,
+    TierSettings,
+)
+
+__all__ = [
+    "CONFIG_ENV",
+    "DEFAULT_MODEL",
+    "AuthSettings",
+    "Dialect",
+    "EngineSettings",
+    "KeySettings",
+    "ModelSettings",
+    "ServerSettings",
+    "Settings",
+    "SimSettings",
+    "TierSettings",
+    "config_path_from_env",
+    "load_settings",
+    "parse_settings",
+]

@@ -1,0 +1,146 @@
+"""The configuration, as frozen typed objects. Every field is documented in docs/configuration.md.
+
+Nothing here reads files or the environment: ``loader.py`` does, once, and hands these objects to everyone else.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+Dialect = Literal["vllm", "sglang", "lmdeploy"]
+
+DEFAULT_MODEL = "sluice-sim"
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class ServerSettings(_Frozen):
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    workers: int = Field(1, ge=1)
+    max_body_bytes: int = Field(10 * 1024 * 1024, ge=1024)
+    connect_timeout_s: float = Field(5.0, gt=0)
+    upstream_timeout_s: float = Field(600.0, gt=0)
+    access_log: bool = True
+
+
+class AuthSettings(_Frozen):
+    # api_key: every request needs one of `keys`; open: anyone may call (the embedded default; say so loudly).
+    mode: Literal["api_key", "open"] = "api_key"
+
+
+class SimSettings(_Frozen):
+    """The built-in engine simulator: a continuous-batching engine with a paged KV cache, on the CPU."""
+
+    dialect: Dialect = "vllm"
+    max_num_seqs: int = Field(64, ge=1)
+    num_kv_blocks: int = Field(4096, ge=1)
+    block_size: int = Field(16, ge=1)
+    max_model_len: int = Field(8192, ge=16)
+    prefill_s_per_token: float = Field(0.00005, ge=0)
+    decode_base_s: float = Field(0.008, ge=0)
+    decode_per_seq_s: float = Field(0.0002, ge=0)
+    speed: float = Field(1.0, gt=0)
+    max_waiting: int | None = Field(None, ge=0)
+    output_len_min: int = Field(16, ge=1)
+    output_len_max: int = Field(256, ge=1)
+    embedding_dim: int = Field(64, ge=1)
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _lengths(self) -> SimSettings:
+        if self.output_len_max < self.output_len_min:
+            raise ValueError("output_len_max must be >= output_len_min")
+        if self.num_kv_blocks * self.block_size < self.max_model_len:
+            raise ValueError("the KV cache (num_kv_blocks * block_size) must hold at least max_model_len tokens")
+        return self
+
+
+class EngineSettings(_Frozen):
+    """Inference servers started elsewhere, reached over their OpenAI HTTP API."""
+
+    dialect: Dialect = "vllm"
+    urls: list[str] = Field(min_length=1)
+    served_model: str | None = None  # the engine's own name for the model, when it differs from ours
+
+    @field_validator("urls")
+    @classmethod
+    def _http(cls, urls: list[str]) -> list[str]:
+        for url in urls:
+            if not url.startswith(("http://", "https://")):
+                raise ValueError(f"{url!r} is not an http:// or https:// URL")
+        return [u.rstrip("/") for u in urls]
+
+
+class ModelSettings(_Frozen):
+    name: str = Field(min_length=1)
+    engine: EngineSettings | None = None
+    sim: SimSettings | None = None
+
+    @model_validator(mode="after")
+    def _one_backend(self) -> ModelSettings:
+        if (self.engine is None) == (self.sim is None):
+            raise ValueError(f"model {self.name!r} needs exactly one of 'engine' or 'sim'")
+        return self
+
+
+class TierSettings(_Frozen):
+    priority: int = 0
+
+
+class KeySettings(_Frozen):
+    id: str = Field(min_length=1)
+    hash: str = Field(pattern=r"^sha256:[0-9a-f]{64}$")
+    user: str | None = None
+    tenant: str = "default"
+    tier: str = "default"
+
+
+class Settings(_Frozen):
+    server: ServerSettings = ServerSettings()
+    state: str = "memory://"
+    auth: AuthSettings = AuthSettings()
+    models: list[ModelSettings] = Field(min_length=1)
+    tiers: dict[str, TierSettings] = {"default": TierSettings()}
+    keys: list[KeySettings] = []
+
+    @field_validator("state")
+    @classmethod
+    def _state_url(cls, state: str) -> str:
+        if not state.startswith(("memory://", "redis://", "rediss://", "unix://")):
+            raise ValueError("state must be memory:// or a redis:// URL")
+        return state
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Settings:
+        _unique("models", [m.name for m in self.models])
+        _unique("keys (id)", [k.id for k in self.keys])
+        _unique("keys (hash)", [k.hash for k in self.keys])
+        for key in self.keys:
+            if key.tier not in self.tiers:
+                raise ValueError(f"key {key.id!r} names tier {key.tier!r}, which is not in tiers")
+        if self.auth.mode == "api_key" and not self.keys:
+            raise ValueError("auth.mode is api_key but no keys are configured: add keys, or set auth: {mode: open}")
+        if self.server.workers > 1 and self.state.startswith("memory://"):
+            raise ValueError(
+                "server.workers > 1 needs shared state (state: redis://...): with memory:// every worker "
+                "would keep its own counters and multiply every limit"
+            )
+        return self
+
+    @classmethod
+    def embedded(cls) -> Settings:
+        """The embedded default: one simulated model, open access, in-memory state."""
+        return cls(auth=AuthSettings(mode="open"), models=[ModelSettings(name=DEFAULT_MODEL, sim=SimSettings())])
+
+
+def _unique(what: str, values: list[str]) -> None:
+    seen: set[str] = set()
+    for v in values:
+        if v in seen:
+            raise ValueError(f"{what}: {v!r} appears twice")
+        seen.add(v)

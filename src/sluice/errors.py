@@ -1,0 +1,115 @@
+"""One exception tree for Sluice.
+
+Every error knows the HTTP status it maps to and the OpenAI error ``type`` and ``code`` it carries, so the
+HTTP boundary turns any of them into ``{"error": {"message", "type", "param", "code"}}`` in one place.
+``reason`` is what the gateway puts in ``x-sluice-reason`` (and in metrics and the access log).
+
+    SluiceError
+    ├── ConfigError                      bad configuration (not an HTTP error; raised at startup)
+    ├── InvalidRequestError      400     malformed JSON, schema violation, prompt too long
+    ├── AuthenticationError      401     missing or wrong API key
+    ├── PermissionDeniedError    403
+    ├── NotFoundError            404     unknown model or route
+    ├── PayloadTooLargeError     413     body over server.max_body_bytes
+    ├── RateLimitError           429     a quota refused the request
+    ├── UpstreamError            4xx     an engine refused the request; its status and message are relayed
+    └── EngineUnavailableError   502/503 no engine could serve the request (unreachable, overloaded, failed)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+
+class SluiceError(Exception):
+    status: int = 500
+    type: str = "server_error"
+    code: str | None = None
+    reason: str = "internal_error"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        status: int | None = None,
+        reason: str | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        if code is not None:
+            self.code = code
+        if status is not None:
+            self.status = status
+        if reason is not None:
+            self.reason = reason
+        self.headers: dict[str, str] = dict(headers or {})
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+
+class ConfigError(SluiceError):
+    reason = "config_error"
+
+
+class InvalidRequestError(SluiceError):
+    status = 400
+    type = "invalid_request_error"
+    reason = "invalid_request"
+
+
+class AuthenticationError(SluiceError):
+    status = 401
+    type = "invalid_request_error"
+    code = "invalid_api_key"
+    reason = "auth"
+
+
+class PermissionDeniedError(SluiceError):
+    status = 403
+    type = "invalid_request_error"
+    code = "permission_denied"
+    reason = "forbidden"
+
+
+class NotFoundError(SluiceError):
+    status = 404
+    type = "invalid_request_error"
+    code = "model_not_found"
+    reason = "not_found"
+
+
+class PayloadTooLargeError(SluiceError):
+    status = 413
+    type = "invalid_request_error"
+    code = "request_too_large"
+    reason = "payload_too_large"
+
+
+class RateLimitError(SluiceError):
+    status = 429
+    type = "requests"
+    code = "rate_limit_exceeded"
+    reason = "rate_limited"
+
+
+class UpstreamError(SluiceError):
+    """An engine answered with a client error (e.g. 400 prompt too long); relayed with the engine's status."""
+
+    status = 400
+    type = "invalid_request_error"
+    reason = "engine_rejected"
+
+
+class EngineUnavailableError(SluiceError):
+    """No engine could take the request: unreachable (502), overloaded or not ready (503)."""
+
+    status = 503
+    type = "server_error"
+    code = "engine_unavailable"
+    reason = "engine_unavailable"

@@ -1,0 +1,27 @@
+"""OpenAI wire models and SSE framing, shared by the gateway and the engine simulator."""
+
+from sluice.protocol._chat import ChatCompletionRequest, ChatMessage
+from sluice.protocol._completions import CompletionRequest
+from sluice.protocol._embeddings import EmbeddingRequest
+from sluice.protocol._errors import ErrorDetail, ErrorResponse
+from sluice.protocol._models import ModelCard, ModelList
+from sluice.protocol._sse import DONE, SSEParser, sse_event
+from sluice.protocol._usage import StreamOptions, Usage
+from sluice.protocol._validation import parse_request
+
+__all__ = [
+    "DONE",
+    "ChatCompletionRequest",
+    "ChatMessage",
+    "CompletionRequest",
+    "EmbeddingRequest",
+    "ErrorDetail",
+    "ErrorResponse",
+    "ModelCard",
+    "ModelList",
+    "SSEParser",
+    "StreamOptions",
+    "Usage",
+    "parse_request",
+    "sse_event",
+]
