@@ -1,0 +1,131 @@
+"""The ``sluice`` command: serve | sim | keys | check-config."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Sequence
+
+from sluice.config import DEFAULT_MODEL, SimSettings, config_path_from_env, load_settings
+from sluice.errors import ConfigError
+
+log = logging.getLogger("sluice")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "run"):
+        parser.print_help()
+        return 2
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    try:
+        return int(args.run(args) or 0)
+    except ConfigError as exc:
+        print(f"sluice: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sluice", description="A traffic controller for LLM inference.")
+    sub = parser.add_subparsers(title="commands")
+
+    serve = sub.add_parser("serve", help="run the gateway (no config: the embedded default with a simulated engine)")
+    serve.add_argument("--config", help="YAML configuration file (default: $SLUICE_CONFIG, else the embedded default)")
+    serve.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port to listen on (default 8000)")
+    serve.set_defaults(run=_serve)
+
+    sim = sub.add_parser("sim", help="run the engine simulator alone, as an OpenAI-compatible server")
+    sim.add_argument("--model", default=DEFAULT_MODEL, help="the model name it serves")
+    sim.add_argument("--host", default="127.0.0.1")
+    sim.add_argument("--port", type=int, default=8001)
+    _add_model_flags(sim, SimSettings)
+    sim.set_defaults(run=_sim)
+
+    keys = sub.add_parser("keys", help="manage API keys")
+    keys_sub = keys.add_subparsers(title="keys commands")
+    create = keys_sub.add_parser("create", help="make a new key; prints it once, with the config line for it")
+    create.add_argument("--id", required=True, help="the key's id (shown in logs and metrics, never the key)")
+    create.add_argument("--user")
+    create.add_argument("--tenant", default="default")
+    create.add_argument("--tier", default="default")
+    create.set_defaults(run=_keys_create)
+
+    check = sub.add_parser("check-config", help="validate a configuration file and summarise it")
+    check.add_argument("config")
+    check.set_defaults(run=_check_config)
+    return parser
+
+
+def _add_model_flags(parser: argparse.ArgumentParser, model: type[SimSettings]) -> None:
+    """One flag per settings field (``max_num_seqs`` → ``--max-num-seqs``), typed and described from the model."""
+    for name, field in model.model_fields.items():
+        kind = {int: int, float: float, str: str}.get(field.annotation, None)  # type: ignore[call-overload]
+        if name == "dialect":
+            parser.add_argument("--dialect", choices=["vllm", "sglang", "lmdeploy"], default=field.default)
+        elif name == "max_waiting":
+            parser.add_argument("--max-waiting", type=int, default=None, help="cap on the waiting queue (503 when full)")
+        elif kind is not None:
+            parser.add_argument("--" + name.replace("_", "-"), type=kind, default=field.default,
+                                help=f"(default {field.default})")
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from sluice.gateway.app import create_app
+
+    settings = load_settings(args.config or config_path_from_env())
+    overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
+    if overrides:
+        settings = settings.model_copy(update={"server": settings.server.model_copy(update=overrides)})
+    uvicorn.run(
+        create_app(settings),
+        host=settings.server.host,
+        port=settings.server.port,
+        loop="uvloop",
+        http="httptools",
+        access_log=False,
+        log_level="warning",
+        timeout_graceful_shutdown=5,
+    )
+    return 0
+
+
+def _sim(args: argparse.Namespace) -> int:
+    from sluice.sim import serve_sim
+
+    values = {name: getattr(args, name) for name in SimSettings.model_fields}
+    try:
+        settings = SimSettings(**values)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
+    asyncio.run(serve_sim(settings, model_name=args.model, host=args.host, port=args.port))
+    return 0
+
+
+def _keys_create(args: argparse.Namespace) -> int:
+    from sluice.identity import generate_key, hash_key
+
+    key = generate_key()
+    user = f", user: {args.user}" if args.user else ""
+    print(f"API key (shown once, store it now): {key}")
+    print("Config line, under keys:")
+    print(f'  - {{id: {args.id}, hash: "{hash_key(key)}"{user}, tenant: {args.tenant}, tier: {args.tier}}}')
+    return 0
+
+
+def _check_config(args: argparse.Namespace) -> int:
+    settings = load_settings(args.config)
+    print(f"{args.config}: ok: {len(settings.models)} model(s), {len(settings.tiers)} tier(s), "
+          f"{len(settings.keys)} key(s), state {settings.state.split('@')[-1]}, auth {settings.auth.mode}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,49 @@
+"""What engines' error answers mean, translated once into Sluice's exception tree.
+
+An engine's 4xx is the client's fault (prompt too long, bad parameter) and is relayed with the engine's status
+and message. An engine's 503 or 429 means the engine is overloaded: that is a 503 ``engine_overloaded`` to the
+client, never a 429, which Sluice keeps for its own quotas. Any other 5xx is a 502 ``engine_error``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from sluice.errors import EngineUnavailableError, NotFoundError, SluiceError, UpstreamError
+
+
+def engine_error(status: int, body: bytes, replica: str) -> SluiceError:
+    message = _message_of(body) or f"The engine answered {status}."
+    if status in (429, 503):
+        return EngineUnavailableError(
+            f"The engine is overloaded: {message}", status=503, code="engine_overloaded", reason="engine_overloaded"
+        )
+    if status == 404:
+        return NotFoundError(message)
+    if 400 <= status < 500:
+        return UpstreamError(message, status=status, code=None)
+    return EngineUnavailableError(
+        f"The engine at {replica} failed ({status}): {message}", status=502, code="engine_error", reason="engine_error"
+    )
+
+
+def _message_of(body: bytes) -> str | None:
+    """The message in vLLM's ``{"error": {"message"}}``, its older ``{"object": "error", "message"}``, or text."""
+    try:
+        doc: Any = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        text = body.decode(errors="replace").strip()
+        return text[:500] or None
+    if isinstance(doc, dict):
+        inner = doc.get("error")
+        if isinstance(inner, dict) and isinstance(inner.get("message"), str):
+            return inner["message"]
+        if isinstance(inner, str):
+            return inner
+        if isinstance(doc.get("message"), str):
+            return doc["message"]
+        if isinstance(doc.get("detail"), str):
+            return doc["detail"]
+    return None

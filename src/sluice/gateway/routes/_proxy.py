@@ -1,0 +1,41 @@
+"""What every proxied endpoint does over HTTP: identify, read the body (bounded), run the pipeline, reply."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.requests import Request
+
+from sluice.errors import PayloadTooLargeError
+from sluice.gateway._disconnect import cancel_on_disconnect
+from sluice.gateway._responses import reply_response
+from sluice.gateway.service import Endpoint, GatewayService
+
+
+async def proxy(request: Request, endpoint: Endpoint) -> Any:
+    service: GatewayService = request.app.state.service
+    record = request.state.record
+    headers = request.headers
+    principal = service.identify(record, headers.get("authorization"), headers.get("api-key"))
+    body = await read_body(request, request.app.state.max_body_bytes)
+    reply = await cancel_on_disconnect(request.receive, service.proxy(endpoint, principal, body, record))
+    return reply_response(reply)
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise _too_large(limit)
+    parts: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise _too_large(limit)
+        parts.append(chunk)
+    return b"".join(parts)
+
+
+def _too_large(limit: int) -> PayloadTooLargeError:
+    return PayloadTooLargeError(f"The request body is larger than the limit of {limit} bytes.")
+

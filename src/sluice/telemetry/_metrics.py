@@ -1,0 +1,44 @@
+"""Every Prometheus object of the gateway, defined once, on a registry of its own (no global state).
+
+Labels stay bounded: routes are the fixed API paths, models the configured ones, statuses HTTP codes and
+reasons a fixed vocabulary. No label per key, user or request.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+
+LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 40, 80, 160)
+TOKEN_LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56)
+
+
+class GatewayMetrics:
+    content_type = CONTENT_TYPE_LATEST
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter(
+            "sluice_requests", "Requests answered, by route, model and HTTP status.",
+            ["route", "model", "status"], registry=r,
+        )
+        self.rejections = Counter(
+            "sluice_rejections", "Requests refused or failed, by reason (x-sluice-reason).", ["reason"], registry=r
+        )
+        self.in_flight = Gauge("sluice_requests_in_flight", "Requests being served now.", ["route"], registry=r)
+        self.latency = Histogram(
+            "sluice_request_duration_seconds", "Time from request to the last byte of the answer.",
+            ["route", "model"], buckets=LATENCY_BUCKETS_S, registry=r,
+        )
+        self.ttft = Histogram(
+            "sluice_time_to_first_token_seconds", "Time from request to the first streamed token.",
+            ["model"], buckets=LATENCY_BUCKETS_S, registry=r,
+        )
+        self.tokens = Counter(
+            "sluice_tokens", "Tokens served, by model and direction (input = prompt, output = completion).",
+            ["model", "direction"], registry=r,
+        )
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,34 @@
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any
+
+
+@dataclass(slots=True)
+class RequestRecord:
+    """What happened to one request, filled in as it moves through the pipeline, then logged and counted."""
+
+    request_id: str
+    method: str
+    route: str
+    started_s: float
+    status: int = 0
+    reason: str | None = None
+    key_id: str | None = None
+    user: str | None = None
+    tenant: str | None = None
+    tier: str | None = None
+    model: str | None = None
+    replica: str | None = None
+    stream: bool = False
+    queue_wait_s: float | None = None
+    ttft_s: float | None = None
+    tokens_in: int | None = None
+    tokens_out: int | None = None
+    duration_s: float | None = None
+
+    def as_log(self) -> dict[str, Any]:
+        return {name: v for name in _LOGGED if (v := getattr(self, name)) is not None}
+
+
+_LOGGED = tuple(f.name for f in fields(RequestRecord) if f.name != "started_s")

@@ -1,0 +1,55 @@
+"""Shared fixtures: live servers on real sockets, on 127.0.0.1 and free ports."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import uvicorn
+
+from sluice.config import Settings
+
+
+class LiveServer:
+    """An ASGI app served by uvicorn in a background thread (its own event loop), like `sluice serve` does."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", access_log=False, lifespan="on")
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> LiveServer:
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("the server did not start")
+            time.sleep(0.01)
+        port = self.server.servers[0].sockets[0].getsockname()[1]
+        self.url = f"http://127.0.0.1:{port}"
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+
+
+def serve_gateway(settings: Settings) -> LiveServer:
+    from sluice.gateway.app import create_app
+
+    return LiveServer(create_app(settings))
+
+
+@pytest.fixture(scope="session")
+def embedded_gateway() -> Iterator[LiveServer]:
+    """The embedded default: no config, a simulated engine in the process, open access."""
+    fast = Settings.embedded()
+    sim = fast.models[0].sim
+    assert sim is not None
+    fast = fast.model_copy(update={"models": [fast.models[0].model_copy(update={"sim": sim.model_copy(update={"speed": 50.0})})]})
+    with serve_gateway(fast) as live:
+        yield live
