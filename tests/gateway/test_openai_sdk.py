@@ -104,3 +104,12 @@ def test_prompt_longer_than_the_model_is_the_engines_bad_request(client):
         client.chat.completions.create(model=DEFAULT_MODEL, messages=MESSAGES, max_tokens=1_000_000)
     assert "maximum context length" in info.value.message
     assert info.value.response.headers["x-sluice-reason"] == "engine_rejected"
+
+
+def test_openapi_documents_the_request_bodies(embedded_gateway):
+    import httpx
+
+    schema = httpx.get(embedded_gateway.url + "/openapi.json").json()
+    body = schema["paths"]["/v1/chat/completions"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    name = body["$ref"].rsplit("/", 1)[-1]
+    assert "messages" in schema["components"]["schemas"][name]["properties"]

@@ -5,6 +5,11 @@ from __future__ import annotations
 from sluice.config import Settings
 
 
+OPEN_ACCESS_WARNING = (
+    "Access is OPEN: no API key is required (embedded default). Add keys in a config file to close it."
+)
+
+
 def banner(settings: Settings) -> list[str]:
     host = settings.server.host
     shown_host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
@@ -16,7 +21,6 @@ def banner(settings: Settings) -> list[str]:
                      ", ".join(m.name for m in settings.models if m.sim))
     lines.append(f"State: {settings.state.split('@')[-1] if settings.state.startswith('redis') else settings.state}")
     if settings.auth.mode == "open":
-        lines.append("Access is OPEN: no API key is required (embedded default). Add keys in a config file to close it.")
         auth = ""
     else:
         lines.append(f"Access: API keys ({len(settings.keys)} configured)")

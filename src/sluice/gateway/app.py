@@ -16,7 +16,7 @@ from sluice import __version__
 from sluice.clock import Clock, MonotonicClock
 from sluice.config import Settings
 from sluice.errors import InvalidRequestError, NotFoundError, SluiceError
-from sluice.gateway._banner import banner
+from sluice.gateway._banner import OPEN_ACCESS_WARNING, banner
 from sluice.gateway._disconnect import ClientDisconnected
 from sluice.gateway._responses import error_response
 from sluice.gateway._runtime import open_service
@@ -37,7 +37,9 @@ def create_app(settings: Settings, *, clock: Clock | None = None) -> FastAPI:
         async with open_service(settings, clock) as service:
             app.state.service = service
             for line in banner(settings):
-                log.warning(line) if "OPEN" in line else log.info(line)
+                log.info(line)
+            if settings.auth.mode == "open":
+                log.warning(OPEN_ACCESS_WARNING)
             yield
 
     app = FastAPI(title="Sluice", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None)
@@ -45,7 +47,7 @@ def create_app(settings: Settings, *, clock: Clock | None = None) -> FastAPI:
     app.state.max_body_bytes = settings.server.max_body_bytes
     for router in ROUTERS:
         app.include_router(router)
-    routes = frozenset(r.path for r in app.routes if hasattr(r, "path"))
+    routes = frozenset(route.path for router in ROUTERS for route in router.routes)
     app.add_middleware(
         RequestObserver,
         metrics=metrics,

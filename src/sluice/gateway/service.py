@@ -47,6 +47,13 @@ class ModelRoute:
     pool: EnginePool
     max_model_len: int | None = None
 
+    def rename(self, body: bytes) -> bytes:
+        """Give answers the client's name for the model, where the engine calls it something else. Engines write
+        compact JSON (``"model":"x"``), so a byte replacement does it without parsing every chunk."""
+        if self.served_name == self.name:
+            return body
+        return body.replace(b'"model":"%s"' % self.served_name.encode(), b'"model":"%s"' % self.name.encode())
+
 
 @dataclass(frozen=True, slots=True)
 class FullReply:
@@ -95,10 +102,10 @@ class GatewayService:
         )
         record.replica = upstream.replica.url
         if not stream:
-            data = await upstream.read()
+            data = route.rename(await upstream.read())
             _account(record, _usage_in(data))
             return FullReply(upstream.status, data, upstream.content_type or "application/json")
-        return StreamReply(self._relay(upstream, request.wants_usage_chunk(), record))
+        return StreamReply(self._relay(upstream, route, request.wants_usage_chunk(), record))
 
     def _route(self, model: str) -> ModelRoute:
         route = self.routes.get(model)
@@ -106,7 +113,9 @@ class GatewayService:
             raise NotFoundError(f"The model `{model}` does not exist or you do not have access to it.", param="model")
         return route
 
-    async def _relay(self, upstream: UpstreamResponse, wants_usage: bool, record: RequestRecord) -> AsyncIterator[bytes]:
+    async def _relay(
+        self, upstream: UpstreamResponse, route: ModelRoute, wants_usage: bool, record: RequestRecord
+    ) -> AsyncIterator[bytes]:
         """Pass SSE frames through as they arrive, noting usage and dropping the usage-only chunk the client
         did not ask for. Closing this generator early (client gone) closes the upstream, aborting it there."""
         parser = SSEParser()
@@ -131,7 +140,7 @@ class GatewayService:
                             continue
                     out.append(frame)
                 if out:
-                    yield b"".join(out)
+                    yield route.rename(b"".join(out))
         finally:
             upstream.close()
             if not finished:

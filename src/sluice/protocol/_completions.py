@@ -15,7 +15,7 @@ class CompletionRequest(BaseModel):
     model: str = Field(min_length=1)
     prompt: Prompt
     max_tokens: int | None = Field(16, ge=1)
-    stream: bool = False
+    stream: bool = Field(False, strict=True)
     stream_options: StreamOptions | None = None
     n: int = Field(1, ge=1, le=128)
     temperature: float | None = Field(None, ge=0, le=2)

@@ -1,0 +1,36 @@
+"""The `sluice` command's own subcommands (serve is driven live in tests/gateway)."""
+
+from __future__ import annotations
+
+import re
+
+from sluice.cli import main
+from sluice.config import load_settings
+from sluice.identity import KeyRing
+
+
+def test_keys_create_prints_a_key_and_a_config_line_that_accepts_it(tmp_path, capsys):
+    assert main(["keys", "create", "--id", "alice", "--tenant", "acme"]) == 0
+    out = capsys.readouterr().out
+    key = re.search(r"(sk-sluice-\S+)", out).group(1)
+    line = next(line for line in out.splitlines() if "hash:" in line)
+    config = tmp_path / "c.yaml"
+    config.write_text("models: [{name: m, sim: {}}]\nkeys:\n" + line + "\n")
+    settings = load_settings(config)
+    principal = KeyRing(settings.keys, settings.tiers).authenticate(f"Bearer {key}")
+    assert (principal.key_id, principal.tenant) == ("alice", "acme")
+    assert key not in config.read_text()
+
+
+def test_check_config_reports_errors_with_exit_code_2(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("models: [{name: m, sim: {speed: -1}}]\nauth: {mode: open}\n")
+    assert main(["check-config", str(bad)]) == 2
+    assert "models.0.sim.speed" in capsys.readouterr().err
+
+
+def test_check_config_summarises_a_good_file(tmp_path, capsys):
+    good = tmp_path / "good.yaml"
+    good.write_text("models: [{name: m, sim: {}}]\nauth: {mode: open}\n")
+    assert main(["check-config", str(good)]) == 0
+    assert "1 model(s)" in capsys.readouterr().out

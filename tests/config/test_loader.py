@@ -1,0 +1,76 @@
+from __future__ import annotations
+
+import pytest
+
+from sluice.config import Settings, load_settings
+from sluice.errors import ConfigError
+
+GOOD = """
+server: {port: 9000}
+models:
+  - name: qwen
+    engine: {dialect: sglang, urls: ["http://127.0.0.1:30000/"]}
+tiers:
+  pro: {priority: 10}
+keys:
+  - {id: alice, hash: "sha256:%s", tenant: acme, tier: pro}
+""" % ("ab" * 32)
+
+
+def write(tmp_path, text):
+    path = tmp_path / "sluice.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_no_file_is_the_embedded_default():
+    settings = load_settings(None)
+    assert settings.auth.mode == "open"
+    assert settings.models[0].sim is not None
+    assert settings.state == "memory://"
+    assert (settings.server.host, settings.server.port) == ("127.0.0.1", 8000)
+
+
+def test_a_good_file_parses_into_frozen_settings(tmp_path):
+    settings = load_settings(write(tmp_path, GOOD))
+    assert settings.server.port == 9000
+    assert settings.models[0].engine.urls == ["http://127.0.0.1:30000"]
+    assert settings.keys[0].tier == "pro"
+    with pytest.raises(Exception):
+        settings.server.port = 1  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("models: [{name: a, engine: {urls: [http://x]}, colour: red}]", "models.0.colour: unknown field"),
+    ("models: [{name: a}]", "needs exactly one of 'engine' or 'sim'"),
+    ("models: [{name: a, engine: {urls: [ftp://x]}}]", "models.0.engine.urls"),
+    ("models: [{name: a, sim: {}}]\nkeys: [{id: k, hash: 'sha256:%s', tier: gold}]" % ("0" * 64), "tier 'gold'"),
+    ("models: [{name: a, sim: {}}]", "no keys are configured"),
+    ("auth: {mode: open}\nserver: {workers: 2}\nmodels: [{name: a, sim: {}}]", "needs shared state"),
+    ("auth: {mode: open}\nmodels: [{name: a, sim: {}}, {name: a, sim: {}}]", "'a' appears twice"),
+    ("- just a list", "expected a mapping"),
+    ("models: [", "not valid YAML"),
+])
+def test_a_bad_file_names_the_file_and_the_field(tmp_path, text, expected):
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load_settings(path)
+    assert str(path) in str(info.value)
+    assert expected in str(info.value)
+
+
+def test_environment_references_are_expanded(tmp_path):
+    text = "auth: {mode: open}\nmodels: [{name: a, engine: {urls: ['${ENGINE_URL}']}}]"
+    settings = load_settings(write(tmp_path, text), environ={"ENGINE_URL": "http://127.0.0.1:1234"})
+    assert settings.models[0].engine.urls == ["http://127.0.0.1:1234"]
+    with pytest.raises(ConfigError, match="ENGINE_URL"):
+        load_settings(write(tmp_path, text), environ={})
+
+
+def test_missing_file_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_settings(tmp_path / "nope.yaml")
+
+
+def test_embedded_default_is_valid_on_its_own():
+    assert Settings.embedded() == load_settings(None)

@@ -1,0 +1,129 @@
+"""The gateway in front of a separate engine: streaming, disconnects, and engines that fail."""
+
+from __future__ import annotations
+
+import json
+import socket
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from sluice.config import SimSettings, parse_settings
+from tests.conftest import LiveSim, serve_gateway, wait_until
+
+CHAT = "/v1/chat/completions"
+LONG = {"messages": [{"role": "user", "content": "go on"}], "max_tokens": 4000, "ignore_eos": True}
+
+
+def gateway_for(urls, name="public-name", served_model=None):
+    engine = {"urls": urls}
+    if served_model:
+        engine["served_model"] = served_model
+    return serve_gateway(parse_settings({"auth": {"mode": "open"}, "models": [{"name": name, "engine": engine}]}))
+
+
+@pytest.fixture(scope="module")
+def slow_sim():
+    # Real-time engine (about 8 ms a token): a 4000-token answer takes half a minute, far longer than the tests.
+    with LiveSim(SimSettings(max_num_seqs=1, max_waiting=0), model_name="engine-name") as sim:
+        yield sim
+
+
+@pytest.fixture(scope="module")
+def gateway(slow_sim):
+    with gateway_for([slow_sim.url], served_model="engine-name") as live:
+        yield live
+
+
+def test_stream_is_passed_through_as_it_is_generated(gateway, slow_sim):
+    with httpx.Client(base_url=gateway.url, timeout=30) as client:
+        with client.stream("POST", CHAT, json={"model": "public-name", "stream": True, **LONG}) as r:
+            assert r.status_code == 200
+            for line in r.iter_lines():
+                if _has_content(line): break
+            assert slow_sim.engine.num_running == 1, "the first chunk arrived only after the engine finished"
+    assert wait_until(lambda: slow_sim.engine.num_running == 0), "closing the stream did not abort the engine request"
+
+
+def _has_content(line: str) -> bool:
+    if not line.startswith("data: {"):
+        return False
+    return bool(json.loads(line[6:])["choices"][0]["delta"].get("content"))
+
+
+def test_disconnect_while_waiting_for_a_full_answer_aborts_the_engine_request(gateway, slow_sim):
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(gateway.url + CHAT, json={"model": "public-name", **LONG}, timeout=httpx.Timeout(30, read=0.5))
+    assert wait_until(lambda: slow_sim.engine.num_running == 0), "the engine kept working for a client that left"
+    metrics = httpx.get(gateway.url + "/metrics").text
+    assert 'sluice_rejections_total{reason="client_disconnected"}' in metrics
+
+
+def test_engine_overload_is_503_never_429(gateway, slow_sim):
+    with httpx.Client(base_url=gateway.url, timeout=30) as client:
+        with client.stream("POST", CHAT, json={"model": "public-name", "stream": True, **LONG}) as r:
+            next(r.iter_lines())  # the engine's only seat is taken, and its queue holds nothing
+            refused = client.post(CHAT, json={"model": "public-name", **LONG})
+    assert refused.status_code == 503
+    assert refused.headers["x-sluice-reason"] == "engine_overloaded"
+    assert refused.json()["error"]["code"] == "engine_overloaded"
+    assert wait_until(lambda: slow_sim.engine.num_running == 0)
+
+
+def test_model_name_is_mapped_to_the_engines_own(gateway):
+    r = httpx.post(gateway.url + CHAT, json={"model": "public-name", "messages": [{"role": "user", "content": "x"}],
+                                             "max_tokens": 2}, timeout=30)
+    assert r.status_code == 200, r.text
+    assert r.json()["model"] == "public-name"
+    assert r.json()["usage"]["completion_tokens"] <= 2
+
+
+def test_metrics_count_requests_by_route_model_and_status(gateway):
+    wanted = {"model": "public-name", "route": "/v1/chat/completions", "status": "200"}
+
+    def count() -> float:
+        for family in text_string_to_metric_families(httpx.get(gateway.url + "/metrics").text):
+            for sample in family.samples:
+                if sample.name == "sluice_requests_total" and sample.labels == wanted:
+                    return sample.value
+        return 0.0
+
+    before = count()
+    r = httpx.post(gateway.url + CHAT, json={"model": "public-name", "messages": [{"role": "user", "content": "x"}],
+                                         "max_tokens": 1}, timeout=30)
+    assert r.status_code == 200, r.text
+    assert wait_until(lambda: count() == before + 1)  # recorded once the answer is sent
+    text = httpx.get(gateway.url + "/metrics").text
+    assert "sluice_request_duration_seconds_bucket" in text
+    assert "sluice_tokens_total" in text
+
+
+def test_ready_when_the_engine_answers(gateway):
+    r = httpx.get(gateway.url + "/ready")
+    assert r.status_code == 200
+    assert r.json() == {"ready": True, "models": {"public-name": True}}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_unreachable_engine_is_502_and_not_ready():
+    with gateway_for([f"http://127.0.0.1:{free_port()}"]) as live:
+        r = httpx.post(live.url + CHAT, json={"model": "public-name", "messages": [{"role": "user", "content": "x"}]})
+        assert r.status_code == 502
+        assert r.headers["x-sluice-reason"] == "engine_unreachable"
+        assert r.json()["error"]["code"] == "engine_unreachable"
+        assert httpx.get(live.url + "/ready").status_code == 503
+        assert httpx.get(live.url + "/health").status_code == 200
+
+
+def test_a_dead_replica_is_skipped_for_a_live_one(slow_sim):
+    with gateway_for([f"http://127.0.0.1:{free_port()}", slow_sim.url], served_model="engine-name") as live:
+        for _ in range(3):
+            r = httpx.post(live.url + CHAT, json={"model": "public-name", "max_tokens": 1,
+                                                  "messages": [{"role": "user", "content": "x"}]}, timeout=30)
+            assert r.status_code == 200, r.text
