@@ -63,7 +63,8 @@ def test_disconnect_while_waiting_for_a_full_answer_aborts_the_engine_request(ga
 def test_engine_overload_is_503_never_429(gateway, slow_sim):
     with httpx.Client(base_url=gateway.url, timeout=30) as client:
         with client.stream("POST", CHAT, json={"model": "public-name", "stream": True, **LONG}) as r:
-            next(r.iter_lines())  # the engine's only seat is taken, and its queue holds nothing
+            lines = r.iter_lines()  # kept referenced: a dropped line iterator closes the stream
+            next(lines)  # the engine's only seat is taken, and its queue holds nothing
             refused = client.post(CHAT, json={"model": "public-name", **LONG})
     assert refused.status_code == 503
     assert refused.headers["x-sluice-reason"] == "engine_overloaded"

@@ -1,0 +1,104 @@
+"""The simulator's HTTP face (aiohttp): OpenAI routes, health, metrics, and each dialect's extra endpoints."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+import orjson
+from aiohttp import web
+
+from sluice.clock import Clock
+from sluice.config import SimSettings
+from sluice.errors import SluiceError
+from sluice.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, ModelCard, ModelList
+from sluice.protocol import parse_request
+from sluice.sim._bodies import error_body
+from sluice.sim._embeddings import embedding_response
+from sluice.sim._metrics import CONTENT_TYPE, SimMetrics
+from sluice.sim._serving import Job, Serving
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+JSON = "application/json"
+SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+
+
+@web.middleware
+async def _engine_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except SluiceError as exc:
+        return web.Response(body=error_body(exc), status=exc.status, content_type=JSON)
+
+
+class SimRoutes:
+    def __init__(
+        self, settings: SimSettings, *, model_name: str, serving: Serving, metrics: SimMetrics, clock: Clock
+    ) -> None:
+        self._settings = settings
+        self._model_name = model_name
+        self._serving = serving
+        self._metrics = metrics
+        self._clock = clock
+
+    def app(self) -> web.Application:
+        app = web.Application(middlewares=[_engine_errors])
+        app.router.add_post("/v1/chat/completions", self.chat)
+        app.router.add_post("/v1/completions", self.completions)
+        app.router.add_post("/v1/embeddings", self.embeddings)
+        app.router.add_get("/v1/models", self.models)
+        app.router.add_get("/health", self.health)
+        app.router.add_get("/metrics", self.metrics)
+        if self._settings.dialect == "sglang":
+            app.router.add_get("/health_generate", self.health_generate)
+            app.router.add_get("/get_model_info", self.model_info)
+        return app
+
+    async def chat(self, request: web.Request) -> web.StreamResponse:
+        req = parse_request(ChatCompletionRequest, await request.read())
+        return await self._generate(request, self._serving.chat_job(req), stream=req.stream)
+
+    async def completions(self, request: web.Request) -> web.StreamResponse:
+        req = parse_request(CompletionRequest, await request.read())
+        return await self._generate(request, self._serving.completion_job(req), stream=req.stream)
+
+    async def embeddings(self, request: web.Request) -> web.Response:
+        req = parse_request(EmbeddingRequest, await request.read())
+        self._serving.check_model(req.model)
+        body = embedding_response(req, created=int(self._clock.wall()), default_dim=self._settings.embedding_dim)
+        return web.Response(body=body, content_type=JSON)
+
+    async def models(self, request: web.Request) -> web.Response:
+        card = ModelCard(
+            id=self._model_name,
+            created=int(self._clock.wall()),
+            owned_by=self._settings.dialect,
+            max_model_len=self._settings.max_model_len,
+        )
+        return web.Response(body=ModelList(data=[card]).model_dump_json(), content_type=JSON)
+
+    async def health(self, request: web.Request) -> web.Response:
+        return web.Response(status=200)
+
+    async def health_generate(self, request: web.Request) -> web.Response:
+        await self._serving.probe()
+        return web.Response(status=200)
+
+    async def model_info(self, request: web.Request) -> web.Response:
+        info = {"model_path": self._model_name, "tokenizer_path": self._model_name, "is_generation": True}
+        return web.Response(body=orjson.dumps(info), content_type=JSON)
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        return web.Response(body=self._metrics.render(), headers={"Content-Type": CONTENT_TYPE})
+
+    async def _generate(self, request: web.Request, job: Job, *, stream: bool) -> web.StreamResponse:
+        with self._serving.running(job) as gen:
+            if not stream:
+                return web.Response(body=await self._serving.full(job, gen), content_type=JSON)
+            resp = web.StreamResponse(headers=SSE_HEADERS)
+            await resp.prepare(request)
+            try:
+                await self._serving.stream(job, gen, resp.write)
+                await resp.write_eof()
+            except ConnectionResetError:
+                pass  # the client left; leaving `running` aborts its sequences
+            return resp

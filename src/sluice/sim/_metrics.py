@@ -1,0 +1,158 @@
+"""``/metrics`` in each engine's own names, on a registry of this simulator's own (no global registry).
+
+Gauges and token counters are read off the engine model at scrape time; latency histograms and the success
+counter are fed by the runner (``StepObserver``).
+
+Names checked against the engines' sources:
+- vLLM v1: vllm/v1/metrics/loggers.py (labels ``model_name``, ``engine``; ``vllm:kv_cache_usage_perc``
+  replaced ``vllm:gpu_cache_usage_perc``; ``vllm:request_success`` has label ``finished_reason``);
+- SGLang: python/sglang/srt/metrics/collector.py and docs/references/production_metrics.md (label ``model_name``);
+- LMDeploy: lmdeploy/metrics/loggers.py (labels ``model_name``, ``engine``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+from sluice.config import Dialect
+from sluice.sim._engine import EngineModel
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+TTFT_BUCKETS_S = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
+                  20.0, 40.0, 80.0, 160.0, 640.0, 2560.0)  # vLLM's
+ITL_BUCKETS_S = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
+                 20.0, 40.0, 80.0)
+E2E_BUCKETS_S = (0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0, 120.0,
+                 240.0, 480.0, 960.0, 1920.0, 7680.0)
+
+
+@dataclass(frozen=True)
+class DialectMetricNames:
+    """One engine's metric names; ``None`` where the engine has no such metric. Counters lack ``_total``."""
+
+    running: str
+    waiting: str
+    kv_usage: str
+    prompt_tokens: str
+    generation_tokens: str
+    ttft: str
+    e2e: str
+    itl: str | None = None
+    preemptions: str | None = None
+    success: str | None = None
+    engine_label: bool = False  # vLLM and LMDeploy add engine="0"
+
+
+METRIC_NAMES: dict[str, DialectMetricNames] = {
+    "vllm": DialectMetricNames(
+        running="vllm:num_requests_running",
+        waiting="vllm:num_requests_waiting",
+        kv_usage="vllm:kv_cache_usage_perc",
+        prompt_tokens="vllm:prompt_tokens",
+        generation_tokens="vllm:generation_tokens",
+        ttft="vllm:time_to_first_token_seconds",
+        e2e="vllm:e2e_request_latency_seconds",
+        itl="vllm:inter_token_latency_seconds",
+        preemptions="vllm:num_preemptions",
+        success="vllm:request_success",
+        engine_label=True,
+    ),
+    "sglang": DialectMetricNames(
+        running="sglang:num_running_reqs",
+        waiting="sglang:num_queue_reqs",
+        kv_usage="sglang:token_usage",
+        prompt_tokens="sglang:prompt_tokens",
+        generation_tokens="sglang:generation_tokens",
+        ttft="sglang:time_to_first_token_seconds",
+        e2e="sglang:e2e_request_latency_seconds",
+        itl="sglang:inter_token_latency_seconds",
+    ),
+    "lmdeploy": DialectMetricNames(
+        running="lmdeploy:num_requests_running",
+        waiting="lmdeploy:num_requests_waiting",
+        kv_usage="lmdeploy:gpu_cache_usage_perc",
+        prompt_tokens="lmdeploy:prompt_tokens",
+        generation_tokens="lmdeploy:generation_tokens",
+        ttft="lmdeploy:time_to_first_token_seconds",
+        e2e="lmdeploy:e2e_request_latency_seconds",
+        itl="lmdeploy:time_per_output_token_seconds",
+        engine_label=True,
+    ),
+}
+
+
+class _EngineStateCollector:
+    """Gauges and token counters, read from the engine model when scraped."""
+
+    def __init__(self, engine: EngineModel, names: DialectMetricNames, labels: dict[str, str]) -> None:
+        self._engine = engine
+        self._names = names
+        self._labels = labels
+
+    def collect(self) -> Iterator[Metric]:
+        e, n = self._engine, self._names
+        keys, values = list(self._labels), list(self._labels.values())
+        for name, doc, value in (
+            (n.running, "Number of requests in model execution batches.", e.num_running),
+            (n.waiting, "Number of requests waiting to be processed.", e.num_waiting),
+            (n.kv_usage, "KV-cache usage. 1 means 100 percent usage.", e.kv_usage),
+        ):
+            g = GaugeMetricFamily(name, doc, labels=keys)
+            g.add_metric(values, float(value))
+            yield g
+        counters = [
+            (n.prompt_tokens, "Number of prefill tokens processed.", e.prompt_tokens_total),
+            (n.generation_tokens, "Number of generation tokens processed.", e.generation_tokens_total),
+        ]
+        if n.preemptions:
+            counters.append((n.preemptions, "Cumulative number of preemption from the engine.", e.num_preemptions))
+        for name, doc, value in counters:
+            c = CounterMetricFamily(name, doc, labels=keys)
+            c.add_metric(values, float(value))
+            yield c
+
+
+class SimMetrics:
+    """The simulator's metrics in one dialect; implements the runner's ``StepObserver``."""
+
+    def __init__(self, dialect: Dialect, model_name: str, engine: EngineModel) -> None:
+        names = METRIC_NAMES[dialect]
+        labels = {"model_name": model_name}
+        if names.engine_label:
+            labels["engine"] = "0"
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.registry.register(_EngineStateCollector(engine, names, labels))
+        keys = list(labels)
+        self._ttft = Histogram(names.ttft, "Histogram of time to first token in seconds.", keys,
+                               buckets=TTFT_BUCKETS_S, registry=self.registry).labels(**labels)
+        self._e2e = Histogram(names.e2e, "Histogram of e2e request latency in seconds.", keys,
+                              buckets=E2E_BUCKETS_S, registry=self.registry).labels(**labels)
+        self._itl = None
+        if names.itl:
+            self._itl = Histogram(names.itl, "Histogram of inter-token latency in seconds.", keys,
+                                  buckets=ITL_BUCKETS_S, registry=self.registry).labels(**labels)
+        self._success = None
+        self._labels = labels
+        if names.success:
+            self._success = Counter(names.success, "Count of successfully processed requests.",
+                                    [*keys, "finished_reason"], registry=self.registry)
+
+    def on_first_token(self, ttft_s: float) -> None:
+        self._ttft.observe(ttft_s)
+
+    def on_next_token(self, itl_s: float) -> None:
+        if self._itl is not None:
+            self._itl.observe(itl_s)
+
+    def on_finished(self, finish_reason: str, e2e_s: float) -> None:
+        self._e2e.observe(e2e_s)
+        if self._success is not None:
+            self._success.labels(**self._labels, finished_reason=finish_reason).inc()
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

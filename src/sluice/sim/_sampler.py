@@ -1,0 +1,42 @@
+"""What each choice will say: its length, its finish reason and its words, drawn once, deterministically.
+
+The random stream of a choice is keyed by the request's ``seed`` and the prompt (same seed + same prompt = same
+text), or, without a seed, by the simulator's ``seed`` and a per-request counter (a reproducible run).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import random
+from dataclasses import dataclass
+
+from sluice.config import SimSettings
+from sluice.sim._tokenizer import VOCABULARY
+
+
+@dataclass(frozen=True)
+class PlannedOutput:
+    words: tuple[str, ...]  # one per token
+    finish_reason: str  # "stop" or "length"
+
+
+class Sampler:
+    def __init__(self, settings: SimSettings) -> None:
+        self._settings = settings
+        self._counter = itertools.count()
+
+    def plan(self, *, prompt_key: str, seed: int | None, index: int, cap: int, ignore_eos: bool) -> PlannedOutput:
+        """One choice's output. ``cap`` is the most tokens allowed; ``ignore_eos`` generates exactly ``cap``."""
+        if seed is None:
+            key = f"sim:{self._settings.seed}:{next(self._counter)}:{index}"
+        else:
+            digest = hashlib.blake2b(prompt_key.encode(), digest_size=16).hexdigest()
+            key = f"req:{seed}:{digest}:{index}"
+        rng = random.Random(key)
+        natural = rng.randint(self._settings.output_len_min, self._settings.output_len_max)
+        if ignore_eos or natural > cap:
+            length, reason = cap, "length"
+        else:
+            length, reason = natural, "stop"
+        return PlannedOutput(words=tuple(rng.choices(VOCABULARY, k=length)), finish_reason=reason)

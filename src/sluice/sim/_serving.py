@@ -1,0 +1,163 @@
+"""Chat and text completions on the simulated engine: size the request, plan each choice, run it, answer.
+
+Every choice (``n``) of every prompt is its own sequence in the engine, as in vLLM; ``usage.prompt_tokens``
+counts each prompt once and ``completion_tokens`` sums over the choices.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
+
+import orjson
+
+from sluice.clock import Clock
+from sluice.config import SimSettings
+from sluice.errors import EngineUnavailableError, InvalidRequestError, NotFoundError
+from sluice.protocol import DONE, ChatCompletionRequest, CompletionRequest
+from sluice.sim._bodies import ResponseHeader
+from sluice.sim._engine import Sequence
+from sluice.sim._runner import EngineRunner, Generation
+from sluice.sim._sampler import PlannedOutput, Sampler
+from sluice.sim._tokenizer import count_chat, count_prompt
+
+Write = Callable[[bytes], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class Job:
+    """A request made ready for the engine: one planned output (and its prompt length) per choice."""
+
+    header: ResponseHeader
+    prompt_tokens: int  # for usage: each prompt once
+    seq_prompt_tokens: list[int]  # per choice
+    outputs: list[PlannedOutput]
+
+    @property
+    def completion_tokens(self) -> int:
+        return sum(len(o.words) for o in self.outputs)
+
+
+class Serving:
+    def __init__(
+        self, settings: SimSettings, *, model_name: str, runner: EngineRunner, sampler: Sampler, clock: Clock
+    ) -> None:
+        self._settings = settings
+        self._model_name = model_name
+        self._runner = runner
+        self._sampler = sampler
+        self._clock = clock
+
+    def check_model(self, model: str) -> None:
+        if model != self._model_name:
+            raise NotFoundError(f"The model `{model}` does not exist.", param="model")
+
+    def chat_job(self, req: ChatCompletionRequest) -> Job:
+        self.check_model(req.model)
+        prompt_tokens = count_chat(req.messages)
+        cap = self._output_cap(prompt_tokens, req.output_cap())
+        key = orjson.dumps([[m.role, m.text()] for m in req.messages]).decode()
+        outputs = [
+            self._sampler.plan(prompt_key=key, seed=req.seed, index=i, cap=cap, ignore_eos=req.ignore_eos)
+            for i in range(req.n)
+        ]
+        header = self._header("chat", req.model, req.wants_usage_chunk())
+        return Job(header, prompt_tokens, [prompt_tokens] * req.n, outputs)
+
+    def completion_job(self, req: CompletionRequest) -> Job:
+        self.check_model(req.model)
+        prompt_total, seq_prompts, outputs = 0, [], []
+        for prompt in req.prompts():
+            tokens = count_prompt(prompt)
+            cap = self._output_cap(tokens, req.output_cap())
+            key = prompt if isinstance(prompt, str) else orjson.dumps(prompt).decode()
+            prompt_total += tokens
+            for i in range(req.n):
+                seq_prompts.append(tokens)
+                outputs.append(
+                    self._sampler.plan(prompt_key=key, seed=req.seed, index=i, cap=cap, ignore_eos=req.ignore_eos)
+                )
+        header = self._header("completion", req.model, req.wants_usage_chunk())
+        return Job(header, prompt_total, seq_prompts, outputs)
+
+    @contextlib.contextmanager
+    def running(self, job: Job) -> Iterator[Generation]:
+        """Submit the job's sequences (raising 503 when the queue is full); abort them if left unfinished."""
+        gen = self._submit(job)
+        try:
+            yield gen
+        finally:
+            if not gen.done:
+                self._runner.abort(gen)
+
+    async def probe(self) -> None:
+        """Generate one token through the engine (SGLang's ``/health_generate``)."""
+        seq = Sequence(seq_id=self._runner.new_seq_id(), prompt_tokens=1, output_len=1)
+        gen = self._runner.submit([seq], ["length"])
+        try:
+            while not gen.done:
+                await gen.changed()
+        finally:
+            self._runner.abort(gen)
+
+    async def full(self, job: Job, gen: Generation) -> bytes:
+        while not gen.done:
+            await gen.changed()
+        if gen.aborted:
+            raise EngineUnavailableError("The engine stopped before the request finished.", reason="engine_stopped")
+        texts = ["".join(o.words) for o in job.outputs]
+        reasons = [o.finish_reason for o in job.outputs]
+        return job.header.full(texts, reasons, job.prompt_tokens, job.completion_tokens)
+
+    async def stream(self, job: Job, gen: Generation, write: Write) -> None:
+        """Write the SSE stream: one chunk per token, the usage chunk if asked for, then ``[DONE]``."""
+        header, outputs = job.header, job.outputs
+        if header.kind == "chat":
+            await write(b"".join(header.role_chunk(i) for i in range(len(outputs))))
+        sent = [0] * len(outputs)
+        done = False
+        while not done:
+            await gen.changed()
+            done = gen.done  # read before writing: tokens may arrive while the write awaits
+            parts = []
+            for i, seq in enumerate(gen.seqs):
+                words, reason = outputs[i].words, outputs[i].finish_reason
+                for k in range(sent[i], seq.generated):
+                    parts.append(header.token_chunk(i, words[k], reason if k == len(words) - 1 else None))
+                sent[i] = seq.generated
+            if parts:
+                await write(b"".join(parts))
+        if gen.aborted:
+            return  # the engine stopped: end the stream without [DONE], as a dying server would
+        tail = header.usage_chunk(job.prompt_tokens, job.completion_tokens) if header.include_usage else b""
+        await write(tail + DONE)
+
+    def _submit(self, job: Job) -> Generation:
+        seqs = [
+            Sequence(seq_id=self._runner.new_seq_id(), prompt_tokens=p, output_len=len(o.words))
+            for p, o in zip(job.seq_prompt_tokens, job.outputs, strict=True)
+        ]
+        return self._runner.submit(seqs, [o.finish_reason for o in job.outputs])
+
+    def _output_cap(self, prompt_tokens: int, requested: int | None) -> int:
+        limit = self._settings.max_model_len
+        if requested is None:
+            if prompt_tokens >= limit:
+                raise InvalidRequestError(
+                    f"This model's maximum context length is {limit} tokens. However, your request has "
+                    f"{prompt_tokens} input tokens. Please reduce the length of the input messages.",
+                    code="context_length_exceeded",
+                )
+            return limit - prompt_tokens
+        if prompt_tokens + requested > limit:
+            raise InvalidRequestError(
+                f"This model's maximum context length is {limit} tokens. However, you requested "
+                f"{prompt_tokens + requested} tokens ({prompt_tokens} in the messages, {requested} in the "
+                "completion). Please reduce the length of the messages or completion.",
+                code="context_length_exceeded",
+            )
+        return requested
+
+    def _header(self, kind: str, model: str, include_usage: bool) -> ResponseHeader:
+        return ResponseHeader.new(kind, created=int(self._clock.wall()), model=model, include_usage=include_usage)
