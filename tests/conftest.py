@@ -53,3 +53,45 @@ def embedded_gateway() -> Iterator[LiveServer]:
     fast = fast.model_copy(update={"models": [fast.models[0].model_copy(update={"sim": sim.model_copy(update={"speed": 50.0})})]})
     with serve_gateway(fast) as live:
         yield live
+
+
+class LiveSim:
+    """A simulated engine on a real socket, in a background thread with its own event loop, so tests can
+    look at its engine state while a gateway (in another thread) talks to it."""
+
+    def __init__(self, settings: Any, model_name: str = "sim-model") -> None:
+        import asyncio
+
+        self.settings = settings
+        self.model_name = model_name
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+
+    def __enter__(self) -> LiveSim:
+        import asyncio
+
+        from sluice.sim import SimServer
+
+        self.thread.start()
+        start = SimServer.start(self.settings, model_name=self.model_name)
+        self.server = asyncio.run_coroutine_threadsafe(start, self.loop).result(timeout=30)
+        self.url = self.server.url
+        self.engine = self.server.engine
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        import asyncio
+
+        asyncio.run_coroutine_threadsafe(self.server.stop(), self.loop).result(timeout=30)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout=10)
+
+
+def wait_until(predicate: Any, timeout_s: float = 10.0) -> bool:
+    """Poll ``predicate`` until it holds or ``timeout_s`` passes (a bound on waiting, not a timing assertion)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.02)
+    return bool(predicate())
