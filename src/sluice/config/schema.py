@@ -5,7 +5,8 @@ Nothing here reads files or the environment: ``loader.py`` does, once, and hands
 
 from __future__ import annotations
 
-from typing import Literal
+import re
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -88,8 +89,108 @@ class ModelSettings(_Frozen):
         return self
 
 
+_PERIODS_S = {"s": 1, "sec": 1, "second": 1, "m": 60, "min": 60, "minute": 60, "h": 3600, "hour": 3600, "d": 86400,
+              "day": 86400}
+_RATE = re.compile(r"^\s*(\d+)\s*/\s*(\d*)\s*([a-z]+)\s*$")
+
+
+class Rate(_Frozen):
+    """``amount`` units per ``period_s`` seconds, with a bucket of ``burst`` units (default: one period's worth).
+
+    Written ``"60/minute"``, ``"1000/10s"``, ``"5/hour"``, or ``{rate: "60/minute", burst: 10}``."""
+
+    amount: int = Field(ge=1)
+    period_s: float = Field(gt=0)
+    burst: int | None = Field(None, ge=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _parse(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return _parse_rate(value)
+        if isinstance(value, dict) and "rate" in value:
+            extra = set(value) - {"rate", "burst"}
+            if extra:
+                raise ValueError(f"unknown field(s) {sorted(extra)}: a rate takes 'rate' and 'burst'")
+            return {**_parse_rate(str(value["rate"])), "burst": value.get("burst")}
+        return value
+
+    @property
+    def capacity(self) -> int:
+        return self.burst if self.burst is not None else self.amount
+
+    @property
+    def interval_s(self) -> float:
+        """Seconds for one unit to drip back into the bucket (GCRA's emission interval)."""
+        return self.period_s / self.amount
+
+    def __str__(self) -> str:
+        return f"{self.amount}/{_period_name(self.period_s)}"
+
+
+def _parse_rate(text: str) -> dict[str, Any]:
+    m = _RATE.match(text.lower())
+    if not m or m.group(3) not in _PERIODS_S and m.group(3).rstrip("s") not in _PERIODS_S:
+        raise ValueError(f"{text!r} is not a rate like '60/minute', '1000/10s' or '5/hour'")
+    unit = m.group(3) if m.group(3) in _PERIODS_S else m.group(3).rstrip("s")
+    return {"amount": int(m.group(1)), "period_s": int(m.group(2) or 1) * _PERIODS_S[unit]}
+
+
+def _period_name(period_s: float) -> str:
+    for name, seconds in (("day", 86400), ("hour", 3600), ("minute", 60), ("second", 1)):
+        if period_s == seconds:
+            return name
+    return f"{period_s:g}s"
+
+
+Scope = Literal["key", "user", "tenant", "tier", "global"]
+
+
+class LimitRule(_Frozen):
+    """Bounds on what one scope may spend. ``per`` picks the scope: each key, each user, each tenant, the whole
+    tier, or everyone. ``model``: absent = all models together; a name = that model only; ``each`` = every
+    model separately."""
+
+    per: Scope = "key"
+    model: str | None = None
+    requests: Rate | None = None
+    tokens: Rate | None = None
+    input_tokens: Rate | None = None
+    output_tokens: Rate | None = None
+    concurrent: int | None = Field(None, ge=1)
+    on_store_error: Literal["open", "closed"] = "open"
+
+    @model_validator(mode="after")
+    def _bounds_something(self) -> LimitRule:
+        if not any((self.requests, self.tokens, self.input_tokens, self.output_tokens, self.concurrent)):
+            raise ValueError("a limit needs at least one of requests, tokens, input_tokens, output_tokens, concurrent")
+        return self
+
+
 class TierSettings(_Frozen):
+    """A class of callers. ``requests``, ``tokens`` and ``concurrent`` here are shorthand for one limit per key;
+    ``limits`` holds any others (per user, tenant, the whole tier, per model)."""
+
     priority: int = 0
+    max_wait_s: float = Field(0.0, ge=0)
+    requests: Rate | None = None
+    tokens: Rate | None = None
+    concurrent: int | None = Field(None, ge=1)
+    limits: list[LimitRule] = []
+
+    def rules(self) -> list[LimitRule]:
+        shorthand = [LimitRule(per="key", requests=self.requests, tokens=self.tokens, concurrent=self.concurrent)] if (
+            self.requests or self.tokens or self.concurrent) else []
+        return shorthand + list(self.limits)
+
+
+class QuotaSettings(_Frozen):
+    default_max_tokens: int = Field(4096, ge=1)  # reserved for the answer when a request sets no max_tokens
+    limits: list[LimitRule] = []  # limits for everyone, whatever their tier (per model, global, ...)
+    store_timeout_s: float = Field(0.02, gt=0)  # a slower shared store counts as down
+    store_retry_s: float = Field(1.0, gt=0)  # while down, how often to try it again
+    gateway_replicas: int = Field(1, ge=1)  # gateways sharing the store: fail-open divides limits by this
+    lease_ttl_s: float = Field(60.0, gt=0)  # a concurrency permit not renewed within this expires
 
 
 class KeySettings(_Frozen):
@@ -107,6 +208,7 @@ class Settings(_Frozen):
     models: list[ModelSettings] = Field(min_length=1)
     tiers: dict[str, TierSettings] = {"default": TierSettings()}
     keys: list[KeySettings] = []
+    quota: QuotaSettings = QuotaSettings()
 
     @field_validator("state")
     @classmethod

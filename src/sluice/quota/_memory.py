@@ -1,0 +1,83 @@
+"""The in-memory store: one process's buckets and permits, with exactly the Redis store's semantics.
+
+Atomic by construction: nothing here awaits, so one event loop never interleaves two decisions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from sluice.clock import Clock
+from sluice.quota import _gcra
+from sluice.quota._model import Bucket, Decision, Lease
+
+# Forget buckets that have been full this long (the Redis store lets such keys expire).
+IDLE_SWEEP_EVERY = 4096
+
+
+class MemoryStore:
+    def __init__(self, clock: Clock) -> None:
+        self._clock = clock
+        self._tats: dict[str, float] = {}
+        self._leases: dict[str, dict[str, float]] = {}  # set key -> lease id -> deadline
+        self._ops = 0
+
+    async def acquire(self, buckets: Sequence[Bucket], leases: Sequence[Lease], lease_id: str) -> Decision:
+        return self.acquire_now(buckets, leases, lease_id)
+
+    def acquire_now(self, buckets: Sequence[Bucket], leases: Sequence[Lease], lease_id: str) -> Decision:
+        now = self._clock.now()
+        self._sweep(now)
+        states, new_tats = [], []
+        refused, worst = None, 0.0
+        for i, b in enumerate(buckets):
+            fits, new_tat, state = _gcra.check(self._tats.get(b.key, now), now, b.cost, b.interval_s, b.capacity)
+            states.append(state)
+            new_tats.append(new_tat)
+            if not fits and (refused is None or state.retry_after_s > worst):
+                refused, worst = i, state.retry_after_s
+        if refused is not None:
+            return Decision(False, states, refused_bucket=refused, retry_after_s=worst)
+        for i, lease in enumerate(leases):
+            holders = self._live(lease.key, now)
+            if len(holders) >= lease.limit and lease_id not in holders:
+                return Decision(False, states, refused_lease=i, retry_after_s=1.0)
+        for b, new_tat in zip(buckets, new_tats, strict=True):
+            self._tats[b.key] = new_tat
+        for lease in leases:
+            self._leases.setdefault(lease.key, {})[lease_id] = now + lease.ttl_s
+        return Decision(True, states)
+
+    async def adjust(self, buckets: Sequence[Bucket], deltas: Sequence[int], lease_id: str) -> None:
+        now = self._clock.now()
+        for b, delta in zip(buckets, deltas, strict=True):
+            if delta:
+                self._tats[b.key] = _gcra.adjust(self._tats.get(b.key, now), now, delta, b.interval_s)
+
+    async def release(self, leases: Sequence[Lease], lease_id: str) -> None:
+        for lease in leases:
+            holders = self._leases.get(lease.key)
+            if holders is not None:
+                holders.pop(lease_id, None)
+
+    async def renew(self, leases: Sequence[Lease], lease_id: str) -> None:
+        now = self._clock.now()
+        for lease in leases:
+            holders = self._leases.get(lease.key)
+            if holders is not None and lease_id in holders:
+                holders[lease_id] = now + lease.ttl_s
+
+    async def close(self) -> None:
+        self._tats.clear()
+        self._leases.clear()
+
+    def _live(self, key: str, now: float) -> dict[str, float]:
+        holders = self._leases.setdefault(key, {})
+        for expired in [lid for lid, deadline in holders.items() if deadline <= now]:
+            del holders[expired]
+        return holders
+
+    def _sweep(self, now: float) -> None:
+        self._ops += 1
+        if self._ops % IDLE_SWEEP_EVERY == 0:
+            self._tats = {k: tat for k, tat in self._tats.items() if tat > now}

@@ -1,0 +1,62 @@
+"""What the limiter asks a store to do, and what the store answers: plain data, shared by every store."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Literal
+
+Kind = Literal["requests", "tokens", "input_tokens", "output_tokens"]
+
+
+@dataclass(frozen=True, slots=True)
+class LimitInfo:
+    """Where a bucket comes from, for messages and headers: ``kind`` of ``rate`` on ``scope`` (e.g. 'tier pro')."""
+
+    kind: Kind
+    scope: str
+    amount: int
+    period_s: float
+    on_store_error: Literal["open", "closed"] = "open"
+
+
+@dataclass(frozen=True, slots=True)
+class Bucket:
+    """One GCRA bucket to charge: ``capacity`` units, one unit dripping back every ``interval_s``."""
+
+    key: str
+    interval_s: float
+    capacity: int
+    cost: int
+    info: LimitInfo
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """One concurrency permit to take in the set ``key`` holding at most ``limit`` (expires after ``ttl_s``)."""
+
+    key: str
+    limit: int
+    ttl_s: float
+    scope: str
+    on_store_error: Literal["open", "closed"] = "open"
+
+
+@dataclass(frozen=True, slots=True)
+class BucketState:
+    remaining: int  # units left (after the charge, if it was allowed)
+    reset_s: float  # until the bucket is full again
+    retry_after_s: float  # until this charge would fit (0 when it did; inf when it never can)
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    allowed: bool
+    states: list[BucketState] = field(default_factory=list)  # one per bucket, in order
+    refused_bucket: int | None = None  # the bucket that refused (the one needing the longest wait)
+    refused_lease: int | None = None  # or the lease that found its set full
+    retry_after_s: float = 0.0
+
+    @property
+    def never(self) -> bool:
+        return math.isinf(self.retry_after_s)

@@ -1,0 +1,126 @@
+-- Sluice quota operations, applied in order, each one atomic (the whole script is).
+-- The clock is Redis TIME (microseconds), never the caller's. GCRA arithmetic mirrors quota/_gcra.py.
+--
+-- ARGV is a sequence of operations; KEYS are consumed in the same order by a cursor:
+--   A nb nl lease_id {interval_us capacity cost}*nb {limit ttl_us}*nl   acquire: all buckets and leases, or nothing
+--   J nb {interval_us delta}*nb                                          adjust (charge or refund) buckets
+--   R nl lease_id                                                        release leases
+--   N nl lease_id {ttl_us}*nl                                            renew leases
+-- Replies: A -> {allowed, refused_bucket, refused_lease, retry_after_us, {remaining, reset_us, retry_us}*nb};
+--          J, R, N -> {1}. Indices are 0-based, -1 for none; fractional numbers travel as strings.
+local EPS = 1e-3
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local argi, keyi = 1, 1
+local replies = {}
+
+local function arg()
+  local v = ARGV[argi]; argi = argi + 1; return v
+end
+local function key()
+  local v = KEYS[keyi]; keyi = keyi + 1; return v
+end
+local function num(x) return string.format('%.17g', x) end
+local function units(us, interval)
+  local u = math.floor(us / interval + 1e-9)
+  if u < 0 then return 0 end
+  return u
+end
+local function expire_bucket(k, tat)
+  redis.call('PEXPIRE', k, math.ceil((tat - now) / 1000) + 1000)
+end
+
+local function acquire()
+  local nb, nl, lease_id = tonumber(arg()), tonumber(arg()), arg()
+  local bkeys, intervals, caps, costs, newtats, states = {}, {}, {}, {}, {}, {}
+  local refused, worst = -1, 0
+  for i = 1, nb do
+    local k, interval, cap, cost = key(), tonumber(arg()), tonumber(arg()), tonumber(arg())
+    local tat = tonumber(redis.call('GET', k) or now)
+    local tau = cap * interval
+    local base = math.max(tat, now)
+    local new_tat = base + cost * interval
+    local retry
+    if cost * interval > tau + EPS then
+      retry = 'inf'
+      states[i] = {units(tau - (base - now), interval), num(base - now), retry}
+      if refused < 0 or worst ~= 'inf' then refused, worst = i - 1, 'inf' end
+    elseif new_tat - tau <= now + EPS then
+      states[i] = {units(tau - (new_tat - now), interval), num(new_tat - now), '0'}
+    else
+      retry = new_tat - tau - now
+      states[i] = {units(tau - (base - now), interval), num(base - now), num(retry)}
+      if worst ~= 'inf' and (refused < 0 or retry > worst) then refused, worst = i - 1, retry end
+    end
+    bkeys[i], intervals[i], newtats[i] = k, interval, new_tat
+  end
+  local lkeys, limits, ttls = {}, {}, {}
+  for i = 1, nl do
+    lkeys[i], limits[i], ttls[i] = key(), tonumber(arg()), tonumber(arg())
+  end
+  if refused >= 0 then
+    local w = worst
+    if w ~= 'inf' then w = num(w) end
+    return {0, refused, -1, w, states}
+  end
+  for i = 1, nl do
+    redis.call('ZREMRANGEBYSCORE', lkeys[i], '-inf', now)
+    if redis.call('ZCARD', lkeys[i]) >= limits[i] and not redis.call('ZSCORE', lkeys[i], lease_id) then
+      return {0, -1, i - 1, num(1000000), states}
+    end
+  end
+  for i = 1, nb do
+    redis.call('SET', bkeys[i], num(newtats[i]))
+    expire_bucket(bkeys[i], newtats[i])
+  end
+  for i = 1, nl do
+    redis.call('ZADD', lkeys[i], now + ttls[i], lease_id)
+    redis.call('PEXPIRE', lkeys[i], math.ceil(ttls[i] / 1000) + 1000)
+  end
+  return {1, -1, -1, '0', states}
+end
+
+local function adjust()
+  local nb = tonumber(arg())
+  for _ = 1, nb do
+    local k, interval, delta = key(), tonumber(arg()), tonumber(arg())
+    if delta ~= 0 then
+      local tat = tonumber(redis.call('GET', k) or now)
+      local new_tat
+      if delta > 0 then new_tat = math.max(tat, now) + delta * interval
+      else new_tat = math.max(tat + delta * interval, now) end
+      if new_tat > now then
+        redis.call('SET', k, num(new_tat))
+        expire_bucket(k, new_tat)
+      else
+        redis.call('DEL', k)
+      end
+    end
+  end
+  return {1}
+end
+
+local function release()
+  local nl, lease_id = tonumber(arg()), arg()
+  for _ = 1, nl do redis.call('ZREM', key(), lease_id) end
+  return {1}
+end
+
+local function renew()
+  local nl, lease_id = tonumber(arg()), arg()
+  for _ = 1, nl do
+    local k, ttl = key(), tonumber(arg())
+    if redis.call('ZSCORE', k, lease_id) then
+      redis.call('ZADD', k, now + ttl, lease_id)
+      redis.call('PEXPIRE', k, math.ceil(ttl / 1000) + 1000)
+    end
+  end
+  return {1}
+end
+
+local ops = {A = acquire, J = adjust, R = release, N = renew}
+while argi <= #ARGV do
+  local op = ops[arg()]
+  replies[#replies + 1] = op()
+end
+return replies

@@ -1,0 +1,133 @@
+"""One contract, every quota store: memory, Redis (a real server), and Redis behind the failover wrapper."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import uuid
+
+import pytest
+import redis.exceptions
+
+from sluice.clock import MonotonicClock
+from sluice.quota import Bucket, FailoverStore, Lease, LimitInfo, MemoryStore
+from sluice.quota._redis import RedisStore
+
+HOUR = 3600.0
+
+
+@pytest.fixture(params=["memory", "redis", "failover"])
+async def store(request):
+    kind = request.param
+    if kind == "memory":
+        yield MemoryStore(MonotonicClock())
+        return
+    server = request.getfixturevalue("redis_server")
+    shared = RedisStore.from_url(server.url)
+    if kind == "redis":
+        yield shared
+    else:
+        yield FailoverStore(shared, MonotonicClock(), replicas=1, timeout_s=2.0, retry_s=1.0,
+                            errors=(redis.exceptions.RedisError,))
+    await shared.close()
+
+
+def bucket(capacity: int, cost: int = 1, interval_s: float = HOUR, kind: str = "requests", key: str | None = None):
+    info = LimitInfo(kind, "test", capacity, interval_s * capacity)  # type: ignore[arg-type]
+    return Bucket(key or f"test:{uuid.uuid4().hex}", interval_s, capacity, cost, info)
+
+
+def lease(limit: int, ttl_s: float = 60.0, key: str | None = None):
+    return Lease(key or f"test:{uuid.uuid4().hex}", limit, ttl_s, "test")
+
+
+def rid() -> str:
+    return uuid.uuid4().hex
+
+
+async def test_a_full_bucket_admits_exactly_its_burst(store):
+    b = bucket(5)
+    results = [await store.acquire([b], [], rid()) for _ in range(7)]
+    assert [d.allowed for d in results] == [True] * 5 + [False] * 2
+    assert [d.states[0].remaining for d in results[:5]] == [4, 3, 2, 1, 0]
+    assert results[5].refused_bucket == 0
+    assert HOUR - 5 < results[5].retry_after_s <= HOUR  # one unit drips back per hour
+
+
+async def test_concurrent_decisions_admit_exactly_the_burst(store):
+    b = bucket(7)
+    decisions = await asyncio.gather(*(store.acquire([b], [], rid()) for _ in range(50)))
+    assert sum(d.allowed for d in decisions) == 7
+
+
+async def test_integer_costs(store):
+    b = bucket(100, cost=30)
+    decisions = [await store.acquire([b], [], rid()) for _ in range(4)]
+    assert [d.allowed for d in decisions] == [True, True, True, False]
+    assert decisions[2].states[0].remaining == 10
+
+
+async def test_all_or_nothing_a_refusal_consumes_nothing(store):
+    wide, narrow = bucket(10), bucket(1)
+    assert (await store.acquire([wide, narrow], [], rid())).allowed
+    refused = await store.acquire([wide, narrow], [], rid())
+    assert not refused.allowed and refused.refused_bucket == 1
+    alone = await store.acquire([wide], [], rid())
+    assert alone.allowed and alone.states[0].remaining == 8  # 10 - first - this one: the refusal took nothing
+
+
+async def test_a_cost_above_capacity_can_never_fit(store):
+    d = await store.acquire([bucket(10, cost=11)], [], rid())
+    assert not d.allowed and d.never and math.isinf(d.retry_after_s)
+
+
+async def test_refunds_and_extra_charges(store):
+    b = bucket(100, cost=80)
+    assert (await store.acquire([b], [], rid())).allowed
+    await store.adjust([b], [-50], rid())  # used only 30 of the 80 reserved
+    assert (await store.acquire([bucket(100, cost=60, key=b.key)], [], rid())).allowed
+    await store.adjust([b], [+500], rid())  # the answer was longer than reserved: the bucket goes into debt
+    assert not (await store.acquire([bucket(100, cost=1, key=b.key)], [], rid())).allowed
+
+
+async def test_reset_and_remaining_describe_the_bucket(store):
+    d = await store.acquire([bucket(10, interval_s=6.0)], [], rid())
+    assert d.states[0].remaining == 9
+    assert 5.0 < d.states[0].reset_s <= 6.0
+
+
+async def test_refill_over_time(store):
+    b = bucket(2, interval_s=0.05)
+    assert all([(await store.acquire([b], [], rid())).allowed for _ in range(2)])
+    assert not (await store.acquire([b], [], rid())).allowed
+    await asyncio.sleep(0.15)
+    assert (await store.acquire([b], [], rid())).allowed
+
+
+async def test_leases_bound_concurrency_and_release_frees_them(store):
+    l2 = lease(2)
+    a, b, c = rid(), rid(), rid()
+    assert (await store.acquire([], [l2], a)).allowed
+    assert (await store.acquire([], [l2], b)).allowed
+    refused = await store.acquire([], [l2], c)
+    assert not refused.allowed and refused.refused_lease == 0
+    await store.release([l2], a)
+    assert (await store.acquire([], [l2], c)).allowed
+
+
+async def test_a_full_lease_set_charges_no_bucket(store):
+    l1, b = lease(1), bucket(10)
+    assert (await store.acquire([b], [l1], rid())).allowed
+    assert not (await store.acquire([b], [l1], rid())).allowed
+    assert (await store.acquire([b], [], rid())).states[0].remaining == 8
+
+
+async def test_leases_expire_unless_renewed(store):
+    expiring, renewed = lease(1, ttl_s=0.2), lease(1, ttl_s=0.2)
+    holder = rid()
+    assert (await store.acquire([], [expiring, renewed], holder)).allowed
+    for _ in range(3):
+        await asyncio.sleep(0.1)
+        await store.renew([renewed], holder)
+    assert (await store.acquire([], [expiring], rid())).allowed, "a dead holder's permit did not expire"
+    assert not (await store.acquire([], [renewed], rid())).allowed, "a renewed permit expired"
