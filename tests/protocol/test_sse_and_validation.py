@@ -5,7 +5,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from sluice.errors import InvalidRequestError
-from sluice.protocol import ChatCompletionRequest, CompletionRequest, SSEParser, parse_request, sse_event
+from sluice.protocol import ChatCompletionRequest, CompletionRequest, SSEParser, parse_request, sse_data, sse_event
 
 EVENTS = st.lists(st.binary(min_size=1, max_size=40).filter(lambda b: b"\n" not in b and b"\r" not in b), max_size=8)
 
@@ -16,16 +16,19 @@ def test_sse_events_survive_any_chunking(payloads, cuts):
     parser, got, pos, i = SSEParser(), [], 0, 0
     while pos < len(wire):
         step = cuts[i % len(cuts)]
-        got += [data for _, data in parser.feed(wire[pos:pos + step])]
+        got += [sse_data(frame) for frame in parser.feed(wire[pos:pos + step])]
         pos, i = pos + step, i + 1
-    assert got == [p.lstrip(b" ") for p in payloads]
+    assert got == payloads
     assert parser.tail() == b""
 
 
 def test_sse_keeps_frames_byte_exact_and_handles_crlf_and_comments():
     parser = SSEParser()
-    events = parser.feed(b": keep-alive\r\n\r\ndata: {\"a\":1}\r\n\r\ndata: [DONE]\n\n")
-    assert events == [(b": keep-alive\n\n", None), (b'data: {"a":1}\n\n', b'{"a":1}'), (b"data: [DONE]\n\n", b"[DONE]")]
+    frames = parser.feed(b": keep-alive\r\n\r\ndata: {\"a\":1}\r")
+    frames += parser.feed(b"\n\r\ndata:[DONE]\n\n")
+    assert frames == [b": keep-alive\n\n", b'data: {"a":1}\n\n', b"data:[DONE]\n\n"]
+    assert [sse_data(f) for f in frames] == [None, b'{"a":1}', b"[DONE]"]
+    assert sse_data(b"data: line one\ndata: line two\n\n") == b"line one\nline two"
 
 
 @pytest.mark.parametrize("body, param", [

@@ -13,7 +13,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from sluice.config import SimSettings
-from sluice.protocol import ChatMessage, SSEParser
+from sluice.protocol import ChatMessage, SSEParser, sse_data
 from sluice.sim import SimServer, count_chat, count_prompt, count_text, serve_sim
 
 MODEL = "sim-model"
@@ -49,7 +49,7 @@ async def stream(http: aiohttp.ClientSession, url: str, body: dict[str, Any]) ->
         assert resp.headers["Content-Type"].startswith("text/event-stream")
         events = parser.feed(await resp.read())
     assert parser.tail() == b""
-    return [data for _, data in events if data is not None]
+    return [data for data in map(sse_data, events) if data is not None]
 
 
 def chat(**kw: Any) -> dict[str, Any]:
@@ -255,7 +255,7 @@ async def read_first_token(resp: aiohttp.ClientResponse) -> None:
     while True:
         chunk = await resp.content.readany()
         assert chunk, "stream ended early"
-        for _, data in parser.feed(chunk):
+        for data in map(sse_data, parser.feed(chunk)):
             if data and b'"text"' in data:
                 return
 

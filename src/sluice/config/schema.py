@@ -81,6 +81,12 @@ class ModelSettings(_Frozen):
     name: str = Field(min_length=1)
     engine: EngineSettings | None = None
     sim: SimSettings | None = None
+    tokenizer: str | None = None  # path to the model's tokenizer.json: exact prompt counts (else a calibrated estimate)
+    max_model_len: int | None = Field(None, ge=1)  # context length, to cap reservations (a sim knows its own)
+
+    @property
+    def context_length(self) -> int | None:
+        return self.max_model_len or (self.sim.max_model_len if self.sim else None)
 
     @model_validator(mode="after")
     def _one_backend(self) -> ModelSettings:
@@ -225,6 +231,11 @@ class Settings(_Frozen):
         for key in self.keys:
             if key.tier not in self.tiers:
                 raise ValueError(f"key {key.id!r} names tier {key.tier!r}, which is not in tiers")
+        models = {m.name for m in self.models}
+        rules = [(f"tiers.{name}", r) for name, t in self.tiers.items() for r in t.limits]
+        for where, rule in rules + [("quota.limits", r) for r in self.quota.limits]:
+            if rule.model not in (None, "each") and rule.model not in models:
+                raise ValueError(f"{where}: a limit names model {rule.model!r}, which is not in models")
         if self.auth.mode == "api_key" and not self.keys:
             raise ValueError("auth.mode is api_key but no keys are configured: add keys, or set auth: {mode: open}")
         if self.server.workers > 1 and self.state.startswith("memory://"):

@@ -1,16 +1,16 @@
 """Stop work the moment the client goes away.
 
-Once the request body is read, the next ASGI ``receive()`` only returns when the client disconnects. Racing the
-work against it lets a client that hangs up abort the engine request at once, instead of when the engine is done.
+Once the request body is read, the next ASGI ``receive()`` only returns when the client disconnects (uvicorn's
+``send`` stays silent on a closed connection, so writing cannot tell). One watcher task per request waits for
+that and cancels the request's own task; the work itself runs in that task, with no other task or wait around it.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any, TypeVar
+from collections.abc import Awaitable, Callable
+from typing import Any
 
-T = TypeVar("T")
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 
 
@@ -18,24 +18,45 @@ class ClientDisconnected(Exception):
     """The client closed the connection before the answer was complete."""
 
 
-async def cancel_on_disconnect(receive: Receive, work: Coroutine[Any, Any, T]) -> T:
-    task = asyncio.ensure_future(work)
-    watcher = asyncio.ensure_future(_disconnected(receive))
-    try:
-        await asyncio.wait((task, watcher), return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        if not task.done():
-            task.cancel()
-        watcher.cancel()
-    if task.done() and not task.cancelled():
-        return task.result()
-    try:
-        await task
-    except asyncio.CancelledError:
-        pass
-    raise ClientDisconnected
+class DisconnectWatch:
+    """Cancels the current task when the client disconnects, until ``stop()``.
+
+    Use ``translated()`` around awaits in the watched task: a cancellation that the watch caused comes out as
+    ``ClientDisconnected``; any other cancellation passes through untouched.
+    """
+
+    def __init__(self, receive: Receive) -> None:
+        self.disconnected = False
+        self._task = asyncio.current_task()
+        self._watcher: asyncio.Task[None] | None = asyncio.get_running_loop().create_task(self._watch(receive))
+
+    async def _watch(self, receive: Receive) -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        self.disconnected = True
+        if self._task is not None:
+            self._task.cancel()
+
+    def stop(self) -> None:
+        if self._watcher is not None:
+            self._watcher.cancel()
+            self._watcher = None
+
+    def translated(self) -> _Translate:
+        return _Translate(self)
 
 
-async def _disconnected(receive: Receive) -> None:
-    while (await receive())["type"] != "http.disconnect":
-        pass
+class _Translate:
+    def __init__(self, watch: DisconnectWatch) -> None:
+        self._watch = watch
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> bool:
+        if exc_type is asyncio.CancelledError and self._watch.disconnected:
+            task = asyncio.current_task()
+            if task is not None:
+                task.uncancel()
+            raise ClientDisconnected from exc
+        return False

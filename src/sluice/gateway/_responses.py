@@ -2,49 +2,49 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 
 import orjson
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from sluice.errors import SluiceError
-from sluice.gateway._disconnect import ClientDisconnected, cancel_on_disconnect
+from sluice.gateway._disconnect import ClientDisconnected, DisconnectWatch
 from sluice.gateway.service import FullReply, Reply
 
 _SSE_HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
 
 
 class SSEResponse(Response):
-    """Streams ``chunks`` as server-sent events, one write per chunk, and stops (closing ``chunks``, which aborts
-    the engine request) as soon as the client disconnects."""
+    """Streams ``chunks`` as server-sent events, one write per chunk. When the client disconnects, ``watch``
+    cancels the stream, and closing ``chunks`` aborts the engine request."""
 
-    def __init__(self, chunks: AsyncIterator[bytes]) -> None:
+    def __init__(self, chunks: AsyncIterator[bytes], watch: DisconnectWatch, headers: Mapping[str, str]) -> None:
         self.chunks = chunks
+        self.watch = watch
         self.status_code = 200
         self.background = None
-        self.raw_headers = list(_SSE_HEADERS)
+        self.raw_headers = _SSE_HEADERS + [(k.encode(), v.encode()) for k, v in headers.items()]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
-
-        async def pump() -> None:
-            async for chunk in self.chunks:
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
-
         try:
-            await cancel_on_disconnect(receive, pump())
+            with self.watch.translated():
+                await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+                async for chunk in self.chunks:
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
         except ClientDisconnected:
             pass
         finally:
+            self.watch.stop()
             await self.chunks.aclose()  # type: ignore[attr-defined]
 
 
-def reply_response(reply: Reply) -> Response:
+def reply_response(reply: Reply, watch: DisconnectWatch) -> Response:
     if isinstance(reply, FullReply):
-        return Response(reply.body, status_code=reply.status, media_type=reply.content_type)
-    return SSEResponse(reply.chunks)
+        watch.stop()
+        return Response(reply.body, status_code=reply.status, media_type=reply.content_type, headers=reply.headers)
+    return SSEResponse(reply.chunks, watch, reply.headers)
 
 
 def error_response(exc: SluiceError) -> Response:

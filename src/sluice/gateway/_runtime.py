@@ -1,4 +1,4 @@
-"""Assembles the running gateway from settings: in-process simulators, engine pools, the service."""
+"""Assembles the running gateway from settings: in-process simulators, engine pools, pricing, quotas, the service."""
 
 from __future__ import annotations
 
@@ -11,19 +11,45 @@ from sluice.config import ModelSettings, Settings
 from sluice.engines import EnginePool, Replica
 from sluice.gateway.service import GatewayService, ModelRoute
 from sluice.identity import KeyRing
+from sluice.quota import EstimateCounter, ExactCounter, Pricer, PromptCounter, QuotaLimiter, QuotaPolicy, open_store
 from sluice.sim import SimServer
+from sluice.telemetry import GatewayMetrics
 
 log = logging.getLogger("sluice")
 
 
 @asynccontextmanager
-async def open_service(settings: Settings, clock: Clock) -> AsyncIterator[GatewayService]:
+async def open_service(settings: Settings, clock: Clock, metrics: GatewayMetrics) -> AsyncIterator[GatewayService]:
     async with AsyncExitStack() as stack:
         routes: dict[str, ModelRoute] = {}
         for model in settings.models:
             routes[model.name] = await _open_route(model, settings, clock, stack)
-        keyring = KeyRing(settings.keys, settings.tiers, open_access=settings.auth.mode == "open")
-        yield GatewayService(routes, keyring, clock)
+        store = open_store(settings.state, settings.quota, clock, observer=metrics)
+        stack.push_async_callback(store.close)
+        limiter = QuotaLimiter(QuotaPolicy(settings.tiers, settings.quota), store, clock, observer=metrics)
+        stack.push_async_callback(limiter.close)
+        _warn_if_limits_are_per_process(settings)
+        service = GatewayService(routes, keyring_for(settings), pricer_for(settings), limiter, clock)
+        stack.push_async_callback(service.drain)
+        yield service
+
+
+def keyring_for(settings: Settings) -> KeyRing:
+    return KeyRing(settings.keys, settings.tiers, open_access=settings.auth.mode == "open")
+
+
+def pricer_for(settings: Settings) -> Pricer:
+    counters: dict[str, PromptCounter] = {
+        m.name: ExactCounter.from_file(m.tokenizer) if m.tokenizer else EstimateCounter() for m in settings.models
+    }
+    return Pricer(counters, settings.quota.default_max_tokens, {m.name: m.context_length for m in settings.models})
+
+
+def _warn_if_limits_are_per_process(settings: Settings) -> None:
+    has_limits = settings.quota.limits or any(t.rules() for t in settings.tiers.values())
+    if has_limits and settings.state.startswith("memory://"):
+        log.warning("Quota state is in memory: limits hold for this process only. Gateways that share traffic "
+                    "must share state (state: redis://...), or every limit multiplies by their number.")
 
 
 async def _open_route(model: ModelSettings, settings: Settings, clock: Clock, stack: AsyncExitStack) -> ModelRoute:
@@ -32,15 +58,15 @@ async def _open_route(model: ModelSettings, settings: Settings, clock: Clock, st
         stack.push_async_callback(sim.stop)
         log.info("model %s: built-in engine simulator (%s dialect) at %s", model.name, model.sim.dialect, sim.url)
         replicas = [Replica(sim.url, model.sim.dialect)]
-        served_name, max_model_len = model.name, model.sim.max_model_len
+        served_name = model.name
     else:
         assert model.engine is not None
         replicas = [Replica(url, model.engine.dialect) for url in model.engine.urls]
-        served_name, max_model_len = model.engine.served_model or model.name, None
+        served_name = model.engine.served_model or model.name
     pool = EnginePool(
         replicas,
         connect_timeout_s=settings.server.connect_timeout_s,
         read_timeout_s=settings.server.upstream_timeout_s,
     )
     stack.push_async_callback(pool.close)
-    return ModelRoute(model.name, served_name, pool, max_model_len)
+    return ModelRoute(model.name, served_name, pool, model.context_length)

@@ -21,8 +21,9 @@ from sluice.gateway._disconnect import ClientDisconnected
 from sluice.gateway._responses import error_response
 from sluice.gateway._runtime import open_service
 from sluice.gateway.middleware import RequestObserver
-from sluice.gateway.routes import ROUTERS
-from sluice.gateway.routes._openapi import component_schemas
+from sluice.gateway.routes import INFERENCE_ROUTES, ROUTERS
+from sluice.gateway.routes._openapi import component_schemas, inference_paths
+from sluice.gateway.service import CHAT, COMPLETIONS, EMBEDDINGS
 from sluice.telemetry import AccessLog, GatewayMetrics
 
 log = logging.getLogger("sluice")
@@ -34,7 +35,7 @@ def create_app(settings: Settings, *, clock: Clock | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        async with open_service(settings, clock) as service:
+        async with open_service(settings, clock, metrics) as service:
             app.state.service = service
             for line in banner(settings):
                 log.info(line)
@@ -45,9 +46,10 @@ def create_app(settings: Settings, *, clock: Clock | None = None) -> FastAPI:
     app = FastAPI(title="Sluice", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.metrics = metrics
     app.state.max_body_bytes = settings.server.max_body_bytes
+    app.router.routes.extend(INFERENCE_ROUTES)
     for router in ROUTERS:
         app.include_router(router)
-    routes = frozenset(route.path for router in ROUTERS for route in router.routes)
+    routes = frozenset([r.path for r in INFERENCE_ROUTES] + [r.path for router in ROUTERS for r in router.routes])
     app.add_middleware(
         RequestObserver,
         metrics=metrics,
@@ -91,11 +93,14 @@ def _install_error_handlers(app: FastAPI) -> None:
 
 def _install_openapi(app: FastAPI) -> None:
     generate = app.openapi
+    request_models = {e.path: e.request_model for e in (CHAT, COMPLETIONS, EMBEDDINGS)}
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
             schema = generate()
-            schema.setdefault("components", {}).setdefault("schemas", {}).update(component_schemas())
+            schema["paths"] = {**inference_paths(INFERENCE_ROUTES, request_models), **schema.get("paths", {})}
+            components = schema.setdefault("components", {}).setdefault("schemas", {})
+            components.update(component_schemas(list(request_models.values())))
             app.openapi_schema = schema
         return app.openapi_schema
 

@@ -1,13 +1,14 @@
-"""The request pipeline, free of HTTP: identify → (price → cache → quota → admission) → route → engine → record.
+"""The request pipeline, free of HTTP: identify → price → quota → (admission) → route → engine → settle → record.
 
 Routes hand it bytes and headers and get a ``FullReply`` or a ``StreamReply`` back; errors are raised as
-``SluiceError``. Steps not built yet (price, cache, quota, admission) slot in between identify and route.
+``SluiceError``. Steps not built yet (cache, admission) slot in between quota and route.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -25,7 +26,9 @@ from sluice.protocol import (
     ModelList,
     SSEParser,
     parse_request,
+    sse_data,
 )
+from sluice.quota import Price, Pricer, QuotaLimiter, Reservation
 from sluice.telemetry import RequestRecord
 
 
@@ -33,11 +36,12 @@ from sluice.telemetry import RequestRecord
 class Endpoint:
     path: str
     request_model: type[BaseModel]
+    pricing: str  # the Pricer method that prices it
 
 
-CHAT = Endpoint("/v1/chat/completions", ChatCompletionRequest)
-COMPLETIONS = Endpoint("/v1/completions", CompletionRequest)
-EMBEDDINGS = Endpoint("/v1/embeddings", EmbeddingRequest)
+CHAT = Endpoint("/v1/chat/completions", ChatCompletionRequest, "price_chat")
+COMPLETIONS = Endpoint("/v1/completions", CompletionRequest, "price_completion")
+EMBEDDINGS = Endpoint("/v1/embeddings", EmbeddingRequest, "price_embedding")
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,21 +64,27 @@ class FullReply:
     status: int
     body: bytes
     content_type: str
+    headers: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
 class StreamReply:
     chunks: AsyncIterator[bytes]
+    headers: Mapping[str, str] = field(default_factory=dict)
 
 
 Reply = FullReply | StreamReply
 
 
 class GatewayService:
-    def __init__(self, routes: Mapping[str, ModelRoute], keyring: KeyRing, clock: Clock) -> None:
+    def __init__(self, routes: Mapping[str, ModelRoute], keyring: KeyRing, pricer: Pricer, limiter: QuotaLimiter,
+                 clock: Clock) -> None:
         self.routes = dict(routes)
-        self.keyring = keyring
+        self.keyring = keyring  # replaced whole on a configuration reload
+        self.pricer = pricer
+        self.limiter = limiter
         self.clock = clock
+        self._settling: set[asyncio.Task[None]] = set()
 
     def identify(self, record: RequestRecord, authorization: str | None, api_key: str | None) -> Principal:
         principal = self.keyring.authenticate(authorization, api_key)
@@ -93,19 +103,34 @@ class GatewayService:
         request: Any = parse_request(endpoint.request_model, body)
         route = self._route(request.model)
         record.model = route.name
-        stream = bool(getattr(request, "stream", False))
-        record.stream = stream
-        upstream = await route.pool.post(
-            endpoint.path,
-            _upstream_body(request, body, route, stream),
-            {"content-type": "application/json", "x-request-id": record.request_id},
-        )
+        stream = record.stream = bool(getattr(request, "stream", False))
+        price: Price = getattr(self.pricer, endpoint.pricing)(request)
+        reservation = await self.limiter.reserve(principal, route.name, price)
+        try:
+            upstream = await route.pool.post(
+                endpoint.path,
+                _upstream_body(request, body, route, stream),
+                {"content-type": "application/json", "x-request-id": record.request_id},
+            )
+        except BaseException:
+            self._settle(reservation, record, route, {"prompt_tokens": 0, "completion_tokens": 0})  # nothing ran
+            raise
         record.replica = upstream.replica.url
-        if not stream:
+        if stream:
+            chunks = self._relay(upstream, route, request.wants_usage_chunk(), record, reservation)
+            return StreamReply(chunks, reservation.headers)
+        try:
             data = route.rename(await upstream.read())
-            _account(record, _usage_in(data))
-            return FullReply(upstream.status, data, upstream.content_type or "application/json")
-        return StreamReply(self._relay(upstream, route, request.wants_usage_chunk(), record))
+        except BaseException:
+            self._settle(reservation, record, route, None)  # aborted with unknown usage: keep what was reserved
+            raise
+        self._settle(reservation, record, route, _json_object(data).get("usage"))
+        return FullReply(upstream.status, data, upstream.content_type or "application/json", reservation.headers)
+
+    async def drain(self) -> None:
+        """Wait for the settlements still in flight (at shutdown: no accounting is lost)."""
+        if self._settling:
+            await asyncio.gather(*self._settling, return_exceptions=True)
 
     def _route(self, model: str) -> ModelRoute:
         route = self.routes.get(model)
@@ -113,31 +138,33 @@ class GatewayService:
             raise NotFoundError(f"The model `{model}` does not exist or you do not have access to it.", param="model")
         return route
 
-    async def _relay(
-        self, upstream: UpstreamResponse, route: ModelRoute, wants_usage: bool, record: RequestRecord
-    ) -> AsyncIterator[bytes]:
-        """Pass SSE frames through as they arrive, noting usage and dropping the usage-only chunk the client
-        did not ask for. Closing this generator early (client gone) closes the upstream, aborting it there."""
+    async def _relay(self, upstream: UpstreamResponse, route: ModelRoute, wants_usage: bool, record: RequestRecord,
+                     reservation: Reservation) -> AsyncIterator[bytes]:
+        """Pass SSE frames through as they arrive. Only a frame carrying usage is parsed: its usage is kept, and
+        the usage-only frame is dropped if the client did not ask for it. Closing this generator early (client
+        gone) closes the upstream, aborting the request there, and charges what was generated so far."""
         parser = SSEParser()
-        frames_with_choices = 0
+        usage: Any = None
+        generated = 0  # data frames: about one token each, the charge when the stream is cut before its usage
         finished = False
         try:
             async for chunk in upstream.chunks():
-                out: list[bytes] = []
-                for frame, data in parser.feed(chunk):
-                    if data is None or data == b"[DONE]":
-                        finished = finished or data == b"[DONE]"
-                        out.append(frame)
-                        continue
-                    if record.ttft_s is None:
-                        record.ttft_s = self.clock.now() - record.started_s
-                    doc = _json_object(data)
-                    if doc.get("choices"):
-                        frames_with_choices += 1
-                    elif doc.get("usage"):
-                        _account(record, doc["usage"])
-                        if not wants_usage:
+                frames = parser.feed(chunk)
+                if not frames:
+                    continue
+                if record.ttft_s is None:
+                    record.ttft_s = self.clock.now() - record.started_s
+                out = []
+                for frame in frames:
+                    if b'"usage":{' in frame or b'"usage": {' in frame:
+                        doc = _json_object(sse_data(frame) or b"")
+                        usage = doc.get("usage")
+                        if not doc.get("choices") and not wants_usage:
                             continue
+                    elif frame.startswith(b"data: [DONE]"):
+                        finished = True
+                    else:
+                        generated += 1
                     out.append(frame)
                 if out:
                     yield route.rename(b"".join(out))
@@ -145,8 +172,26 @@ class GatewayService:
             upstream.close()
             if not finished:
                 record.reason = record.reason or "client_disconnected"
-            if record.tokens_out is None:
-                record.tokens_out = frames_with_choices  # partial: about one token per chunk
+            if not isinstance(usage, dict):
+                usage = {"completion_tokens": generated}
+            self._settle(reservation, record, route, usage)
+
+    def _settle(self, reservation: Reservation, record: RequestRecord, route: ModelRoute, usage: Any) -> None:
+        """Record the usage and reconcile the reservation, in a task of its own: it must happen even when the
+        request's task is being cancelled."""
+        prompt: int | None = None
+        completion = reservation.price.max_output_tokens
+        if isinstance(usage, dict):
+            prompt = usage.get("prompt_tokens")
+            completion = int(usage.get("completion_tokens") or 0)
+            if isinstance(prompt, int) and prompt > 0:
+                self.pricer.observe(route.name, reservation.price, prompt)
+        record.tokens_in = prompt if prompt is not None else reservation.price.prompt_tokens
+        record.tokens_out = completion
+        if reservation.buckets or reservation.leases:
+            task = asyncio.get_running_loop().create_task(self.limiter.settle(reservation, prompt, completion))
+            self._settling.add(task)
+            task.add_done_callback(self._settling.discard)
 
 
 def _upstream_body(request: Any, body: bytes, route: ModelRoute, stream: bool) -> bytes:
@@ -171,13 +216,3 @@ def _json_object(data: bytes) -> dict[str, Any]:
     except orjson.JSONDecodeError:
         return {}
     return doc if isinstance(doc, dict) else {}
-
-
-def _usage_in(body: bytes) -> Any:
-    return _json_object(body).get("usage")
-
-
-def _account(record: RequestRecord, usage: Any) -> None:
-    if isinstance(usage, dict):
-        record.tokens_in = usage.get("prompt_tokens")
-        record.tokens_out = usage.get("completion_tokens", 0)

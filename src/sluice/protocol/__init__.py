@@ -5,7 +5,7 @@ from sluice.protocol._completions import CompletionRequest
 from sluice.protocol._embeddings import EmbeddingRequest
 from sluice.protocol._errors import ErrorDetail, ErrorResponse
 from sluice.protocol._models import ModelCard, ModelList
-from sluice.protocol._sse import DONE, SSEParser, sse_event
+from sluice.protocol._sse import DONE, SSEParser, sse_data, sse_event
 from sluice.protocol._usage import StreamOptions, Usage
 from sluice.protocol._validation import parse_request
 
@@ -23,5 +23,6 @@ __all__ = [
     "StreamOptions",
     "Usage",
     "parse_request",
+    "sse_data",
     "sse_event",
 ]

@@ -9,34 +9,36 @@ def sse_event(data: bytes) -> bytes:
     return b"data: " + data + b"\n\n"
 
 
-class SSEParser:
-    """Splits a byte stream into SSE events, however the bytes were chunked on the wire.
+def sse_data(frame: bytes) -> bytes | None:
+    """The joined ``data:`` payload of one frame, or ``None`` for frames without one (comments)."""
+    if frame.startswith(b"data: ") and frame.count(b"\n") == 2:  # the usual one-line frame, fast
+        return frame[6:-2]
+    parts = [_one_space_off(line[5:]) for line in frame.split(b"\n") if line.startswith(b"data:")]
+    return b"\n".join(parts) if parts else None
 
-    ``feed`` returns complete events as ``(raw_frame, data)``: ``raw_frame`` is the frame's exact bytes
-    (to forward untouched) and ``data`` the joined ``data:`` payload (``None`` for frames without one, such as
-    comments).
+
+def _one_space_off(value: bytes) -> bytes:
+    return value[1:] if value.startswith(b" ") else value
+
+
+class SSEParser:
+    """Splits a byte stream into complete SSE frames, however the bytes were chunked on the wire.
+
+    ``feed`` returns each complete frame's bytes, ending in a blank line (``\\r\\n`` normalized to ``\\n``), to be
+    forwarded as they are or read with ``sse_data``.
     """
 
     def __init__(self) -> None:
         self._buf = b""
 
-    def feed(self, chunk: bytes) -> list[tuple[bytes, bytes | None]]:
-        self._buf += chunk
-        if b"\r" in self._buf:
-            self._buf = self._buf.replace(b"\r\n", b"\n")
-        events: list[tuple[bytes, bytes | None]] = []
-        while True:
-            end = self._buf.find(b"\n\n")
-            if end < 0:
-                return events
-            frame, self._buf = self._buf[: end + 2], self._buf[end + 2 :]
-            events.append((frame, _data_of(frame)))
+    def feed(self, chunk: bytes) -> list[bytes]:
+        buf = self._buf + chunk if self._buf else chunk
+        if b"\r" in buf:
+            buf = buf.replace(b"\r\n", b"\n")
+        parts = buf.split(b"\n\n")
+        self._buf = parts.pop()
+        return [part + b"\n\n" for part in parts]
 
     def tail(self) -> bytes:
-        """Bytes received after the last complete event (an unterminated frame)."""
+        """Bytes received after the last complete frame (an unterminated frame)."""
         return self._buf
-
-
-def _data_of(frame: bytes) -> bytes | None:
-    parts = [line[5:].lstrip(b" ") for line in frame.split(b"\n") if line.startswith(b"data:")]
-    return b"\n".join(parts) if parts else None

@@ -40,5 +40,33 @@ class GatewayMetrics:
             ["model", "direction"], registry=r,
         )
 
+        self.quota_waiting_now = Gauge(
+            "sluice_quota_waiting", "Requests waiting for their quota to refill instead of being refused.", registry=r
+        )
+        self.quota_wait = Histogram(
+            "sluice_quota_wait_seconds", "How long admitted requests waited for their quota.",
+            buckets=LATENCY_BUCKETS_S, registry=r,
+        )
+        self.quota_degraded = Gauge(
+            "sluice_quota_store_degraded", "1 while the shared quota store is unavailable (limits fail open or closed).",
+            registry=r,
+        )
+        self.quota_degraded_events = Counter(
+            "sluice_quota_store_degraded_events", "Times the shared quota store became unavailable.", registry=r
+        )
+        self._children: dict[tuple[str, ...], object] = {}
+
+    # QuotaObserver and DegradedObserver, for the quota step
+    def quota_waiting(self, delta: int) -> None:
+        self.quota_waiting_now.inc(delta)
+
+    def quota_waited(self, seconds: float) -> None:
+        self.quota_wait.observe(seconds)
+
+    def quota_store_degraded(self, degraded: bool) -> None:
+        self.quota_degraded.set(1 if degraded else 0)
+        if degraded:
+            self.quota_degraded_events.inc()
+
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -1,7 +1,8 @@
 """Thin HTTP routes: each reads the request, calls the pipeline, writes the reply."""
 
-from sluice.gateway.routes import completions, embeddings, models, ops
+from sluice.gateway.routes import inference, models, ops
 
-ROUTERS = (completions.router, embeddings.router, models.router, ops.router)
+ROUTERS = (models.router, ops.router)
+INFERENCE_ROUTES = inference.ROUTES
 
-__all__ = ["ROUTERS"]
+__all__ = ["INFERENCE_ROUTES", "ROUTERS"]

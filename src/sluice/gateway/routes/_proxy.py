@@ -2,24 +2,29 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from starlette.requests import Request
+from starlette.responses import Response
 
 from sluice.errors import PayloadTooLargeError
-from sluice.gateway._disconnect import cancel_on_disconnect
+from sluice.gateway._disconnect import DisconnectWatch
 from sluice.gateway._responses import reply_response
 from sluice.gateway.service import Endpoint, GatewayService
 
 
-async def proxy(request: Request, endpoint: Endpoint) -> Any:
+async def proxy(request: Request, endpoint: Endpoint) -> Response:
     service: GatewayService = request.app.state.service
     record = request.state.record
     headers = request.headers
     principal = service.identify(record, headers.get("authorization"), headers.get("api-key"))
     body = await read_body(request, request.app.state.max_body_bytes)
-    reply = await cancel_on_disconnect(request.receive, service.proxy(endpoint, principal, body, record))
-    return reply_response(reply)
+    watch = DisconnectWatch(request.receive)
+    try:
+        with watch.translated():
+            reply = await service.proxy(endpoint, principal, body, record)
+    except BaseException:
+        watch.stop()
+        raise
+    return reply_response(reply, watch)
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -38,4 +43,3 @@ async def read_body(request: Request, limit: int) -> bytes:
 
 def _too_large(limit: int) -> PayloadTooLargeError:
     return PayloadTooLargeError(f"The request body is larger than the limit of {limit} bytes.")
-

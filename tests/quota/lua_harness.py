@@ -1,0 +1,68 @@
+"""Runs lua/quota.lua in a Lua runtime (lupa) against a tiny in-process stand-in for Redis, on a fake clock.
+
+It exists for one purpose: checking the script's arithmetic against the reference model with time under the
+test's control (a real Redis reads its own clock). The real twin, a real redis-server, runs the same script in
+tests/contract.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lupa
+
+from sluice.clock import FakeClock
+from sluice.quota._redis import load_script
+
+
+class LuaRedis:
+    def __init__(self, clock: FakeClock) -> None:
+        self.clock = clock
+        self.strings: dict[str, str] = {}
+        self.zsets: dict[str, dict[str, float]] = {}
+        self.lua = lupa.LuaRuntime(unpack_returned_tuples=True)
+        self.lua.execute("redis = {}")
+        self.lua.globals().redis.call = self._call
+        self.script = self.lua.eval("function(KEYS, ARGV) " + load_script() + " end")
+
+    def run(self, keys: list[str], args: list[Any]) -> Any:
+        table = self.lua.table_from
+        return _to_python(self.script(table(keys), table([str(a) for a in args])))
+
+    def _call(self, command: str, *args: Any) -> Any:
+        cmd = command.upper()
+        if cmd == "TIME":
+            now_us = round(self.clock.wall() * 1_000_000)
+            return self.lua.table_from([str(now_us // 1_000_000), str(now_us % 1_000_000)])
+        if cmd == "GET":
+            return self.strings.get(args[0], False)
+        if cmd == "SET":
+            self.strings[args[0]] = str(args[1])
+            return "OK"
+        if cmd == "DEL":
+            self.strings.pop(args[0], None)
+            return 1
+        if cmd == "PEXPIRE":
+            return 1  # expiry only saves memory: an expired bucket is a full one, which GET's default says
+        zset = self.zsets.setdefault(args[0], {})
+        if cmd == "ZREMRANGEBYSCORE":
+            hi = float(args[2])
+            for member in [m for m, score in zset.items() if score <= hi]:
+                del zset[member]
+            return 0
+        if cmd == "ZCARD":
+            return len(zset)
+        if cmd == "ZSCORE":
+            return str(zset[args[1]]) if args[1] in zset else False
+        if cmd == "ZADD":
+            zset[str(args[2])] = float(args[1])
+            return 1
+        if cmd == "ZREM":
+            return int(zset.pop(str(args[1]), None) is not None)
+        raise NotImplementedError(cmd)
+
+
+def _to_python(value: Any) -> Any:
+    if lupa.lua_type(value) == "table":
+        return [_to_python(value[i]) for i in range(1, len(value) + 1)]
+    return value
