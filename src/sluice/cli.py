@@ -80,12 +80,13 @@ def _serve(args: argparse.Namespace) -> int:
 
     from sluice.gateway.app import create_app
 
-    settings = load_settings(args.config or config_path_from_env())
+    config_path = args.config or config_path_from_env()
+    settings = load_settings(config_path)
     overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
     if overrides:
         settings = settings.model_copy(update={"server": settings.server.model_copy(update=overrides)})
     uvicorn.run(
-        create_app(settings),
+        create_app(settings, config_path=config_path),
         host=settings.server.host,
         port=settings.server.port,
         loop="uvloop",

@@ -131,3 +131,11 @@ async def test_leases_expire_unless_renewed(store):
         await store.renew([renewed], holder)
     assert (await store.acquire([], [expiring], rid())).allowed, "a dead holder's permit did not expire"
     assert not (await store.acquire([], [renewed], rid())).allowed, "a renewed permit expired"
+
+
+async def test_a_changed_rate_keeps_the_units_already_used(store):
+    old = bucket(1)  # one an hour, used up
+    assert (await store.acquire([old], [], rid())).allowed
+    new = bucket(5, key=old.key, interval_s=HOUR / 5)  # the tier now allows five an hour
+    d = await store.acquire([new], [], rid())
+    assert d.allowed and d.states[0].remaining == 3  # 5 - the one used before - this one

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI
@@ -18,6 +20,7 @@ from sluice.config import Settings
 from sluice.errors import InvalidRequestError, NotFoundError, SluiceError
 from sluice.gateway._banner import OPEN_ACCESS_WARNING, banner
 from sluice.gateway._disconnect import ClientDisconnected
+from sluice.gateway._reload import ConfigReloader
 from sluice.gateway._responses import error_response
 from sluice.gateway._runtime import open_service
 from sluice.gateway.middleware import RequestObserver
@@ -29,7 +32,8 @@ from sluice.telemetry import AccessLog, GatewayMetrics
 log = logging.getLogger("sluice")
 
 
-def create_app(settings: Settings, *, clock: Clock | None = None) -> FastAPI:
+def create_app(settings: Settings, *, config_path: str | Path | None = None, clock: Clock | None = None) -> FastAPI:
+    """The gateway for ``settings``. With ``config_path``, edits to that file (tiers, limits, keys) apply live."""
     clock = clock or MonotonicClock()
     metrics = GatewayMetrics()
 
@@ -41,7 +45,15 @@ def create_app(settings: Settings, *, clock: Clock | None = None) -> FastAPI:
                 log.info(line)
             if settings.auth.mode == "open":
                 log.warning(OPEN_ACCESS_WARNING)
-            yield
+            reloader = None
+            if config_path is not None:
+                app.state.reloader = ConfigReloader(Path(config_path), settings, service, clock)
+                reloader = asyncio.get_running_loop().create_task(app.state.reloader.run())
+            try:
+                yield
+            finally:
+                if reloader is not None:
+                    reloader.cancel()
 
     app = FastAPI(title="Sluice", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.metrics = metrics

@@ -35,5 +35,13 @@ def adjust(tat: float, now: float, delta: int, interval_s: float) -> float:
     return max(tat + delta * interval_s, now)
 
 
+def rescale(tat: float, now: float, stored_interval_s: float, interval_s: float) -> float:
+    """A bucket whose rate changed (a configuration reload) keeps the units it had used, not the time they
+    stood for: its debt ``(tat - now) / old interval`` is restated at the new interval."""
+    if tat <= now or stored_interval_s == interval_s:
+        return tat
+    return now + (tat - now) / stored_interval_s * interval_s
+
+
 def _units(seconds: float, interval_s: float) -> int:
     return max(0, math.floor(seconds / interval_s + EPSILON_S))

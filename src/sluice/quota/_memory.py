@@ -18,7 +18,7 @@ IDLE_SWEEP_EVERY = 4096
 class MemoryStore:
     def __init__(self, clock: Clock) -> None:
         self._clock = clock
-        self._tats: dict[str, float] = {}
+        self._tats: dict[str, tuple[float, float]] = {}  # bucket key -> (tat, the interval it was written with)
         self._leases: dict[str, dict[str, float]] = {}  # set key -> lease id -> deadline
         self._ops = 0
 
@@ -31,7 +31,7 @@ class MemoryStore:
         states, new_tats = [], []
         refused, worst = None, 0.0
         for i, b in enumerate(buckets):
-            fits, new_tat, state = _gcra.check(self._tats.get(b.key, now), now, b.cost, b.interval_s, b.capacity)
+            fits, new_tat, state = _gcra.check(self._tat(b, now), now, b.cost, b.interval_s, b.capacity)
             states.append(state)
             new_tats.append(new_tat)
             if not fits and (refused is None or state.retry_after_s > worst):
@@ -43,7 +43,7 @@ class MemoryStore:
             if len(holders) >= lease.limit and lease_id not in holders:
                 return Decision(False, states, refused_lease=i, retry_after_s=1.0)
         for b, new_tat in zip(buckets, new_tats, strict=True):
-            self._tats[b.key] = new_tat
+            self._tats[b.key] = (new_tat, b.interval_s)
         for lease in leases:
             self._leases.setdefault(lease.key, {})[lease_id] = now + lease.ttl_s
         return Decision(True, states)
@@ -52,7 +52,7 @@ class MemoryStore:
         now = self._clock.now()
         for b, delta in zip(buckets, deltas, strict=True):
             if delta:
-                self._tats[b.key] = _gcra.adjust(self._tats.get(b.key, now), now, delta, b.interval_s)
+                self._tats[b.key] = (_gcra.adjust(self._tat(b, now), now, delta, b.interval_s), b.interval_s)
 
     async def release(self, leases: Sequence[Lease], lease_id: str) -> None:
         for lease in leases:
@@ -71,6 +71,12 @@ class MemoryStore:
         self._tats.clear()
         self._leases.clear()
 
+    def _tat(self, bucket: Bucket, now: float) -> float:
+        stored = self._tats.get(bucket.key)
+        if stored is None:
+            return now
+        return _gcra.rescale(stored[0], now, stored[1], bucket.interval_s)
+
     def _live(self, key: str, now: float) -> dict[str, float]:
         holders = self._leases.setdefault(key, {})
         for expired in [lid for lid, deadline in holders.items() if deadline <= now]:
@@ -80,4 +86,4 @@ class MemoryStore:
     def _sweep(self, now: float) -> None:
         self._ops += 1
         if self._ops % IDLE_SWEEP_EVERY == 0:
-            self._tats = {k: tat for k, tat in self._tats.items() if tat > now}
+            self._tats = {k: stored for k, stored in self._tats.items() if stored[0] > now}

@@ -26,8 +26,17 @@ local function units(us, interval)
   if u < 0 then return 0 end
   return u
 end
-local function expire_bucket(k, tat)
-  redis.call('PEXPIRE', k, math.ceil((tat - now) / 1000) + 1000)
+-- A bucket is stored as "tat interval": a rate changed by a reload restates the units used at the new interval.
+local function read_tat(k, interval)
+  local v = redis.call('GET', k)
+  if not v then return now end
+  local tat, stored = string.match(v, '^(%S+) (%S+)$')
+  tat, stored = tonumber(tat), tonumber(stored)
+  if tat <= now or stored == interval then return tat end
+  return now + (tat - now) / stored * interval
+end
+local function write_tat(k, tat, interval)
+  redis.call('SET', k, num(tat) .. ' ' .. num(interval), 'PX', math.ceil((tat - now) / 1000) + 1000)
 end
 
 local function acquire()
@@ -36,7 +45,7 @@ local function acquire()
   local refused, worst = -1, 0
   for i = 1, nb do
     local k, interval, cap, cost = key(), tonumber(arg()), tonumber(arg()), tonumber(arg())
-    local tat = tonumber(redis.call('GET', k) or now)
+    local tat = read_tat(k, interval)
     local tau = cap * interval
     local base = math.max(tat, now)
     local new_tat = base + cost * interval
@@ -69,10 +78,7 @@ local function acquire()
       return {0, -1, i - 1, num(1000000), states}
     end
   end
-  for i = 1, nb do
-    redis.call('SET', bkeys[i], num(newtats[i]))
-    expire_bucket(bkeys[i], newtats[i])
-  end
+  for i = 1, nb do write_tat(bkeys[i], newtats[i], intervals[i]) end
   for i = 1, nl do
     redis.call('ZADD', lkeys[i], now + ttls[i], lease_id)
     redis.call('PEXPIRE', lkeys[i], math.ceil(ttls[i] / 1000) + 1000)
@@ -85,13 +91,12 @@ local function adjust()
   for _ = 1, nb do
     local k, interval, delta = key(), tonumber(arg()), tonumber(arg())
     if delta ~= 0 then
-      local tat = tonumber(redis.call('GET', k) or now)
+      local tat = read_tat(k, interval)
       local new_tat
       if delta > 0 then new_tat = math.max(tat, now) + delta * interval
       else new_tat = math.max(tat + delta * interval, now) end
       if new_tat > now then
-        redis.call('SET', k, num(new_tat))
-        expire_bucket(k, new_tat)
+        write_tat(k, new_tat, interval)
       else
         redis.call('DEL', k)
       end
