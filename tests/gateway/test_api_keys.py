@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 
 import httpx
 import openai
@@ -11,16 +10,21 @@ import pytest
 
 from sluice.config import parse_settings
 from sluice.identity import generate_key, hash_key
-from tests.conftest import serve_gateway
+from tests.conftest import serve_gateway, wait_until
 
 KEY = generate_key()
 MESSAGES = [{"role": "user", "content": "hello"}]
 
 
 @pytest.fixture(scope="module")
-def keyed_gateway():
+def access_log_path(tmp_path_factory):
+    return tmp_path_factory.mktemp("logs") / "access.jsonl"
+
+
+@pytest.fixture(scope="module")
+def keyed_gateway(access_log_path):
     settings = parse_settings({
-        "server": {"max_body_bytes": 4096},
+        "server": {"max_body_bytes": 4096, "access_log_path": str(access_log_path)},
         "models": [{"name": "m", "sim": {"speed": 50}}],
         "tiers": {"pro": {"priority": 10}},
         "keys": [{"id": "alice-key", "hash": hash_key(KEY), "user": "alice", "tenant": "acme", "tier": "pro"}],
@@ -78,13 +82,22 @@ def test_unknown_route_is_an_openai_shaped_404(keyed_gateway):
     assert set(r.json()["error"]) == {"message", "type", "param", "code"}
 
 
-def test_access_log_names_the_key_id_never_the_key(keyed_gateway, caplog):
-    caplog.set_level(logging.INFO, logger="sluice.access")
+def test_access_log_names_the_key_id_never_the_key(keyed_gateway, access_log_path):
     sdk(keyed_gateway, KEY).chat.completions.create(
         model="m", messages=MESSAGES, max_tokens=2, extra_headers={"x-request-id": "log-me"}
     )
-    lines = [json.loads(r.getMessage()) for r in caplog.records if r.name == "sluice.access"]
-    line = next(entry for entry in lines if entry["request_id"] == "log-me")
+    with pytest.raises(openai.AuthenticationError):
+        sdk(keyed_gateway, "sk-sluice-a-wrong-key-that-must-not-be-logged").models.list()
+
+    def logged(request_id: str) -> dict | None:
+        lines = [json.loads(line) for line in access_log_path.read_text().splitlines()]
+        return next((entry for entry in lines if entry["request_id"] == request_id), None)
+
+    assert wait_until(lambda: logged("log-me") is not None)
+    line = logged("log-me")
     assert line["key_id"] == "alice-key" and line["tenant"] == "acme" and line["tier"] == "pro"
     assert line["model"] == "m" and line["status"] == 200 and line["tokens_out"] <= 2
-    assert KEY not in caplog.text
+    assert line["tokens_in"] > 0 and line["duration_s"] > 0 and line["replica"].startswith("http://127.0.0.1:")
+    text = access_log_path.read_text()
+    assert KEY not in text and "must-not-be-logged" not in text
+    assert '"status":401' in text and '"reason":"auth"' in text

@@ -27,6 +27,7 @@ class ServerSettings(_Frozen):
     connect_timeout_s: float = Field(5.0, gt=0)
     upstream_timeout_s: float = Field(600.0, gt=0)
     access_log: bool = True
+    access_log_path: str | None = None  # one JSON line per request, appended here; stderr when unset
 
 
 class AuthSettings(_Frozen):

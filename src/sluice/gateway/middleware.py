@@ -6,11 +6,11 @@ Pure ASGI (no BaseHTTPMiddleware): it must not buffer or delay streamed bodies.
 from __future__ import annotations
 
 import re
-import uuid
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from sluice.clock import Clock
+from sluice.ids import IdSource
 from sluice.telemetry import AccessLog, GatewayMetrics, RequestRecord
 
 REQUEST_ID_HEADER = b"x-request-id"
@@ -27,12 +27,13 @@ class RequestObserver:
         self.access_log = access_log
         self.clock = clock
         self.routes = routes
+        self._ids = IdSource()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        request_id = _request_id(scope)
+        request_id = _client_request_id(scope) or self._ids.next()
         route = scope["path"] if scope["path"] in self.routes else "other"
         record = RequestRecord(request_id, scope["method"], route, self.clock.now())
         scope.setdefault("state", {})["record"] = record
@@ -60,23 +61,12 @@ class RequestObserver:
         if not record.status:
             record.status, record.reason = CLIENT_CLOSED_STATUS, record.reason or "client_disconnected"
         record.duration_s = self.clock.now() - record.started_s
-        model = record.model or ""
-        m = self.metrics
-        m.requests.labels(record.route, model, str(record.status)).inc()
-        m.latency.labels(record.route, model).observe(record.duration_s)
-        if record.reason and (record.status >= 400 or record.reason == "client_disconnected"):
-            m.rejections.labels(record.reason).inc()
-        if record.ttft_s is not None:
-            m.ttft.labels(model).observe(record.ttft_s)
-        if record.tokens_in:
-            m.tokens.labels(model, "input").inc(record.tokens_in)
-        if record.tokens_out:
-            m.tokens.labels(model, "output").inc(record.tokens_out)
+        self.metrics.request_done(record)
         self.access_log.write(record)
 
 
-def _request_id(scope: Scope) -> str:
+def _client_request_id(scope: Scope) -> str | None:
     for name, value in scope["headers"]:
         if name == REQUEST_ID_HEADER and _VALID_REQUEST_ID.match(value):
             return value.decode()
-    return uuid.uuid4().hex
+    return None

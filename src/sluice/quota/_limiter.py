@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import uuid
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from sluice.clock import Clock
 from sluice.identity import Principal
+from sluice.ids import IdSource
 from sluice.quota._headers import ratelimit_headers, refusal
 from sluice.quota._model import Bucket, Lease
 from sluice.quota._policy import QuotaPolicy
@@ -51,11 +51,12 @@ class QuotaLimiter:
         self._observer = observer
         self._held: dict[str, Reservation] = {}
         self._renewer: asyncio.Task[None] | None = None
+        self._ids = IdSource()
 
     async def reserve(self, principal: Principal, model: str, price: Price) -> Reservation:
         """Charge every applicable limit at once, waiting up to the tier's ``max_wait_s``; raise 429 otherwise."""
         plan = self.policy.plan(principal, model, price)
-        rid = uuid.uuid4().hex
+        rid = self._ids.next()
         if not plan.buckets and not plan.leases:
             return Reservation(rid, (), (), price)
         deadline = self._clock.now() + self.policy.max_wait_s(principal)

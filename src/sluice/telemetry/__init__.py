@@ -1,7 +1,7 @@
 """Record: Prometheus metrics, the access log, and the per-request record they are written from."""
 
-from sluice.telemetry._access_log import ACCESS_LOGGER, AccessLog
+from sluice.telemetry._access_log import AccessLog
 from sluice.telemetry._metrics import GatewayMetrics
 from sluice.telemetry._record import RequestRecord
 
-__all__ = ["ACCESS_LOGGER", "AccessLog", "GatewayMetrics", "RequestRecord"]
+__all__ = ["AccessLog", "GatewayMetrics", "RequestRecord"]

@@ -6,8 +6,12 @@ reasons a fixed vocabulary. No label per key, user or request.
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+
+from sluice.telemetry._record import RequestRecord
 
 LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 40, 80, 160)
 TOKEN_LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56)
@@ -54,7 +58,29 @@ class GatewayMetrics:
         self.quota_degraded_events = Counter(
             "sluice_quota_store_degraded_events", "Times the shared quota store became unavailable.", registry=r
         )
-        self._children: dict[tuple[str, ...], object] = {}
+        self._children: dict[tuple[Any, ...], Any] = {}
+
+    def request_done(self, record: RequestRecord) -> None:
+        """Count one finished request. Label children are cached: ``labels()`` per request showed in profiles."""
+        model = record.model or ""
+        status = str(record.status)
+        self._child(self.requests, record.route, model, status).inc()
+        self._child(self.latency, record.route, model).observe(record.duration_s or 0.0)
+        if record.reason and (record.status >= 400 or record.reason == "client_disconnected"):
+            self._child(self.rejections, record.reason).inc()
+        if record.ttft_s is not None:
+            self._child(self.ttft, model).observe(record.ttft_s)
+        if record.tokens_in:
+            self._child(self.tokens, model, "input").inc(record.tokens_in)
+        if record.tokens_out:
+            self._child(self.tokens, model, "output").inc(record.tokens_out)
+
+    def _child(self, metric: Any, *labels: str) -> Any:
+        key = (id(metric), *labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
 
     # QuotaObserver and DegradedObserver, for the quota step
     def quota_waiting(self, delta: int) -> None:

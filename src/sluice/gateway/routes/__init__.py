@@ -2,7 +2,6 @@
 
 from sluice.gateway.routes import inference, models, ops
 
-ROUTERS = (models.router, ops.router)
-INFERENCE_ROUTES = inference.ROUTES
+ROUTES = (*inference.ROUTES, *models.ROUTES, *ops.ROUTES)
 
-__all__ = ["INFERENCE_ROUTES", "ROUTERS"]
+__all__ = ["ROUTES"]

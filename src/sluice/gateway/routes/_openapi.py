@@ -1,37 +1,56 @@
-"""Request bodies are parsed by the pipeline (once, with pydantic), not by FastAPI; this puts their schemas and
-the proxied paths in the OpenAPI document all the same."""
+"""The OpenAPI document, made from the route table and the pydantic models of the bodies."""
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 from pydantic.json_schema import models_json_schema
-from starlette.routing import Route
 
+from sluice import __version__
 from sluice.protocol import ErrorResponse
+
+if TYPE_CHECKING:
+    from sluice.gateway._asgi import RouteSpec
 
 _REF = "#/components/schemas/{model}"
 
 
-def inference_paths(routes: list[Route], request_models: dict[str, type]) -> dict[str, Any]:
+def openapi_document(routes: Sequence[RouteSpec]) -> dict[str, Any]:
+    documented = [r for r in routes if r.documented]
+    models = {m for r in documented for m in (r.request_model, r.response_model) if m is not None}
+    _, top = models_json_schema([(m, "validation") for m in sorted(models | {ErrorResponse}, key=lambda m: m.__name__)],
+                                ref_template=_REF)
     paths: dict[str, Any] = {}
-    for route in routes:
-        model = request_models[route.path]
-        paths[route.path] = {"post": {
-            "tags": ["inference"],
-            "summary": (route.endpoint.__doc__ or "").strip().split("\n")[0],
-            "operationId": route.name,
-            "requestBody": {"required": True, "content": {"application/json": {
-                "schema": {"$ref": _REF.format(model=model.__name__)}}}},
+    for route in documented:
+        operation: dict[str, Any] = {
+            "tags": [route.tag],
+            "summary": (route.handler.__doc__ or "").strip().split("\n")[0],
+            "operationId": route.handler.__name__,
             "responses": {
-                "200": {"description": "The engine's answer (JSON, or text/event-stream when stream is true)."},
-                "default": {"description": "An OpenAI-shaped error.", "content": {"application/json": {
-                    "schema": {"$ref": _REF.format(model=ErrorResponse.__name__)}}}},
+                "200": _ok(route),
+                "default": {"description": "An OpenAI-shaped error.", "content": _json(ErrorResponse.__name__)},
             },
-        }}
-    return paths
+        }
+        if route.request_model is not None:
+            operation["requestBody"] = {"required": True, "content": _json(route.request_model.__name__)}
+        paths.setdefault(route.path, {})[route.method.lower()] = operation
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "Sluice", "version": __version__,
+                 "description": "An OpenAI-compatible gateway that controls the traffic reaching LLM engines."},
+        "paths": paths,
+        "components": {"schemas": top.get("$defs", {})},
+    }
 
 
-def component_schemas(models: list[type]) -> dict[str, Any]:
-    _, top = models_json_schema([(m, "validation") for m in [*models, ErrorResponse]], ref_template=_REF)
-    return dict(top.get("$defs", {}))
+def _ok(route: RouteSpec) -> dict[str, Any]:
+    if route.response_model is not None:
+        return {"description": "OK", "content": _json(route.response_model.__name__)}
+    if route.request_model is not None:
+        return {"description": "The engine's answer (JSON, or text/event-stream when stream is true)."}
+    return {"description": "OK"}
+
+
+def _json(model_name: str) -> dict[str, Any]:
+    return {"application/json": {"schema": {"$ref": _REF.format(model=model_name)}}}

@@ -1,13 +1,11 @@
-"""The proxied endpoints, as plain Starlette routes: the pipeline parses the body itself (once), so FastAPI's
-per-request dependency handling would only cost time. Their request schemas are still in the OpenAPI document
-(``_openapi.inference_paths``)."""
+"""The proxied endpoints. Each handler only names its endpoint: ``_proxy`` does the HTTP side of the pipeline."""
 
 from __future__ import annotations
 
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
 
+from sluice.gateway._asgi import RouteSpec
 from sluice.gateway.routes._proxy import proxy
 from sluice.gateway.service import CHAT, COMPLETIONS, EMBEDDINGS
 
@@ -28,7 +26,7 @@ async def embeddings(request: Request) -> Response:
 
 
 ROUTES = [
-    Route(CHAT.path, chat_completions, methods=["POST"]),
-    Route(COMPLETIONS.path, completions, methods=["POST"]),
-    Route(EMBEDDINGS.path, embeddings, methods=["POST"]),
+    RouteSpec("POST", CHAT.path, chat_completions, "inference", CHAT.request_model),
+    RouteSpec("POST", COMPLETIONS.path, completions, "inference", COMPLETIONS.request_model),
+    RouteSpec("POST", EMBEDDINGS.path, embeddings, "inference", EMBEDDINGS.request_model),
 ]

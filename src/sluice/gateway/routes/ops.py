@@ -1,27 +1,43 @@
 from __future__ import annotations
 
-from fastapi import APIRouter
+import orjson
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 
-router = APIRouter(tags=["operations"])
+from sluice.gateway._asgi import RouteSpec
+from sluice.gateway.routes._openapi import openapi_document
 
 
-@router.get("/health")
-async def health() -> dict[str, str]:
+async def health(request: Request) -> Response:
     """Alive: the process answers."""
-    return {"status": "ok"}
+    return Response(b'{"status":"ok"}', media_type="application/json")
 
 
-@router.get("/ready")
 async def ready(request: Request) -> Response:
     """Ready: every model has at least one engine replica answering its health probe."""
     models = await request.app.state.service.readiness()
     ok = all(models.values())
-    return JSONResponse({"ready": ok, "models": models}, status_code=200 if ok else 503)
+    return Response(orjson.dumps({"ready": ok, "models": models}), status_code=200 if ok else 503,
+                    media_type="application/json")
 
 
-@router.get("/metrics", include_in_schema=False)
 async def metrics(request: Request) -> Response:
+    """Prometheus metrics."""
     gateway_metrics = request.app.state.metrics
     return Response(gateway_metrics.render(), media_type=gateway_metrics.content_type)
+
+
+async def openapi(request: Request) -> Response:
+    """This document."""
+    app = request.app
+    if getattr(app.state, "openapi", None) is None:
+        app.state.openapi = orjson.dumps(openapi_document(app.routes))
+    return Response(app.state.openapi, media_type="application/json")
+
+
+ROUTES = [
+    RouteSpec("GET", "/health", health, "operations"),
+    RouteSpec("GET", "/ready", ready, "operations"),
+    RouteSpec("GET", "/metrics", metrics, "operations", documented=False),
+    RouteSpec("GET", "/openapi.json", openapi, "operations", documented=False),
+]
