@@ -45,7 +45,7 @@ class RequestObserver:
                 message["headers"] = [*message.get("headers", ()), header]
             await send(message)
 
-        in_flight = self.metrics.in_flight.labels(route)
+        in_flight = self.metrics.in_flight_for(route)
         in_flight.inc()
         try:
             await self.app(scope, receive, observed_send)

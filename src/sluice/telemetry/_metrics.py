@@ -75,6 +75,9 @@ class GatewayMetrics:
         if record.tokens_out:
             self._child(self.tokens, model, "output").inc(record.tokens_out)
 
+    def in_flight_for(self, route: str) -> Any:
+        return self._child(self.in_flight, route)
+
     def _child(self, metric: Any, *labels: str) -> Any:
         key = (id(metric), *labels)
         child = self._children.get(key)
