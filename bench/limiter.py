@@ -199,6 +199,17 @@ def live_leases(port: int, prefix: str) -> int:
     return sum(int(client.zcount(k, now_us, "+inf")) for k in client.scan_iter(match=f"{prefix}*:concurrent"))
 
 
+def access_log_outcomes(proc: Any) -> dict[str, int]:
+    """Counts of ``status reason`` over the gateway's access-log lines (warm-ups and preflights included)."""
+    counts: dict[str, int] = {}
+    for line in proc.log_path.read_text(errors="replace").splitlines():
+        if line.startswith('{"request_id"'):
+            doc = json.loads(line)
+            outcome = f"{doc.get('status')} {doc.get('reason') or ''}".strip()
+            counts[outcome] = counts.get(outcome, 0) + 1
+    return counts
+
+
 def redis_evalsha_stats(port: int) -> dict[str, Any]:
     info = redis.Redis(port=port).info("commandstats")
     stats = info.get("cmdstat_evalsha", {})
@@ -527,6 +538,7 @@ def part_gateway(args: argparse.Namespace, wrk: str, workdir: Path, procs: Proce
         "evalsha_calls_during_gateway_part": evalsha1["calls"] - evalsha0["calls"],
         "evalsha_usec_per_call_whole_run": evalsha1["usec_per_call"],
         "leases_left_in_redis_after_run": leaked,
+        "access_log_outcomes": {name: access_log_outcomes(gateways[name]) for name in GATEWAYS},
         "quota_store_log_lines_count": {k: len(v) for k, v in degraded_lines.items()},
         "quota_store_log_lines_first": {k: v[:10] for k, v in degraded_lines.items()},
         "configs": {name: (workdir / f"{name}.yaml").read_text() for name in GATEWAYS},
@@ -610,6 +622,14 @@ def tables(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def source_state() -> dict[str, Any]:
+    """The commit measured, and whether src/sluice/quota had uncommitted changes (it is being worked on)."""
+    def git(*argv: str) -> str:
+        out = subprocess.run(["git", *argv], cwd=HERE.parent, capture_output=True, text=True)
+        return out.stdout.strip()
+    return {"commit": git("rev-parse", "HEAD"), "quota_changes": git("status", "--short", "src/sluice/quota")}
+
+
 # ---------------------------------------------------------------------------------------------- main
 
 
@@ -621,6 +641,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
     parser.add_argument("--max-tokens", type=int, default=16, help="tokens per answer in the gateway part (default 16)")
     parser.add_argument("--output", type=Path, default=RESULTS)
+    parser.add_argument("--keep-logs", type=Path, help="copy the processes' stderr logs into this directory")
     args = parser.parse_args()
 
     wrk, redis_server = shutil.which("wrk"), shutil.which("redis-server")
@@ -651,11 +672,16 @@ def main() -> int:
             gateway = part_gateway(args, wrk, workdir, procs, redis_url, redis_port)
         finally:
             procs.stop_all()
+            if args.keep_logs:
+                args.keep_logs.mkdir(parents=True, exist_ok=True)
+                for p in procs.procs:
+                    shutil.copy(p.log_path, args.keep_logs / p.log_path.name)
     result = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "command": "python " + " ".join([os.path.relpath(sys.argv[0]), *sys.argv[1:]]),
         "wall_s": round(time.monotonic() - started, 1),
         "machine": {**machine(), "redis": redis_version},
+        "source": source_state(),
         "settings": {
             "decision_s": args.decision_s, "duration_s": args.duration, "warmup_s": args.warmup, "rounds": args.rounds,
             "max_tokens": args.max_tokens, "gateway_and_decisions_cpu": GATEWAY_CPU,
@@ -680,6 +706,7 @@ def main() -> int:
     print(f"EVALSHA calls during the gateway part: {gateway['evalsha_calls_during_gateway_part']}; "
           f"'quota store' log lines (degraded/recovered): {gateway['quota_store_log_lines_count']}; "
           f"leases left in Redis after the run: {gateway['leases_left_in_redis_after_run']}")
+    print(f"gateway outcomes (access log, status reason: count): {gateway['access_log_outcomes']}")
     print(f"wrote {args.output} in {result['wall_s']:.0f} s")
     return 0
 

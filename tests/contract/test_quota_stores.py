@@ -139,3 +139,12 @@ async def test_a_changed_rate_keeps_the_units_already_used(store):
     new = bucket(5, key=old.key, interval_s=HOUR / 5)  # the tier now allows five an hour
     d = await store.acquire([new], [], rid())
     assert d.allowed and d.states[0].remaining == 3  # 5 - the one used before - this one
+
+
+async def test_a_refusal_reports_the_other_buckets_as_they_stand(store):
+    wide, narrow, conc = bucket(10), bucket(1), lease(1)
+    assert (await store.acquire([wide, narrow], [conc], rid())).allowed
+    by_bucket = await store.acquire([wide, narrow], [], rid())
+    assert not by_bucket.allowed and by_bucket.states[0].remaining == 9  # not 8: this refusal charged nothing
+    by_lease = await store.acquire([wide], [conc], rid())
+    assert not by_lease.allowed and by_lease.states[0].remaining == 9

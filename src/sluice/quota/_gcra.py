@@ -28,6 +28,12 @@ def check(tat: float, now: float, cost: int, interval_s: float, capacity: int) -
     return False, tat, BucketState(_units(tau - (base - now), interval_s), base - now, allow_at - now)
 
 
+def current(tat: float, now: float, interval_s: float, capacity: int) -> BucketState:
+    """The bucket as it stands, charging nothing: what a refused decision reports for its fitting buckets."""
+    base = max(tat, now)
+    return BucketState(_units(capacity * interval_s - (base - now), interval_s), base - now, 0.0)
+
+
 def adjust(tat: float, now: float, delta: int, interval_s: float) -> float:
     """Charge ``delta`` more units (or refund them when negative) without asking: reconciliation."""
     if delta >= 0:

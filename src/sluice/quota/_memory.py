@@ -28,20 +28,25 @@ class MemoryStore:
     def acquire_now(self, buckets: Sequence[Bucket], leases: Sequence[Lease], lease_id: str) -> Decision:
         now = self._clock.now()
         self._sweep(now)
-        states, new_tats = [], []
+        states, new_tats, tats, fitting = [], [], [], []
         refused, worst = None, 0.0
         for i, b in enumerate(buckets):
-            fits, new_tat, state = _gcra.check(self._tat(b, now), now, b.cost, b.interval_s, b.capacity)
+            tat = self._tat(b, now)
+            fits, new_tat, state = _gcra.check(tat, now, b.cost, b.interval_s, b.capacity)
             states.append(state)
             new_tats.append(new_tat)
+            tats.append(tat)
+            fitting.append(fits)
             if not fits and (refused is None or state.retry_after_s > worst):
                 refused, worst = i, state.retry_after_s
-        if refused is not None:
-            return Decision(False, states, refused_bucket=refused, retry_after_s=worst)
-        for i, lease in enumerate(leases):
-            holders = self._live(lease.key, now)
-            if len(holders) >= lease.limit and lease_id not in holders:
-                return Decision(False, states, refused_lease=i, retry_after_s=1.0)
+        refused_lease = next((i for i, lease in enumerate(leases) if not self._has_room(lease, lease_id, now)), None)
+        if refused is not None or refused_lease is not None:
+            # Nothing is charged: the buckets that would have fit report themselves as they stand.
+            states = [_gcra.current(tat, now, b.interval_s, b.capacity) if fits else state
+                      for b, tat, fits, state in zip(buckets, tats, fitting, states, strict=True)]
+            if refused is not None:
+                return Decision(False, states, refused_bucket=refused, retry_after_s=worst)
+            return Decision(False, states, refused_lease=refused_lease, retry_after_s=1.0)
         for b, new_tat in zip(buckets, new_tats, strict=True):
             self._tats[b.key] = (new_tat, b.interval_s)
         for lease in leases:
@@ -76,6 +81,10 @@ class MemoryStore:
         if stored is None:
             return now
         return _gcra.rescale(stored[0], now, stored[1], bucket.interval_s)
+
+    def _has_room(self, lease: Lease, lease_id: str, now: float) -> bool:
+        holders = self._live(lease.key, now)
+        return len(holders) < lease.limit or lease_id in holders
 
     def _live(self, key: str, now: float) -> dict[str, float]:
         holders = self._leases.setdefault(key, {})

@@ -41,7 +41,7 @@ end
 
 local function acquire()
   local nb, nl, lease_id = tonumber(arg()), tonumber(arg()), arg()
-  local bkeys, intervals, caps, costs, newtats, states = {}, {}, {}, {}, {}, {}
+  local bkeys, intervals, newtats, states, bases, taus, fits = {}, {}, {}, {}, {}, {}, {}
   local refused, worst = -1, 0
   for i = 1, nb do
     local k, interval, cap, cost = key(), tonumber(arg()), tonumber(arg()), tonumber(arg())
@@ -56,18 +56,26 @@ local function acquire()
       if refused < 0 or worst ~= 'inf' then refused, worst = i - 1, 'inf' end
     elseif new_tat - tau <= now + EPS then
       states[i] = {units(tau - (new_tat - now), interval), num(new_tat - now), '0'}
+      fits[i] = true
     else
       retry = new_tat - tau - now
       states[i] = {units(tau - (base - now), interval), num(base - now), num(retry)}
       if worst ~= 'inf' and (refused < 0 or retry > worst) then refused, worst = i - 1, retry end
     end
-    bkeys[i], intervals[i], newtats[i] = k, interval, new_tat
+    bkeys[i], intervals[i], newtats[i], bases[i], taus[i] = k, interval, new_tat, base, tau
+  end
+  -- Refused: nothing is charged, so the buckets that would have fit report themselves as they stand.
+  local function as_they_stand()
+    for i = 1, nb do
+      if fits[i] then states[i] = {units(taus[i] - (bases[i] - now), intervals[i]), num(bases[i] - now), '0'} end
+    end
   end
   local lkeys, limits, ttls = {}, {}, {}
   for i = 1, nl do
     lkeys[i], limits[i], ttls[i] = key(), tonumber(arg()), tonumber(arg())
   end
   if refused >= 0 then
+    as_they_stand()
     local w = worst
     if w ~= 'inf' then w = num(w) end
     return {0, refused, -1, w, states}
@@ -75,6 +83,7 @@ local function acquire()
   for i = 1, nl do
     redis.call('ZREMRANGEBYSCORE', lkeys[i], '-inf', now)
     if redis.call('ZCARD', lkeys[i]) >= limits[i] and not redis.call('ZSCORE', lkeys[i], lease_id) then
+      as_they_stand()
       return {0, -1, i - 1, num(1000000), states}
     end
   end
