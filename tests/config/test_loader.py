@@ -74,3 +74,14 @@ def test_missing_file_is_a_config_error(tmp_path):
 
 def test_embedded_default_is_valid_on_its_own():
     assert Settings.embedded() == load_settings(None)
+
+
+def test_the_shipped_example_has_the_three_tiers():
+    from pathlib import Path
+
+    settings = load_settings(Path(__file__).parents[2] / "examples" / "sluice.yaml")
+    tiers = settings.tiers
+    assert (tiers["free"].requests.amount, tiers["free"].requests.period_s) == (20, 60)
+    assert (tiers["pro"].requests.amount, tiers["pro"].requests.period_s) == (60, 60)
+    assert tiers["internal"].tokens and tiers["free"].tokens and tiers["pro"].tokens
+    assert {k.tier for k in settings.keys} == {"free", "pro", "internal"}
