@@ -148,3 +148,16 @@ async def test_a_refusal_reports_the_other_buckets_as_they_stand(store):
     assert not by_bucket.allowed and by_bucket.states[0].remaining == 9  # not 8: this refusal charged nothing
     by_lease = await store.acquire([wide], [conc], rid())
     assert not by_lease.allowed and by_lease.states[0].remaining == 9
+
+
+async def test_redis_keys_expire_once_the_bucket_is_full_again(redis_server):
+    import redis.asyncio as aioredis
+
+    store = RedisStore.from_url(redis_server.url)
+    b, l1 = bucket(10, interval_s=2.0), lease(1, ttl_s=5.0)
+    assert (await store.acquire([b], [l1], rid())).allowed
+    client = aioredis.from_url(redis_server.url)
+    assert 0 < await client.pttl(b.key) <= 2000 + 1000  # full again after one interval, plus a second's slack
+    assert 0 < await client.pttl(l1.key) <= 5000 + 1000
+    await client.aclose()
+    await store.close()
