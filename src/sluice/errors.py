@@ -13,7 +13,8 @@ HTTP boundary turns any of them into ``{"error": {"message", "type", "param", "c
     ├── PayloadTooLargeError     413     body over server.max_body_bytes
     ├── RateLimitError           429     a quota refused the request
     ├── UpstreamError            4xx     an engine refused the request; its status and message are relayed
-    └── EngineUnavailableError   502/503 no engine could serve the request (unreachable, overloaded, failed)
+    ├── EngineUnavailableError   502/503 no engine could serve the request (unreachable, overloaded, failed)
+    └── OverloadedError          503     admission held it back: queue timeout, queue full, displaced, shed
 """
 
 from __future__ import annotations
@@ -113,3 +114,13 @@ class EngineUnavailableError(SluiceError):
     type = "server_error"
     code = "engine_unavailable"
     reason = "engine_unavailable"
+
+
+class OverloadedError(SluiceError):
+    """Admission did not dispatch the request: it waited too long, the queue was full, a more important request
+    took its place, or protection mode shed it. Never a 429: no quota was exceeded."""
+
+    status = 503
+    type = "server_error"
+    code = "overloaded"
+    reason = "overloaded"

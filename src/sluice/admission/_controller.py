@@ -1,0 +1,239 @@
+"""The gate in front of one engine pool: a window of requests (and tokens) in flight, and the fair queue.
+
+A request is dispatched at once when nothing waits and the window has room; otherwise it waits in the queue until
+the window opens for it (highest band first, fairest tenant within a band), its deadline passes, its client leaves,
+or a more important request displaces it. The controller's tick (on the injected clock) senses saturation, moves
+protection mode, expires deadlines and re-opens the gate when the engines drain.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import math
+from collections import deque
+from dataclasses import dataclass
+from typing import Protocol
+
+from sluice.admission._fair_queue import FairQueue
+from sluice.admission._protection import ProtectionMode
+from sluice.admission._saturation import SaturationDetector
+from sluice.admission._ticket import Outcome, Ticket
+from sluice.admission._window import Limit, Sample
+from sluice.clock import Clock
+from sluice.errors import OverloadedError
+
+
+class AdmissionObserver(Protocol):
+    def admission_state(self, pool: str, *, in_flight: int, limit: int, queued: int, saturation: float,
+                        protected: bool) -> None: ...
+
+    def admission_waited(self, pool: str, priority: int, seconds: float) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class GateSettings:
+    max_tokens_in_flight: int | None = None
+    queue_max_requests: int = 1000
+    queue_max_tokens: int | None = None
+    reserve_top_share: float = 0.2  # of the window, kept for the top band while protection is engaged
+    top_priority: int = 0
+    tick_s: float = 0.05
+    retry_after_s: float = 1.0
+
+
+@dataclass(slots=True)
+class Permit:
+    ticket: Ticket
+    in_flight_at_admit: int
+    admitted_at_s: float
+    waited_s: float
+    released: bool = False
+
+
+class PoolController:
+    def __init__(self, name: str, limit: Limit, clock: Clock, settings: GateSettings, *,
+                 saturation: SaturationDetector | None = None, protection: ProtectionMode | None = None,
+                 observer: AdmissionObserver | None = None, output_weight: float = 2.0) -> None:
+        self.name = name
+        self.limit = limit
+        self._clock = clock
+        self._settings = settings
+        self._saturation = saturation
+        self.protection = protection
+        self._observer = observer
+        self.queue = FairQueue(output_weight=output_weight)
+        self.in_flight = 0
+        self.tokens_in_flight = 0
+        self.last_saturation = 0.0
+        self._recent: deque[tuple[float, int]] = deque()  # (admitted at, tokens): not yet in the engines' metrics
+        self._seq = itertools.count()
+        self._ticker: asyncio.Task[None] | None = None
+
+    # -- the gate ---------------------------------------------------------------------------------------
+
+    async def admit(self, ticket: Ticket) -> Permit:
+        """Wait for a place in the pool's window; raise ``OverloadedError`` (503) when there is none in time."""
+        now = self._clock.now()
+        ticket.arrival_s, ticket.seq = now, next(self._seq)
+        if self.protection is not None and self.protection.engaged and ticket.sheddable:
+            raise self._refusal("shed", "The engines are overloaded and this request's priority is sheddable.")
+        if not self.queue and self._fits(ticket):
+            return self._dispatch(ticket)
+        self._enqueue(ticket)
+        self._pump()  # a more important arrival may go ahead of those waiting, at once
+        self._start_ticker()
+        assert ticket.granted is not None
+        try:
+            await ticket.granted
+        except BaseException:
+            if self.queue.remove(ticket):
+                pass  # the client left (or timed out) while waiting: it leaves the queue at once
+            elif ticket.granted.done() and not ticket.granted.cancelled() and ticket.granted.exception() is None:
+                self._undo_dispatch(ticket)  # granted in the same instant it was cancelled: give the place back
+            raise
+        now = self._clock.now()
+        return Permit(ticket, ticket.in_flight_at_dispatch, now, now - ticket.arrival_s)
+
+    def release(self, permit: Permit, outcome: Outcome, latency_s: float | None, output_tokens: int) -> None:
+        """Settle a dispatched request: feed the window algorithm, bill the tenant, open the gate."""
+        if permit.released:
+            return
+        permit.released = True
+        ticket = permit.ticket
+        self.in_flight -= 1
+        self.tokens_in_flight -= ticket.tokens
+        self.queue.charge(ticket, 0, output_tokens)
+        self.limit.update(Sample(latency_s, permit.in_flight_at_admit, outcome))
+        self._pump()
+
+    def effective_limit(self, priority: int) -> int:
+        limit = self.limit.value
+        if self.protection is not None and self.protection.engaged and priority < self._settings.top_priority:
+            return max(1, math.floor(limit * (1 - self._settings.reserve_top_share)))
+        return limit
+
+    def start(self) -> None:
+        """Begin sensing (when the pool's load is watched): protection mode needs the tick even with no queue."""
+        if self._saturation is not None:
+            self._start_ticker()
+
+    async def close(self) -> None:
+        if self._ticker is not None:
+            self._ticker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._ticker
+            self._ticker = None
+        for ticket in list(self.queue):
+            self._reject(ticket, "shutdown", "The gateway is shutting down.")
+
+    # -- inside -----------------------------------------------------------------------------------------
+
+    def _fits(self, ticket: Ticket) -> bool:
+        if self.in_flight >= self.effective_limit(ticket.priority):
+            return False
+        cap = self._settings.max_tokens_in_flight
+        if cap is not None and self.in_flight and self.tokens_in_flight + ticket.tokens > cap:
+            return False
+        return self.in_flight == 0 or self._kv_room(ticket.tokens)
+
+    def _kv_room(self, tokens: int) -> bool:
+        """Whether the engines' free KV cache (as last read, less what was dispatched since) holds ``tokens``."""
+        if self._saturation is None:
+            return True
+        free = self._saturation.free_kv_tokens()
+        if free is None:
+            return True
+        free_tokens, read_at = free
+        while self._recent and self._recent[0][0] < read_at:
+            self._recent.popleft()
+        return tokens <= free_tokens - sum(t for _, t in self._recent)
+
+    def _dispatch(self, ticket: Ticket) -> Permit:
+        ticket.in_flight_at_dispatch = self.in_flight
+        self.in_flight += 1
+        self.tokens_in_flight += ticket.tokens
+        self._recent.append((self._clock.now(), ticket.tokens))
+        self.queue.charge(ticket, ticket.prompt_tokens, 0)
+        now = self._clock.now()
+        return Permit(ticket, ticket.in_flight_at_dispatch, now, now - ticket.arrival_s)
+
+    def _undo_dispatch(self, ticket: Ticket) -> None:
+        self.in_flight -= 1
+        self.tokens_in_flight -= ticket.tokens
+        self._pump()
+
+    def _enqueue(self, ticket: Ticket) -> None:
+        s = self._settings
+        over = (len(self.queue) >= s.queue_max_requests or
+                (s.queue_max_tokens is not None and self.queue.tokens + ticket.tokens > s.queue_max_tokens))
+        if over:
+            victim = self.queue.lowest_newest()
+            if victim is None or victim.priority >= ticket.priority:
+                raise self._refusal("queue_full", "The queue in front of the engines is full.")
+            self.queue.remove(victim)
+            self._reject(victim, "displaced", "A more important request took this request's place in the queue.")
+        ticket.granted = asyncio.get_running_loop().create_future()
+        self.queue.push(ticket)
+
+    def _pump(self) -> None:
+        while True:
+            ticket = self.queue.peek()
+            if ticket is None or not self._fits(ticket):
+                return
+            self.queue.remove(ticket)
+            self._dispatch(ticket)
+            assert ticket.granted is not None
+            if not ticket.granted.done():
+                ticket.granted.set_result(None)
+                if self._observer:
+                    self._observer.admission_waited(self.name, ticket.priority, self._clock.now() - ticket.arrival_s)
+
+    def _reject(self, ticket: Ticket, reason: str, message: str) -> None:
+        if ticket.granted is not None and not ticket.granted.done():
+            ticket.granted.set_exception(self._refusal(reason, message))
+
+    def _refusal(self, reason: str, message: str) -> OverloadedError:
+        retry = max(1, math.ceil(self._settings.retry_after_s))
+        return OverloadedError(message, reason=reason, headers={"retry-after": str(retry)})
+
+    def _start_ticker(self) -> None:
+        if self._ticker is None or self._ticker.done():
+            self._ticker = asyncio.get_running_loop().create_task(self._tick_forever())
+
+    async def _tick_forever(self) -> None:
+        while True:
+            self.tick()
+            if not self.queue and self._saturation is None:
+                self._ticker = None
+                return
+            await self._clock.sleep(self._settings.tick_s)
+
+    def tick(self) -> None:
+        """Sense, decide, act: read saturation, move protection mode, shed, expire deadlines, re-open the gate."""
+        now = self._clock.now()
+        if self._saturation is not None:
+            self.last_saturation = self._saturation.saturation()
+            if self.protection is not None:
+                self.protection.observe(self.last_saturation)
+        for ticket in [t for t in self.queue if t.deadline_s <= now or (t.sheddable and self._shedding())]:
+            self.queue.remove(ticket)
+            if ticket.deadline_s <= now:
+                self._reject(ticket, "queue_timeout", "The request waited in the queue longer than its tier allows.")
+            else:
+                self._reject(ticket, "shed", "The engines are overloaded and this request's priority is sheddable.")
+        self._pump()
+        if self._observer:
+            self._observer.admission_state(self.name, in_flight=self.in_flight, limit=self.limit.value,
+                                           queued=len(self.queue), saturation=self.last_saturation,
+                                           protected=bool(self.protection and self.protection.engaged))
+
+    def _shedding(self) -> bool:
+        return self.protection is not None and self.protection.engaged
+
+
+def ticket_for(priority: int, tenant: str, weight: float, prompt_tokens: int, max_output_tokens: int,
+               deadline_s: float) -> Ticket:
+    return Ticket(priority=priority, tenant=tenant, weight=weight, tokens=prompt_tokens + max_output_tokens,
+                  prompt_tokens=prompt_tokens, deadline_s=deadline_s)

@@ -1,0 +1,98 @@
+"""The waiting room: strict priority between bands, fair share by token cost between tenants within a band.
+
+Fairness is the virtual token counter (VTC, Sheng et al., "Fairness in Serving Large Language Models", OSDI
+2024): each tenant has a counter charged with the tokens it is served (prompt, and output weighted higher, both
+divided by the tenant's weight); the next request comes from the backlogged tenant with the lowest counter. A
+tenant that becomes backlogged is lifted to the lowest counter among the backlogged, so idling earns no credit.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from sluice.admission._ticket import Ticket
+
+
+@dataclass
+class _Band:
+    queues: dict[str, deque[Ticket]] = field(default_factory=dict)  # backlogged tenants only
+    counters: dict[str, float] = field(default_factory=dict)
+
+    def push(self, ticket: Ticket) -> None:
+        queue = self.queues.get(ticket.tenant)
+        if queue is None:
+            floor = min((self.counters[t] for t in self.queues), default=None)
+            current = self.counters.get(ticket.tenant, 0.0)
+            self.counters[ticket.tenant] = current if floor is None else max(current, floor)
+            queue = self.queues[ticket.tenant] = deque()
+        queue.append(ticket)
+
+    def next_tenant(self) -> str | None:
+        return min(self.queues, key=lambda t: self.counters[t], default=None)
+
+    def remove(self, ticket: Ticket) -> bool:
+        queue = self.queues.get(ticket.tenant)
+        if queue is None or ticket not in queue:
+            return False
+        queue.remove(ticket)
+        if not queue:
+            del self.queues[ticket.tenant]
+        return True
+
+
+class FairQueue:
+    def __init__(self, *, output_weight: float = 2.0) -> None:
+        self._bands: dict[int, _Band] = {}
+        self._output_weight = output_weight
+        self.requests = 0
+        self.tokens = 0
+
+    def __len__(self) -> int:
+        return self.requests
+
+    def push(self, ticket: Ticket) -> None:
+        self._bands.setdefault(ticket.priority, _Band()).push(ticket)
+        self.requests += 1
+        self.tokens += ticket.tokens
+
+    def peek(self) -> Ticket | None:
+        """The request that goes next: the highest band, then the tenant with the lowest counter, oldest first."""
+        for priority in sorted(self._bands, reverse=True):
+            band = self._bands[priority]
+            tenant = band.next_tenant()
+            if tenant is not None:
+                return band.queues[tenant][0]
+        return None
+
+    def remove(self, ticket: Ticket) -> bool:
+        band = self._bands.get(ticket.priority)
+        if band is None or not band.remove(ticket):
+            return False
+        self.requests -= 1
+        self.tokens -= ticket.tokens
+        return True
+
+    def charge(self, ticket: Ticket, prompt_tokens: int, output_tokens: int) -> None:
+        """Bill the tenant for service received: at dispatch (prompt), and as output is produced."""
+        band = self._bands.setdefault(ticket.priority, _Band())
+        cost = (prompt_tokens + self._output_weight * output_tokens) / max(ticket.weight, 1e-9)
+        band.counters[ticket.tenant] = band.counters.get(ticket.tenant, 0.0) + cost
+
+    def lowest_newest(self) -> Ticket | None:
+        """The waiting request that gives way first when the room is full: lowest priority, then newest."""
+        for priority in sorted(self._bands):
+            tickets = [t for q in self._bands[priority].queues.values() for t in q]
+            if tickets:
+                return max(tickets, key=lambda t: t.seq)
+        return None
+
+    def __iter__(self) -> Iterator[Ticket]:
+        for band in self._bands.values():
+            for queue in band.queues.values():
+                yield from queue
+
+    def counter(self, priority: int, tenant: str) -> float:
+        band = self._bands.get(priority)
+        return band.counters.get(tenant, 0.0) if band else 0.0

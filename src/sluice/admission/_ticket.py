@@ -1,0 +1,35 @@
+"""What waits in front of an engine pool, and what it holds once admitted."""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+from dataclasses import dataclass, field
+
+
+class Outcome(enum.Enum):
+    """How an admitted request ended, as the window algorithm sees it (Netflix concurrency-limits' settlement)."""
+
+    SUCCESS = "success"  # it ran: its latency is a fair sample of the engine's state
+    DROPPED = "dropped"  # the engine was overloaded or timed out: back off
+    IGNORED = "ignored"  # says nothing about the engine (client error, client gone)
+
+
+@dataclass(eq=False, slots=True)
+class Ticket:
+    """One request asking to be dispatched to a pool."""
+
+    priority: int  # higher first; negative is sheddable
+    tenant: str
+    weight: float  # the tenant's share within its band (the tier's weight)
+    tokens: int  # prompt + max output: what it may occupy in the engine's KV cache
+    prompt_tokens: int
+    deadline_s: float  # clock time after which it stops waiting
+    arrival_s: float = 0.0
+    seq: int = 0  # arrival order, for "newest gives way first"
+    in_flight_at_dispatch: int = 0  # what the window held when it went in (for the limit algorithm's sample)
+    granted: asyncio.Future[None] | None = field(default=None, repr=False)
+
+    @property
+    def sheddable(self) -> bool:
+        return self.priority < 0
