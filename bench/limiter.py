@@ -5,7 +5,7 @@ One command starts everything (on 127.0.0.1, free ports), runs three parts, stop
 
     python bench/limiter.py                  # --decision-s 3 --rounds 3 --duration 5 --warmup 1
 
-1. Decisions: ``QuotaLimiter.reserve`` then ``QuotaLimiter.settle`` (adjust + release, as the gateway settles a
+1. Decisions: ``QuotaLimiter.reserve`` then ``QuotaLimiter.settle`` (one settle call, as the gateway settles a
    request), with a ``QuotaPolicy`` built from ``TierSettings``/``QuotaSettings``: per decision 3 GCRA buckets
    (requests and tokens per key, tokens per tenant) and 1 concurrency lease (per key). Stores: ``MemoryStore``,
    ``RedisStore`` used directly, and ``open_store("redis://...")`` (``FailoverStore`` around ``RedisStore``, what

@@ -23,12 +23,11 @@ async def store(request):
         yield MemoryStore(MonotonicClock())
         return
     server = request.getfixturevalue("redis_server")
-    shared = RedisStore.from_url(server.url)
+    shared = RedisStore.from_url(server.url, timeout_s=2.0)
     if kind == "redis":
         yield shared
     else:
-        yield FailoverStore(shared, MonotonicClock(), replicas=1, timeout_s=2.0, retry_s=1.0,
-                            errors=(redis.exceptions.RedisError,))
+        yield FailoverStore(shared, MonotonicClock(), replicas=1, retry_s=1.0, errors=(redis.exceptions.RedisError,))
     await shared.close()
 
 
@@ -84,9 +83,9 @@ async def test_a_cost_above_capacity_can_never_fit(store):
 async def test_refunds_and_extra_charges(store):
     b = bucket(100, cost=80)
     assert (await store.acquire([b], [], rid())).allowed
-    await store.adjust([b], [-50], rid())  # used only 30 of the 80 reserved
+    await store.settle([b], [-50], [], rid())  # used only 30 of the 80 reserved
     assert (await store.acquire([bucket(100, cost=60, key=b.key)], [], rid())).allowed
-    await store.adjust([b], [+500], rid())  # the answer was longer than reserved: the bucket goes into debt
+    await store.settle([b], [+500], [], rid())  # the answer was longer than reserved: the bucket goes into debt
     assert not (await store.acquire([bucket(100, cost=1, key=b.key)], [], rid())).allowed
 
 
@@ -111,7 +110,7 @@ async def test_leases_bound_concurrency_and_release_frees_them(store):
     assert (await store.acquire([], [l2], b)).allowed
     refused = await store.acquire([], [l2], c)
     assert not refused.allowed and refused.refused_lease == 0
-    await store.release([l2], a)
+    await store.settle([], [], [l2], a)
     assert (await store.acquire([], [l2], c)).allowed
 
 
@@ -161,3 +160,21 @@ async def test_redis_keys_expire_once_the_bucket_is_full_again(redis_server):
     assert 0 < await client.pttl(l1.key) <= 5000 + 1000
     await client.aclose()
     await store.close()
+
+
+async def test_a_decision_abandoned_by_its_caller_gives_back_what_it_took(store):
+    b, l1 = bucket(100), lease(1)
+    kept = 0
+    for _ in range(20):  # callers that leave while their decision is on its way (e.g. their client hung up)
+        holder = rid()
+        task = asyncio.create_task(store.acquire([b], [l1], holder))
+        await asyncio.sleep(0)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        if not task.cancelled() and task.result().allowed:  # it had already answered: a normal caller settles
+            kept += 1
+            await store.settle([], [], [l1], holder)
+    await asyncio.sleep(0.2)  # give-backs travel in the next calls
+    d = await store.acquire([b], [l1], rid())
+    assert d.allowed, "an abandoned decision still holds the only permit"
+    assert d.states[0].remaining == 100 - kept - 1, "an abandoned decision kept its charge"

@@ -68,7 +68,7 @@ async def test_memory_store_matches_the_reference(capacity, interval_ms, ops):
         if op == "charge":
             got.append((await store.acquire([bucket], [], "r")).allowed)
         else:
-            await store.adjust([bucket], [n], "r")
+            await store.settle([bucket], [n], [], "r")
     assert got == run_reference(capacity, interval_ms, ops)
 
 

@@ -88,10 +88,8 @@ class QuotaLimiter:
         price = reservation.price
         used_in = price.prompt_tokens if prompt_tokens is None else prompt_tokens
         deltas = [_delta(b, price, used_in, completion_tokens) for b in reservation.buckets]
-        if any(deltas):
-            await self.store.adjust(reservation.buckets, deltas, reservation.rid)
-        if reservation.leases:
-            await self.store.release(reservation.leases, reservation.rid)
+        if any(deltas) or reservation.leases:
+            await self.store.settle(reservation.buckets, deltas, reservation.leases, reservation.rid)
 
     async def close(self) -> None:
         if self._renewer is not None:

@@ -53,13 +53,16 @@ class MemoryStore:
             self._leases.setdefault(lease.key, {})[lease_id] = now + lease.ttl_s
         return Decision(True, states)
 
-    async def adjust(self, buckets: Sequence[Bucket], deltas: Sequence[int], lease_id: str) -> None:
+    async def settle(self, buckets: Sequence[Bucket], deltas: Sequence[int], leases: Sequence[Lease],
+                     lease_id: str) -> None:
+        self.settle_now(buckets, deltas, leases, lease_id)
+
+    def settle_now(self, buckets: Sequence[Bucket], deltas: Sequence[int], leases: Sequence[Lease],
+                   lease_id: str) -> None:
         now = self._clock.now()
         for b, delta in zip(buckets, deltas, strict=True):
             if delta:
                 self._tats[b.key] = (_gcra.adjust(self._tat(b, now), now, delta, b.interval_s), b.interval_s)
-
-    async def release(self, leases: Sequence[Lease], lease_id: str) -> None:
         for lease in leases:
             holders = self._leases.get(lease.key)
             if holders is not None:

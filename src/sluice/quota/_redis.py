@@ -1,20 +1,27 @@
 """The Redis store: every operation is the Lua script lua/quota.lua, run with EVALSHA (reloaded on NOSCRIPT).
 
 The operations issued while one script call is on the wire are sent together in the next call: under load one
-round trip carries many decisions (each still atomic and all-or-nothing), which is what keeps a shared store
-cheap per request; at low load a decision costs one round trip, as before.
+round trip carries many decisions (each still atomic and all-or-nothing), which keeps a shared store cheap per
+request; at low load a decision costs one round trip. Each call is bounded by ``timeout_s`` (so a waiter waits at
+most for the call ahead of its own and for its own). A decision whose caller stopped waiting (its client left, or
+the call timed out) gives back what it took: a granted decision is refunded and released once its reply arrives;
+a timed-out one releases its leases (its charges stay: over-charging is the safe side).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
 
 import redis.asyncio as aioredis
 
 from sluice.quota._model import Bucket, BucketState, Decision, Lease
+
+log = logging.getLogger("sluice.quota")
 
 _US = 1_000_000
 
@@ -23,16 +30,27 @@ def load_script() -> str:
     return resources.files("sluice.quota").joinpath("lua/quota.lua").read_text()
 
 
+@dataclass(slots=True)
+class _Op:
+    keys: list[str]
+    args: list[Any]
+    future: asyncio.Future[Any]
+    n_ops: int = 1  # script operations it carries: one reply each
+    abandoned: Callable[[Any], None] | None = field(default=None)  # reply handler when nobody waits any more
+    timed_out: Callable[[], None] | None = field(default=None)
+
+
 class RedisStore:
-    def __init__(self, client: aioredis.Redis) -> None:
+    def __init__(self, client: aioredis.Redis, *, timeout_s: float = 0.02) -> None:
         self._client = client
         self._script = client.register_script(load_script())
-        self._queue: list[tuple[list[str], list[Any], asyncio.Future[Any]]] = []
+        self._timeout_s = timeout_s
+        self._queue: list[_Op] = []
         self._in_flight = False
 
     @classmethod
-    def from_url(cls, url: str) -> RedisStore:
-        return cls(aioredis.from_url(url, decode_responses=False, health_check_interval=0))
+    def from_url(cls, url: str, *, timeout_s: float = 0.02) -> RedisStore:
+        return cls(aioredis.from_url(url, decode_responses=False, health_check_interval=0), timeout_s=timeout_s)
 
     async def acquire(self, buckets: Sequence[Bucket], leases: Sequence[Lease], lease_id: str) -> Decision:
         keys = [b.key for b in buckets] + [lease.key for lease in leases]
@@ -41,7 +59,17 @@ class RedisStore:
             args += [repr(b.interval_s * _US), b.capacity, b.cost]
         for lease in leases:
             args += [lease.limit, repr(lease.ttl_s * _US)]
-        allowed, refused_bucket, refused_lease, retry_us, states = await self._call(keys, args)
+
+        def give_back(reply: Any) -> None:
+            if reply[0] == 1:
+                self._send_later(*_settle_op(buckets, [-b.cost for b in buckets], leases, lease_id))
+
+        def release_leases() -> None:
+            if leases:
+                self._send_later(*_settle_op([], [], leases, lease_id))
+
+        allowed, refused_bucket, refused_lease, retry_us, states = await self._call(
+            keys, args, 1, abandoned=give_back, timed_out=release_leases)
         return Decision(
             allowed=bool(allowed),
             states=[BucketState(int(r), float(reset) / _US, float(retry) / _US) for r, reset, retry in states],
@@ -50,50 +78,85 @@ class RedisStore:
             retry_after_s=float(retry_us) / _US,
         )
 
-    async def adjust(self, buckets: Sequence[Bucket], deltas: Sequence[int], lease_id: str) -> None:
-        args: list[Any] = ["J", len(buckets)]
-        for b, delta in zip(buckets, deltas, strict=True):
-            args += [repr(b.interval_s * _US), delta]
-        await self._call([b.key for b in buckets], args)
-
-    async def release(self, leases: Sequence[Lease], lease_id: str) -> None:
-        await self._call([lease.key for lease in leases], ["R", len(leases), lease_id])
+    async def settle(self, buckets: Sequence[Bucket], deltas: Sequence[int], leases: Sequence[Lease],
+                     lease_id: str) -> None:
+        await self._call(*_settle_op(buckets, deltas, leases, lease_id))
 
     async def renew(self, leases: Sequence[Lease], lease_id: str) -> None:
         args: list[Any] = ["N", len(leases), lease_id] + [repr(lease.ttl_s * _US) for lease in leases]
-        await self._call([lease.key for lease in leases], args)
-
-    async def ping(self) -> None:
-        await self._client.ping()
+        await self._call([lease.key for lease in leases], args, 1)
 
     async def close(self) -> None:
         await self._client.aclose()
 
-    async def _call(self, keys: list[str], args: list[Any]) -> Any:
+    async def _call(self, keys: list[str], args: list[Any], n_ops: int, *,
+                    abandoned: Callable[[Any], None] | None = None, timed_out: Callable[[], None] | None = None) -> Any:
+        if n_ops == 0:
+            return None
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._queue.append((keys, args, future))
+        self._queue.append(_Op(keys, args, future, n_ops, abandoned, timed_out))
+        self._kick()
+        return await future
+
+    def _send_later(self, keys: list[str], args: list[Any], n_ops: int) -> None:
+        """Queue an operation nobody waits for (a give-back); its failure is logged, not raised."""
+        if n_ops == 0:
+            return
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        future.add_done_callback(_log_failure)
+        self._queue.append(_Op(keys, args, future, n_ops))
+        self._kick()
+
+    def _kick(self) -> None:
         if not self._in_flight:
             self._in_flight = True
             asyncio.get_running_loop().create_task(self._flush())
-        return await future
 
     async def _flush(self) -> None:
         try:
             while self._queue:
                 batch, self._queue = self._queue, []
-                keys = [k for item in batch for k in item[0]]
-                args = [a for item in batch for a in item[1]]
+                keys = [k for op in batch for k in op.keys]
+                args = [a for op in batch for a in op.args]
                 try:
-                    replies = await self._script(keys=keys, args=args)
-                except BaseException as exc:  # noqa: BLE001 - every waiter learns of the failure
-                    for _, _, future in batch:
-                        if not future.done():
-                            future.set_exception(exc if isinstance(exc, Exception) else ConnectionError(str(exc)))
-                    if not isinstance(exc, Exception):
-                        raise
+                    replies = await asyncio.wait_for(self._script(keys=keys, args=args), self._timeout_s)
+                except Exception as exc:  # noqa: BLE001 - every waiter learns of the failure
+                    timeout = isinstance(exc, asyncio.TimeoutError)
+                    for op in batch:
+                        if timeout and op.timed_out is not None:
+                            op.timed_out()
+                        if not op.future.done():
+                            op.future.set_exception(exc)
                     continue
-                for (_, _, future), reply in zip(batch, replies, strict=True):
-                    if not future.done():
-                        future.set_result(reply)
+                at = 0
+                for op in batch:
+                    reply, at = replies[at + op.n_ops - 1], at + op.n_ops
+                    if not op.future.done():
+                        op.future.set_result(reply)
+                    elif op.abandoned is not None:
+                        op.abandoned(reply)
         finally:
             self._in_flight = False
+
+
+def _settle_op(buckets: Sequence[Bucket], deltas: Sequence[int], leases: Sequence[Lease],
+               lease_id: str) -> tuple[list[str], list[Any], int]:
+    keys: list[str] = []
+    args: list[Any] = []
+    n_ops = 0
+    if any(deltas):
+        n_ops += 1
+        keys += [b.key for b in buckets]
+        args += ["J", len(buckets)]
+        for b, delta in zip(buckets, deltas, strict=True):
+            args += [repr(b.interval_s * _US), delta]
+    if leases:
+        n_ops += 1
+        keys += [lease.key for lease in leases]
+        args += ["R", len(leases), lease_id]
+    return keys, args, n_ops
+
+
+def _log_failure(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled() and future.exception() is not None:
+        log.warning("could not give back an abandoned quota decision: %s", future.exception())

@@ -1,7 +1,9 @@
 """The store interface: where buckets and permits live. Strategies decide (``_limiter``), stores count.
 
 Every store has the same semantics (the contract suite in tests/contract runs over all of them):
-``acquire`` checks and charges every bucket and takes every lease of one request at once, all or nothing.
+``acquire`` checks and charges every bucket and takes every lease of one request at once, all or nothing;
+``settle`` reconciles the buckets and gives the leases back, in one step. A store shared over the network bounds
+its own calls in time and gives back what an abandoned call took (a caller that stopped waiting holds nothing).
 """
 
 from __future__ import annotations
@@ -17,11 +19,9 @@ class QuotaStore(Protocol):
         """All buckets charged and all leases taken, or nothing changed."""
         ...
 
-    async def adjust(self, buckets: Sequence[Bucket], deltas: Sequence[int], lease_id: str) -> None:
-        """Charge (positive) or refund (negative) units without asking: reconciliation after the fact."""
-        ...
-
-    async def release(self, leases: Sequence[Lease], lease_id: str) -> None:
+    async def settle(self, buckets: Sequence[Bucket], deltas: Sequence[int], leases: Sequence[Lease],
+                     lease_id: str) -> None:
+        """Charge (positive) or refund (negative) units without asking, and release the leases."""
         ...
 
     async def renew(self, leases: Sequence[Lease], lease_id: str) -> None:

@@ -17,6 +17,6 @@ def open_store(state_url: str, quota: QuotaSettings, clock: Clock,
 
     from sluice.quota._redis import RedisStore
 
-    return FailoverStore(RedisStore.from_url(state_url), clock, replicas=quota.gateway_replicas,
-                         timeout_s=quota.store_timeout_s, retry_s=quota.store_retry_s, observer=observer,
-                         errors=(redis.exceptions.RedisError,))
+    shared = RedisStore.from_url(state_url, timeout_s=quota.store_timeout_s)
+    return FailoverStore(shared, clock, replicas=quota.gateway_replicas, retry_s=quota.store_retry_s,
+                         observer=observer, errors=(redis.exceptions.RedisError,))
