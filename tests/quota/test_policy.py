@@ -68,3 +68,12 @@ def test_every_key_carries_one_hash_tag_and_tiers_do_not_share_buckets():
     assert all(x.key.startswith("{sluice}:") for x in (*pro.buckets, *pro.leases))
     assert {b.info.scope for b in free.buckets} == {"tier free", "all callers"}
     assert not {b.key for b in free.buckets if b.info.scope == "tier free"} & {b.key for b in pro.buckets}
+
+
+def test_tightening_scales_tier_rates_but_not_global_ones():
+    normal = {b.info.scope + b.info.kind: b for b in policy().plan(alice(), "small", PRICE).buckets}
+    tight = {b.info.scope + b.info.kind: b for b in policy().plan(alice(), "small", PRICE, tighten=0.5).buckets}
+    assert tight["tier prorequests"].info.amount == 30 and tight["tier prorequests"].capacity == 30
+    assert tight["tier prorequests"].interval_s == 2 * normal["tier prorequests"].interval_s
+    assert tight["tier prorequests"].key == normal["tier prorequests"].key  # same bucket, same state
+    assert tight["all callersrequests"] == normal["all callersrequests"]

@@ -108,6 +108,10 @@ class PoolController:
         self.limit.update(Sample(latency_s, permit.in_flight_at_admit, outcome))
         self._pump()
 
+    @property
+    def top_priority(self) -> int:
+        return self._settings.top_priority
+
     def effective_limit(self, priority: int) -> int:
         limit = self.limit.value
         if self.protection is not None and self.protection.engaged and priority < self._settings.top_priority:

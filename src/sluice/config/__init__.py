@@ -2,6 +2,7 @@
 
 from sluice.config.loader import CONFIG_ENV, config_path_from_env, load_settings, parse_settings
 from sluice.config.schema import (
+    AdmissionSettings,
     DEFAULT_MODEL,
     AuthSettings,
     Dialect,
@@ -18,6 +19,7 @@ from sluice.config.schema import (
 )
 
 __all__ = [
+    "AdmissionSettings",
     "CONFIG_ENV",
     "DEFAULT_MODEL",
     "AuthSettings",

@@ -78,12 +78,65 @@ class EngineSettings(_Frozen):
         return [u.rstrip("/") for u in urls]
 
 
+class WindowSettings(_Frozen):
+    """Requests a pool may have in flight. ``fixed`` stays at ``initial``; ``aimd`` and ``gradient`` adapt to the
+    engines' latency (time to first token) between ``min`` and ``max``."""
+
+    kind: Literal["fixed", "aimd", "gradient"] = "fixed"
+    initial: int | None = Field(None, ge=1)  # unset: a simulator's max_num_seqs, else 128 per replica
+    min: int = Field(1, ge=1)
+    max: int = Field(4096, ge=1)
+    latency_threshold_s: float | None = Field(None, gt=0)  # aimd: a slower first token counts as a drop
+
+
+class SaturationSettings(_Frozen):
+    """Saturation = max(waiting / queue_threshold, kv_usage / kv_threshold), read from the engines' metrics."""
+
+    queue_threshold: float = Field(5.0, gt=0)
+    kv_threshold: float = Field(0.8, gt=0)
+    stale_after_s: float = Field(1.0, gt=0)  # older metrics count as saturated
+    scrape_interval_s: float = Field(0.2, gt=0)
+
+
+class ProtectionSettings(_Frozen):
+    enabled: bool = True
+    engage_at: float = Field(1.0, gt=0)
+    relax_at: float = Field(0.7, ge=0)
+    engage_after_s: float = Field(1.0, ge=0)
+    relax_after_s: float = Field(5.0, ge=0)
+    reserve_top_share: float = Field(0.2, ge=0, lt=1)  # of the window, kept for the highest band
+    tighten_factor: float = Field(0.5, gt=0, le=1)  # lower tiers' rate limits are multiplied by this
+
+
+class AdmissionSettings(_Frozen):
+    enabled: bool = True
+    window: WindowSettings = WindowSettings()
+    max_tokens_in_flight: int | None = Field(None, ge=1)
+    queue_max_requests: int = Field(1000, ge=0)
+    queue_max_tokens: int | None = Field(None, ge=1)
+    output_weight: float = Field(2.0, gt=0)  # fair share: an output token costs this many prompt tokens
+    watch_load: bool = True  # scrape the engines' /metrics for saturation and KV room
+    saturation: SaturationSettings = SaturationSettings()
+    protection: ProtectionSettings = ProtectionSettings()
+    kv_capacity_tokens: int | None = Field(None, ge=1)  # per replica; a simulator knows its own
+    priority_to_engine: bool = False  # the engine runs with priority scheduling: send it each request's priority
+
+    @model_validator(mode="after")
+    def _ordered(self) -> AdmissionSettings:
+        if self.window.min > self.window.max:
+            raise ValueError("window.min must not exceed window.max")
+        if self.protection.relax_at > self.protection.engage_at:
+            raise ValueError("protection.relax_at must not exceed protection.engage_at")
+        return self
+
+
 class ModelSettings(_Frozen):
     name: str = Field(min_length=1)
     engine: EngineSettings | None = None
     sim: SimSettings | None = None
     tokenizer: str | None = None  # path to the model's tokenizer.json: exact prompt counts (else a calibrated estimate)
     max_model_len: int | None = Field(None, ge=1)  # context length, to cap reservations (a sim knows its own)
+    admission: AdmissionSettings = AdmissionSettings()
 
     @property
     def context_length(self) -> int | None:
@@ -179,7 +232,9 @@ class TierSettings(_Frozen):
     ``limits`` holds any others (per user, tenant, the whole tier, per model)."""
 
     priority: int = 0
-    max_wait_s: float = Field(0.0, ge=0)
+    weight: float = Field(1.0, gt=0)  # share against other tenants of the same priority
+    max_wait_s: float = Field(0.0, ge=0)  # for quota to refill
+    max_queue_s: float = Field(10.0, ge=0)  # in the admission queue, before a 503 queue_timeout
     requests: Rate | None = None
     tokens: Rate | None = None
     concurrent: int | None = Field(None, ge=1)

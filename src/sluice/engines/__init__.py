@@ -2,5 +2,15 @@
 
 from sluice.engines._errors import engine_error
 from sluice.engines._pool import EnginePool, Replica, UpstreamResponse
+from sluice.engines._scraper import LoadSample, LoadScraper, ScrapeError, parse_load
 
-__all__ = ["EnginePool", "Replica", "UpstreamResponse", "engine_error"]
+__all__ = [
+    "EnginePool",
+    "LoadSample",
+    "LoadScraper",
+    "Replica",
+    "ScrapeError",
+    "UpstreamResponse",
+    "engine_error",
+    "parse_load",
+]

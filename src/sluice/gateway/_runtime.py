@@ -9,6 +9,8 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from sluice.clock import Clock
 from sluice.config import ModelSettings, Settings
 from sluice.engines import EnginePool, Replica
+from sluice.engines.dialects import dialect_for
+from sluice.gateway._gates import open_gate
 from sluice.gateway.service import GatewayService, ModelRoute
 from sluice.identity import KeyRing
 from sluice.quota import EstimateCounter, ExactCounter, Pricer, PromptCounter, QuotaLimiter, QuotaPolicy, open_store
@@ -23,7 +25,7 @@ async def open_service(settings: Settings, clock: Clock, metrics: GatewayMetrics
     async with AsyncExitStack() as stack:
         routes: dict[str, ModelRoute] = {}
         for model in settings.models:
-            routes[model.name] = await _open_route(model, settings, clock, stack)
+            routes[model.name] = await _open_route(model, settings, clock, metrics, stack)
         store = open_store(settings.state, settings.quota, clock, observer=metrics)
         stack.push_async_callback(store.close)
         limiter = QuotaLimiter(QuotaPolicy(settings.tiers, settings.quota), store, clock, observer=metrics)
@@ -52,7 +54,8 @@ def _warn_if_limits_are_per_process(settings: Settings) -> None:
                     "must share state (state: redis://...), or every limit multiplies by their number.")
 
 
-async def _open_route(model: ModelSettings, settings: Settings, clock: Clock, stack: AsyncExitStack) -> ModelRoute:
+async def _open_route(model: ModelSettings, settings: Settings, clock: Clock, metrics: GatewayMetrics,
+                      stack: AsyncExitStack) -> ModelRoute:
     if model.sim is not None:
         sim = await SimServer.start(model.sim, model_name=model.name, clock=clock)
         stack.push_async_callback(sim.stop)
@@ -69,4 +72,8 @@ async def _open_route(model: ModelSettings, settings: Settings, clock: Clock, st
         read_timeout_s=settings.server.upstream_timeout_s,
     )
     stack.push_async_callback(pool.close)
-    return ModelRoute(model.name, served_name, pool, model.context_length)
+    gate = await open_gate(model, replicas, settings, clock, metrics, stack)
+    dialect = dialect_for(model.sim.dialect if model.sim else model.engine.dialect)  # type: ignore[union-attr]
+    return ModelRoute(model.name, served_name, pool, model.context_length, gate=gate,
+                      tighten_factor=model.admission.protection.tighten_factor,
+                      priority=dialect.priority if model.admission.priority_to_engine else None)

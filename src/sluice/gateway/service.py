@@ -1,7 +1,7 @@
-"""The request pipeline, free of HTTP: identify → price → quota → (admission) → route → engine → settle → record.
+"""The request pipeline, free of HTTP: identify → price → quota → admission → route → engine → settle → record.
 
 Routes hand it bytes and headers and get a ``FullReply`` or a ``StreamReply`` back; errors are raised as
-``SluiceError``. Steps not built yet (cache, admission) slot in between quota and route.
+``SluiceError``. The response cache, when it comes, slots in between price and quota.
 """
 
 from __future__ import annotations
@@ -14,9 +14,12 @@ from typing import Any
 import orjson
 from pydantic import BaseModel
 
+from sluice.admission import Outcome, PoolController, ticket_for
 from sluice.clock import Clock
 from sluice.engines import EnginePool, UpstreamResponse
+from sluice.engines.dialects import PriorityConvention
 from sluice.errors import NotFoundError
+from sluice.gateway._flight import NOTHING_RAN, Flight, outcome_of
 from sluice.identity import KeyRing, Principal
 from sluice.protocol import (
     ChatCompletionRequest,
@@ -28,7 +31,7 @@ from sluice.protocol import (
     parse_request,
     sse_data,
 )
-from sluice.quota import Price, Pricer, QuotaLimiter, Reservation
+from sluice.quota import Price, Pricer, QuotaLimiter
 from sluice.telemetry import RequestRecord
 
 
@@ -50,6 +53,15 @@ class ModelRoute:
     served_name: str  # what the engine calls it
     pool: EnginePool
     max_model_len: int | None = None
+    gate: PoolController | None = None  # admission in front of the pool
+    tighten_factor: float = 1.0  # lower tiers' rate limits under protection mode
+    priority: PriorityConvention | None = None  # how the engine takes priorities, when it schedules by them
+
+    def tighten_for(self, priority: int) -> float:
+        gate = self.gate
+        if gate is not None and gate.protection is not None and gate.protection.engaged and priority < gate.top_priority:
+            return self.tighten_factor
+        return 1.0
 
     def rename(self, body: bytes) -> bytes:
         """Give answers the client's name for the model, where the engine calls it something else. Engines write
@@ -99,38 +111,60 @@ class GatewayService:
     async def readiness(self) -> dict[str, bool]:
         return {name: await route.pool.is_ready() for name, route in self.routes.items()}
 
-    async def proxy(self, endpoint: Endpoint, principal: Principal, body: bytes, record: RequestRecord) -> Reply:
+    async def proxy(self, endpoint: Endpoint, principal: Principal, body: bytes, record: RequestRecord,
+                    priority: int | None = None) -> Reply:
+        """``priority``: the client's ``x-sluice-priority``, which may lower its tier's priority, never raise it."""
         request: Any = parse_request(endpoint.request_model, body)
         route = self._route(request.model)
         record.model = route.name
         stream = record.stream = bool(getattr(request, "stream", False))
+        priority = principal.priority if priority is None else min(priority, principal.priority)
         price: Price = getattr(self.pricer, endpoint.pricing)(request)
-        reservation = await self.limiter.reserve(principal, route.name, price)
+        reservation = await self.limiter.reserve(principal, route.name, price, route.tighten_for(priority))
+        flight = Flight(self, route, record, reservation)
         try:
+            await self._admit(flight, principal, priority, price)
             upstream = await route.pool.post(
                 endpoint.path,
-                _upstream_body(request, body, route, stream),
+                _upstream_body(request, body, route, stream, priority),
                 {"content-type": "application/json", "x-request-id": record.request_id},
             )
-        except BaseException:
-            self._settle(reservation, record, route, {"prompt_tokens": 0, "completion_tokens": 0})  # nothing ran
+        except BaseException as exc:
+            flight.finish(NOTHING_RAN, outcome_of(exc))
             raise
         record.replica = upstream.replica.url
         if stream:
-            chunks = self._relay(upstream, route, request.wants_usage_chunk(), record, reservation)
+            chunks = self._relay(upstream, request.wants_usage_chunk(), flight)
             return StreamReply(chunks, reservation.headers)
         try:
             data = route.rename(await upstream.read())
-        except BaseException:
-            self._settle(reservation, record, route, None)  # aborted with unknown usage: keep what was reserved
+        except BaseException as exc:
+            flight.finish(None, outcome_of(exc))  # aborted with unknown usage: keep what was reserved
             raise
-        self._settle(reservation, record, route, _json_object(data).get("usage"))
+        flight.finish(_json_object(data).get("usage"), Outcome.SUCCESS)
         return FullReply(upstream.status, data, upstream.content_type or "application/json", reservation.headers)
+
+    def spawn(self, work: Any) -> None:
+        """Run bookkeeping that must finish even if the request's task is cancelled; awaited at shutdown."""
+        task = asyncio.get_running_loop().create_task(work)
+        self._settling.add(task)
+        task.add_done_callback(self._settling.discard)
 
     async def drain(self) -> None:
         """Wait for the settlements still in flight (at shutdown: no accounting is lost)."""
         if self._settling:
             await asyncio.gather(*self._settling, return_exceptions=True)
+
+    async def _admit(self, flight: Flight, principal: Principal, priority: int, price: Price) -> None:
+        gate = flight.route.gate
+        if gate is None:
+            return
+        tier = self.limiter.policy.tiers.get(principal.tier)
+        weight, max_queue_s = (tier.weight, tier.max_queue_s) if tier else (1.0, 0.0)
+        ticket = ticket_for(priority, principal.tenant, weight, price.prompt_tokens, price.max_output_tokens,
+                            self.clock.now() + max_queue_s)
+        flight.permit = await gate.admit(ticket)
+        flight.record.queue_wait_s = flight.permit.waited_s
 
     def _route(self, model: str) -> ModelRoute:
         route = self.routes.get(model)
@@ -138,15 +172,16 @@ class GatewayService:
             raise NotFoundError(f"The model `{model}` does not exist or you do not have access to it.", param="model")
         return route
 
-    async def _relay(self, upstream: UpstreamResponse, route: ModelRoute, wants_usage: bool, record: RequestRecord,
-                     reservation: Reservation) -> AsyncIterator[bytes]:
+    async def _relay(self, upstream: UpstreamResponse, wants_usage: bool, flight: Flight) -> AsyncIterator[bytes]:
         """Pass SSE frames through as they arrive. Only a frame carrying usage is parsed: its usage is kept, and
         the usage-only frame is dropped if the client did not ask for it. Closing this generator early (client
         gone) closes the upstream, aborting the request there, and charges what was generated so far."""
+        route, record = flight.route, flight.record
         parser = SSEParser()
         usage: Any = None
         generated = 0  # data frames: about one token each, the charge when the stream is cut before its usage
         finished = False
+        outcome = Outcome.IGNORED
         try:
             async for chunk in upstream.chunks():
                 frames = parser.feed(chunk)
@@ -168,44 +203,39 @@ class GatewayService:
                     out.append(frame)
                 if out:
                     yield route.rename(b"".join(out))
+            if finished:
+                outcome = Outcome.SUCCESS
+        except BaseException as exc:
+            outcome = outcome_of(exc)
+            raise
         finally:
             upstream.close()
             if not finished:
                 record.reason = record.reason or "client_disconnected"
             if not isinstance(usage, dict):
                 usage = {"completion_tokens": generated}
-            self._settle(reservation, record, route, usage)
-
-    def _settle(self, reservation: Reservation, record: RequestRecord, route: ModelRoute, usage: Any) -> None:
-        """Record the usage and reconcile the reservation, in a task of its own: it must happen even when the
-        request's task is being cancelled."""
-        prompt: int | None = None
-        completion = reservation.price.max_output_tokens
-        if isinstance(usage, dict):
-            prompt = usage.get("prompt_tokens")
-            completion = int(usage.get("completion_tokens") or 0)
-            if isinstance(prompt, int) and prompt > 0:
-                self.pricer.observe(route.name, reservation.price, prompt)
-        record.tokens_in = prompt if prompt is not None else reservation.price.prompt_tokens
-        record.tokens_out = completion
-        if reservation.buckets or reservation.leases:
-            task = asyncio.get_running_loop().create_task(self.limiter.settle(reservation, prompt, completion))
-            self._settling.add(task)
-            task.add_done_callback(self._settling.discard)
+            flight.finish(usage, outcome)
 
 
-def _upstream_body(request: Any, body: bytes, route: ModelRoute, stream: bool) -> bytes:
-    """The body the engine gets: the client's bytes untouched, unless the model name must be mapped or a stream
-    must be made to carry usage (every upstream stream does, so tokens can be accounted)."""
+def _upstream_body(request: Any, body: bytes, route: ModelRoute, stream: bool, priority: int) -> bytes:
+    """The body the engine gets: the client's bytes untouched, unless the model name must be mapped, a stream
+    must be made to carry usage (every upstream stream does, so tokens can be accounted), or the engine
+    schedules by priority (it gets the request's, in its own convention). Only Sluice sets priorities: a
+    client's own ``priority`` field never reaches the engine."""
     changes: dict[str, Any] = {}
     if route.served_name != request.model:
         changes["model"] = route.served_name
     if stream and not request.wants_usage_chunk():
         options = request.stream_options.model_dump(exclude_none=True) if request.stream_options else {}
         changes["stream_options"] = {**options, "include_usage": True}
-    if not changes:
+    if route.priority is not None:
+        changes.update(route.priority.fields(priority, scheduling_enabled=True))
+    client_priority = "priority" in (request.model_extra or {})
+    if not changes and not client_priority:
         return body
     doc = orjson.loads(body)
+    if client_priority:
+        del doc["priority"]
     doc.update(changes)
     return orjson.dumps(doc)
 

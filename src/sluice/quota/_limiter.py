@@ -53,9 +53,10 @@ class QuotaLimiter:
         self._renewer: asyncio.Task[None] | None = None
         self._ids = IdSource()
 
-    async def reserve(self, principal: Principal, model: str, price: Price) -> Reservation:
-        """Charge every applicable limit at once, waiting up to the tier's ``max_wait_s``; raise 429 otherwise."""
-        plan = self.policy.plan(principal, model, price)
+    async def reserve(self, principal: Principal, model: str, price: Price, tighten: float = 1.0) -> Reservation:
+        """Charge every applicable limit at once, waiting up to the tier's ``max_wait_s``; raise 429 otherwise.
+        ``tighten`` < 1 scales the caller's tier rates down (protection mode)."""
+        plan = self.policy.plan(principal, model, price, tighten)
         rid = self._ids.next()
         if not plan.buckets and not plan.leases:
             return Reservation(rid, (), (), price)

@@ -8,6 +8,7 @@ them in one slot. (Separate deployments sharing a cluster shard by using differe
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -46,7 +47,9 @@ class QuotaPolicy:
         tier = self.tiers.get(principal.tier)
         return tier.max_wait_s if tier else 0.0
 
-    def plan(self, principal: Principal, model: str, price: Price) -> Plan:
+    def plan(self, principal: Principal, model: str, price: Price, tighten: float = 1.0) -> Plan:
+        """The buckets and permits of one request. ``tighten`` < 1 scales the rates of the caller's tier rules
+        (protection mode squeezing lower tiers); the buckets keep their state and their units."""
         buckets: list[Bucket] = []
         leases: list[Lease] = []
         for r in (*self._rules.get(principal.tier, ()), *self._shared):
@@ -60,8 +63,11 @@ class QuotaPolicy:
             for kind in KINDS:
                 rate: Rate | None = getattr(rule, kind)
                 if rate is not None:
-                    info = LimitInfo(kind, scope, rate.amount, rate.period_s, rule.on_store_error)
-                    buckets.append(Bucket(f"{where}:{kind}", rate.interval_s, rate.capacity, _cost(kind, price), info))
+                    factor = tighten if r.tier is not None else 1.0
+                    amount = max(1, math.floor(rate.amount * factor))
+                    info = LimitInfo(kind, scope, amount, rate.period_s, rule.on_store_error)
+                    buckets.append(Bucket(f"{where}:{kind}", rate.interval_s / factor,
+                                          max(1, math.ceil(rate.capacity * factor)), _cost(kind, price), info))
             if rule.concurrent is not None:
                 leases.append(Lease(f"{where}:concurrent", rule.concurrent, self.quota.lease_ttl_s, scope,
                                     rule.on_store_error))

@@ -58,7 +58,38 @@ class GatewayMetrics:
         self.quota_degraded_events = Counter(
             "sluice_quota_store_degraded_events", "Times the shared quota store became unavailable.", registry=r
         )
+        self.admission_in_flight = Gauge("sluice_admission_in_flight", "Requests dispatched to the pool, not done.",
+                                         ["model"], registry=r)
+        self.admission_limit = Gauge("sluice_admission_limit", "The pool's window: requests allowed in flight.",
+                                     ["model"], registry=r)
+        self.admission_queued = Gauge("sluice_admission_queued", "Requests waiting in front of the pool.",
+                                      ["model"], registry=r)
+        self.saturation = Gauge("sluice_engine_saturation",
+                                "max(waiting / threshold, KV use / threshold) of the pool's least loaded replica "
+                                "(+Inf when its metrics are stale).", ["model"], registry=r)
+        self.protection = Gauge("sluice_protection_engaged", "1 while protection mode is engaged for the pool.",
+                                ["model"], registry=r)
+        self.protection_transitions = Counter("sluice_protection_transitions", "Protection mode engaged or relaxed.",
+                                              ["model", "to"], registry=r)
+        self.admission_wait = Histogram("sluice_admission_wait_seconds",
+                                        "Time requests waited in the admission queue, by priority band.",
+                                        ["model", "priority"], buckets=LATENCY_BUCKETS_S, registry=r)
         self._children: dict[tuple[Any, ...], Any] = {}
+
+    # AdmissionObserver, for each pool's gate
+    def admission_state(self, pool: str, *, in_flight: int, limit: int, queued: int, saturation: float,
+                        protected: bool) -> None:
+        self._child(self.admission_in_flight, pool).set(in_flight)
+        self._child(self.admission_limit, pool).set(limit)
+        self._child(self.admission_queued, pool).set(queued)
+        self._child(self.saturation, pool).set(saturation)
+        self._child(self.protection, pool).set(1 if protected else 0)
+
+    def admission_waited(self, pool: str, priority: int, seconds: float) -> None:
+        self._child(self.admission_wait, pool, str(priority)).observe(seconds)
+
+    def protection_changed(self, pool: str, engaged: bool) -> None:
+        self._child(self.protection_transitions, pool, "engaged" if engaged else "relaxed").inc()
 
     def request_done(self, record: RequestRecord) -> None:
         """Count one finished request. Label children are cached: ``labels()`` per request showed in profiles."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import Response
 
-from sluice.errors import PayloadTooLargeError
+from sluice.errors import InvalidRequestError, PayloadTooLargeError
 from sluice.gateway._disconnect import DisconnectWatch
 from sluice.gateway._responses import reply_response
 from sluice.gateway.service import Endpoint, GatewayService
@@ -16,11 +16,12 @@ async def proxy(request: Request, endpoint: Endpoint) -> Response:
     record = request.state.record
     headers = request.headers
     principal = service.identify(record, headers.get("authorization"), headers.get("api-key"))
+    priority = _priority_hint(headers.get("x-sluice-priority"))
     body = await read_body(request, request.app.state.max_body_bytes)
     watch = DisconnectWatch(request.receive)
     try:
         with watch.translated():
-            reply = await service.proxy(endpoint, principal, body, record)
+            reply = await service.proxy(endpoint, principal, body, record, priority)
     except BaseException:
         watch.stop()
         raise
@@ -39,6 +40,17 @@ async def read_body(request: Request, limit: int) -> bytes:
             raise _too_large(limit)
         parts.append(chunk)
     return b"".join(parts)
+
+
+def _priority_hint(value: str | None) -> int | None:
+    """``x-sluice-priority``: an integer a client may use to lower its own priority (never to raise it)."""
+    if value is None:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise InvalidRequestError(f"x-sluice-priority must be an integer, not {value[:40]!r}.",
+                                  param="x-sluice-priority") from None
 
 
 def _too_large(limit: int) -> PayloadTooLargeError:

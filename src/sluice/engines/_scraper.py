@@ -1,0 +1,207 @@
+"""Engine load, read from each replica's Prometheus ``/metrics`` in its own dialect's names.
+
+``parse_load`` turns one exposition into a ``LoadSample`` (requests running and waiting, summed over every
+series; KV-cache usage 0..1, the fullest series). ``LoadScraper`` keeps the latest sample of every replica,
+scraping each one every ``interval_s`` in a task of its own (a slow or dead replica delays nobody else),
+through one aiohttp session. A sample older than ``max_age_s`` is stale: ``fresh()`` answers ``None`` for it,
+as for a replica never scraped, and the consumer treats it as unknown (saturated, for admission).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from types import TracebackType
+
+import aiohttp
+from prometheus_client.parser import text_string_to_metric_families
+
+from sluice.clock import Clock
+from sluice.engines._pool import Replica
+from sluice.engines.dialects import MetricNames, dialect_for
+
+log = logging.getLogger("sluice.engines")
+
+DEFAULT_INTERVAL_S = 0.2
+DEFAULT_TIMEOUT_S = 1.0
+DEFAULT_MAX_AGE_S = 1.0
+
+
+class ScrapeError(Exception):
+    """A replica's metrics could not be read: unreachable, not a 200, or without the dialect's gauges."""
+
+
+@dataclass(frozen=True)
+class LoadSample:
+    running: float
+    waiting: float
+    kv_usage: float  # 0..1
+    scraped_at: float  # the clock's now() when the answer arrived
+
+    def age_s(self, now: float) -> float:
+        return now - self.scraped_at
+
+
+def parse_load(text: str, names: MetricNames, scraped_at: float) -> LoadSample:
+    """The load in one Prometheus text exposition. Raise ``ScrapeError`` when a gauge is missing."""
+    wanted = {*names.running, *names.waiting, *names.kv_usage}
+    try:
+        values = _values(_lines_about(text, wanted), wanted)
+    except ValueError as exc:  # the parser's only complaint
+        raise ScrapeError(f"unreadable metrics: {exc}") from exc
+    running = _first_present(values, names.running)
+    waiting = _first_present(values, names.waiting)
+    kv = _first_present(values, names.kv_usage)
+    return LoadSample(
+        running=sum(running), waiting=sum(waiting), kv_usage=min(1.0, max(0.0, max(kv))), scraped_at=scraped_at
+    )
+
+
+def _lines_about(text: str, wanted: set[str]) -> str:
+    """Only the lines about ``wanted`` metrics: an engine's full exposition (histograms) is far larger."""
+    keep = []
+    for line in text.splitlines():
+        if line.startswith("#"):
+            parts = line.split(None, 3)
+            name = parts[2] if len(parts) > 2 else ""
+        else:
+            name = line.split("{", 1)[0].split(None, 1)[0] if line.strip() else ""
+        if name in wanted:
+            keep.append(line)
+    return "\n".join(keep) + "\n"
+
+
+def _values(text: str, wanted: set[str]) -> dict[str, list[float]]:
+    values: dict[str, list[float]] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name in wanted:
+                values.setdefault(sample.name, []).append(sample.value)
+    return values
+
+
+def _first_present(values: dict[str, list[float]], candidates: tuple[str, ...]) -> list[float]:
+    for name in candidates:
+        if values.get(name):
+            return values[name]
+    raise ScrapeError(f"no {' or '.join(candidates)} in the metrics (is it that engine, with metrics enabled?)")
+
+
+class LoadScraper:
+    """The latest load of every replica, kept fresh in the background.
+
+        async with LoadScraper(pool.replicas, clock) as scraper:
+            sample = scraper.fresh(replica.url)   # None: unknown or stale
+    """
+
+    def __init__(
+        self,
+        replicas: Sequence[Replica],
+        clock: Clock,
+        *,
+        interval_s: float = DEFAULT_INTERVAL_S,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+        max_age_s: float = DEFAULT_MAX_AGE_S,
+        session: aiohttp.ClientSession | None = None,
+    ) -> None:
+        if interval_s <= 0 or timeout_s <= 0 or max_age_s <= 0:
+            raise ValueError("interval_s, timeout_s and max_age_s must be positive")
+        self._replicas = list(replicas)
+        self._clock = clock
+        self.interval_s = interval_s
+        self.max_age_s = max_age_s
+        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
+        self._session = session
+        self._owns_session = session is None
+        self._latest: dict[str, LoadSample] = {}
+        self._errors: dict[str, str] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+
+    # -- read API -------------------------------------------------------------------------------------------
+
+    def latest(self, replica_url: str) -> LoadSample | None:
+        """The last sample read from this replica, however old; ``None`` if none was ever read."""
+        return self._latest.get(replica_url)
+
+    def is_stale(self, replica_url: str) -> bool:
+        """True when there is no sample, or the latest is older than ``max_age_s``."""
+        sample = self._latest.get(replica_url)
+        return sample is None or sample.age_s(self._clock.now()) > self.max_age_s
+
+    def fresh(self, replica_url: str) -> LoadSample | None:
+        """The latest sample if it is recent enough to act on, else ``None`` (unknown)."""
+        return None if self.is_stale(replica_url) else self._latest.get(replica_url)
+
+    def last_error(self, replica_url: str) -> str | None:
+        """Why the last scrape of this replica failed; ``None`` when it succeeded."""
+        return self._errors.get(replica_url)
+
+    # -- scraping --------------------------------------------------------------------------------------------
+
+    async def scrape(self, replica: Replica) -> LoadSample:
+        """Read one replica's load now. Raise ``ScrapeError`` if it cannot be read."""
+        names = dialect_for(replica.dialect).metrics
+        try:
+            async with self._http().get(replica.url + "/metrics", timeout=self._timeout) as resp:
+                if resp.status != 200:
+                    raise ScrapeError(f"{replica.url}/metrics answered {resp.status}")
+                text = await resp.text(errors="replace")
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            raise ScrapeError(f"{replica.url}/metrics: {type(exc).__name__}: {exc}") from exc
+        return parse_load(text, names, self._clock.now())
+
+    async def scrape_once(self, replicas: Iterable[Replica] | None = None) -> None:
+        """Scrape every replica (or those given) once, concurrently; failures are recorded, not raised."""
+        await asyncio.gather(*(self._refresh(r) for r in (self._replicas if replicas is None else replicas)))
+
+    async def _refresh(self, replica: Replica) -> None:
+        try:
+            sample = await self.scrape(replica)
+        except ScrapeError as exc:
+            if replica.url not in self._errors:
+                log.warning("engine metrics: %s", exc)
+            self._errors[replica.url] = str(exc)
+            return
+        if self._errors.pop(replica.url, None) is not None:
+            log.info("engine metrics: %s readable again", replica.url)
+        self._latest[replica.url] = sample
+
+    async def _run(self, replica: Replica) -> None:
+        while True:
+            started = self._clock.now()
+            await self._refresh(replica)
+            await self._clock.sleep(self.interval_s - (self._clock.now() - started))
+
+    # -- lifecycle -------------------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start one scraping task per replica, in the running event loop."""
+        if self._tasks:
+            raise RuntimeError("the scraper is already running")
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(self._run(r), name=f"scrape {r.url}") for r in self._replicas]
+
+    async def stop(self) -> None:
+        tasks, self._tasks = self._tasks, []
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if self._owns_session and self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def __aenter__(self) -> LoadScraper:
+        self.start()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.stop()
+
+    def _http(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(timeout=self._timeout, skip_auto_headers=("User-Agent",))
+        return self._session

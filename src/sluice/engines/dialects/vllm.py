@@ -1,0 +1,56 @@
+"""vLLM's OpenAI server (``vllm.entrypoints.openai.api_server``), V1 engine.
+
+Sources (vllm-project/vllm):
+- probes: vllm/entrypoints/openai/api_server.py, ``GET /health`` (200 once the engine is up; 503 when the
+  engine is dead); there is no separate readiness route, so readiness is ``/health`` too.
+- metrics: vllm/v1/metrics/loggers.py, gauges ``vllm:num_requests_running``, ``vllm:num_requests_waiting``,
+  ``vllm:kv_cache_usage_perc`` (0..1; it replaced ``vllm:gpu_cache_usage_perc``, still read as a fallback for
+  older servers); labels ``model_name`` and ``engine`` (one series per engine core under data parallelism).
+- priority: the request field ``priority`` (chat and completions); lower values run first, and only under
+  ``--scheduling-policy priority``; otherwise a non-zero value is refused ("Got priority N but Priority
+  scheduling is not enabled.", vllm/v1/engine/processor.py), so Sluice strips it there.
+- flags: vllm/engine/arg_utils.py (``--tensor-parallel-size``, ``--gpu-memory-utilization``,
+  ``--max-model-len``, ``--served-model-name``).
+- overload: vLLM queues rather than refuses; a 503 comes from a dead or sleeping engine, a 429 only from
+  proxies in front of it.
+"""
+
+from __future__ import annotations
+
+from sluice.engines.dialects._base import (
+    EngineDialect,
+    LaunchSpec,
+    MetricNames,
+    OverloadSignature,
+    PriorityConvention,
+    optional,
+)
+
+
+def launch_argv(spec: LaunchSpec) -> list[str]:
+    return [
+        spec.python, "-m", "vllm.entrypoints.openai.api_server",
+        "--model", spec.model,
+        "--host", spec.host,
+        "--port", str(spec.port),
+        "--tensor-parallel-size", str(spec.tp),
+        *optional("--gpu-memory-utilization", spec.gpu_memory_utilization),
+        *optional("--max-model-len", spec.max_model_len),
+        *optional("--served-model-name", spec.served_model_name),
+        *spec.extra_args,
+    ]
+
+
+VLLM = EngineDialect(
+    name="vllm",
+    health_path="/health",
+    ready_path="/health",
+    metrics=MetricNames(
+        running=("vllm:num_requests_running",),
+        waiting=("vllm:num_requests_waiting",),
+        kv_usage=("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc"),
+    ),
+    priority=PriorityConvention(higher_first=False, needs_flag="--scheduling-policy priority"),
+    overload=OverloadSignature(statuses=frozenset({429, 503})),
+    _argv=launch_argv,
+)

@@ -1,0 +1,86 @@
+"""Admission for one model's pool, assembled from its settings: the window, the load it watches, protection."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from contextlib import AsyncExitStack
+
+from sluice.admission import (
+    AIMDLimit,
+    FixedLimit,
+    GateSettings,
+    GradientLimit,
+    Limit,
+    LoadReading,
+    PoolController,
+    ProtectionMode,
+    SaturationDetector,
+)
+from sluice.clock import Clock
+from sluice.config import ModelSettings, Settings
+from sluice.engines import LoadScraper, Replica
+from sluice.telemetry import GatewayMetrics
+
+log = logging.getLogger("sluice")
+
+DEFAULT_WINDOW_PER_REPLICA = 128
+
+
+async def open_gate(model: ModelSettings, replicas: Sequence[Replica], settings: Settings, clock: Clock,
+                    metrics: GatewayMetrics, stack: AsyncExitStack) -> PoolController | None:
+    admission = model.admission
+    if not admission.enabled:
+        return None
+    detector = None
+    if admission.watch_load:
+        sat = admission.saturation
+        scraper = LoadScraper(replicas, clock, interval_s=sat.scrape_interval_s, max_age_s=sat.stale_after_s)
+        scraper.start()
+        stack.push_async_callback(scraper.stop)
+
+        def readings() -> list[LoadReading | None]:
+            samples = [scraper.latest(r.url) for r in replicas]
+            return [None if s is None else LoadReading(s.running, s.waiting, s.kv_usage, s.scraped_at)
+                    for s in samples]
+
+        detector = SaturationDetector(readings, clock, queue_threshold=sat.queue_threshold,
+                                      kv_threshold=sat.kv_threshold, stale_after_s=sat.stale_after_s,
+                                      kv_capacity_tokens=_kv_capacity(model))
+    protection = None
+    if detector is not None and admission.protection.enabled:
+        p = admission.protection
+        protection = ProtectionMode(clock, engage_at=p.engage_at, relax_at=p.relax_at,
+                                    engage_after_s=p.engage_after_s, relax_after_s=p.relax_after_s, name=model.name,
+                                    on_change=lambda engaged: metrics.protection_changed(model.name, engaged))
+    gate = PoolController(
+        model.name, _limit(model, len(replicas), clock), clock,
+        GateSettings(max_tokens_in_flight=admission.max_tokens_in_flight,
+                     queue_max_requests=admission.queue_max_requests, queue_max_tokens=admission.queue_max_tokens,
+                     reserve_top_share=admission.protection.reserve_top_share,
+                     top_priority=max(t.priority for t in settings.tiers.values())),
+        saturation=detector, protection=protection, observer=metrics, output_weight=admission.output_weight,
+    )
+    gate.start()
+    stack.push_async_callback(gate.close)
+    return gate
+
+
+def _limit(model: ModelSettings, replicas: int, clock: Clock) -> Limit:
+    window = model.admission.window
+    initial = window.initial or (model.sim.max_num_seqs if model.sim else DEFAULT_WINDOW_PER_REPLICA * replicas)
+    initial = min(max(initial, window.min), window.max)
+    if window.kind == "aimd":
+        return AIMDLimit(clock, initial=initial, minimum=window.min, maximum=window.max,
+                         latency_threshold_s=window.latency_threshold_s)
+    if window.kind == "gradient":
+        return GradientLimit(initial=initial, minimum=window.min, maximum=window.max)
+    return FixedLimit(initial)
+
+
+def _kv_capacity(model: ModelSettings) -> int | None:
+    if model.admission.kv_capacity_tokens is not None:
+        return model.admission.kv_capacity_tokens
+    if model.sim is not None:
+        return model.sim.num_kv_blocks * model.sim.block_size
+    return None
