@@ -44,6 +44,9 @@ class Flight:
                 self.service.pricer.observe(self.route.name, reservation.price, prompt)
         record.tokens_in = prompt if prompt is not None else reservation.price.prompt_tokens
         record.tokens_out = completion
+        if usage is not NOTHING_RAN and record.key_id is not None:
+            self.service.usage.add(record.key_id, record.user or record.key_id, record.tenant or "default",
+                                   record.tokens_in, completion)
         if self.permit is not None and self.route.gate is not None:
             latency = None
             if record.ttft_s is not None:

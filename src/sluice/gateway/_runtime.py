@@ -15,7 +15,7 @@ from sluice.gateway.service import GatewayService, ModelRoute
 from sluice.identity import KeyRing
 from sluice.quota import EstimateCounter, ExactCounter, Pricer, PromptCounter, QuotaLimiter, QuotaPolicy, open_store
 from sluice.sim import SimServer
-from sluice.telemetry import GatewayMetrics
+from sluice.telemetry import GatewayMetrics, UsageLedger
 
 log = logging.getLogger("sluice")
 
@@ -31,7 +31,10 @@ async def open_service(settings: Settings, clock: Clock, metrics: GatewayMetrics
         limiter = QuotaLimiter(QuotaPolicy(settings.tiers, settings.quota), store, clock, observer=metrics)
         stack.push_async_callback(limiter.close)
         _warn_if_limits_are_per_process(settings)
-        service = GatewayService(routes, keyring_for(settings), pricer_for(settings), limiter, clock)
+        usage = UsageLedger.for_state(settings.state, clock)
+        usage.start()
+        stack.push_async_callback(usage.close)
+        service = GatewayService(routes, keyring_for(settings), pricer_for(settings), limiter, clock, usage)
         stack.push_async_callback(service.drain)
         yield service
 

@@ -32,7 +32,7 @@ from sluice.protocol import (
     sse_data,
 )
 from sluice.quota import Price, Pricer, QuotaLimiter
-from sluice.telemetry import RequestRecord
+from sluice.telemetry import RequestRecord, UsageLedger
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,12 +90,13 @@ Reply = FullReply | StreamReply
 
 class GatewayService:
     def __init__(self, routes: Mapping[str, ModelRoute], keyring: KeyRing, pricer: Pricer, limiter: QuotaLimiter,
-                 clock: Clock) -> None:
+                 clock: Clock, usage: UsageLedger) -> None:
         self.routes = dict(routes)
         self.keyring = keyring  # replaced whole on a configuration reload
         self.pricer = pricer
         self.limiter = limiter
         self.clock = clock
+        self.usage = usage
         self._settling: set[asyncio.Task[None]] = set()
 
     def identify(self, record: RequestRecord, authorization: str | None, api_key: str | None) -> Principal:

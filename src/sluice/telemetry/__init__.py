@@ -3,5 +3,6 @@
 from sluice.telemetry._access_log import AccessLog
 from sluice.telemetry._metrics import GatewayMetrics
 from sluice.telemetry._record import RequestRecord
+from sluice.telemetry._usage import MemoryUsage, RedisUsage, Usage, UsageLedger
 
-__all__ = ["AccessLog", "GatewayMetrics", "RequestRecord"]
+__all__ = ["AccessLog", "GatewayMetrics", "MemoryUsage", "RedisUsage", "RequestRecord", "Usage", "UsageLedger"]

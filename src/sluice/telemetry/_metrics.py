@@ -39,6 +39,15 @@ class GatewayMetrics:
             "sluice_time_to_first_token_seconds", "Time from request to the first streamed token.",
             ["model"], buckets=LATENCY_BUCKETS_S, registry=r,
         )
+        self.replica_ttft = Histogram(
+            "sluice_replica_time_to_first_token_seconds",
+            "Time to first token by replica, from dispatch (the gateway's own view of each engine).",
+            ["model", "replica"], buckets=LATENCY_BUCKETS_S, registry=r,
+        )
+        self.replica_latency = Histogram(
+            "sluice_replica_request_duration_seconds", "Time from dispatch to the answer's end, by replica.",
+            ["model", "replica"], buckets=LATENCY_BUCKETS_S, registry=r,
+        )
         self.tokens = Counter(
             "sluice_tokens", "Tokens served, by model and direction (input = prompt, output = completion).",
             ["model", "direction"], registry=r,
@@ -101,6 +110,11 @@ class GatewayMetrics:
             self._child(self.rejections, record.reason).inc()
         if record.ttft_s is not None:
             self._child(self.ttft, model).observe(record.ttft_s)
+        if record.replica is not None:
+            waited = record.queue_wait_s or 0.0
+            if record.ttft_s is not None:
+                self._child(self.replica_ttft, model, record.replica).observe(max(0.0, record.ttft_s - waited))
+            self._child(self.replica_latency, model, record.replica).observe(max(0.0, (record.duration_s or 0) - waited))
         if record.tokens_in:
             self._child(self.tokens, model, "input").inc(record.tokens_in)
         if record.tokens_out:
