@@ -110,3 +110,15 @@ def redis_server():
     server = RedisServer(binary).start()
     yield server
     server.kill()
+
+
+def metric_value(url: str, name: str, **labels: str) -> float | None:
+    """A sample's value from a live ``/metrics`` (labels matched exactly), or None when it is not there."""
+    import httpx
+    from prometheus_client.parser import text_string_to_metric_families
+
+    for family in text_string_to_metric_families(httpx.get(url + "/metrics").text):
+        for sample in family.samples:
+            if sample.name == name and sample.labels == labels:
+                return sample.value
+    return None

@@ -1,11 +1,15 @@
-"""The ``sluice`` command: serve | sim | keys | check-config."""
+"""The ``sluice`` command: serve | sim | bench | keys (create, list, revoke) | check-config."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
+import os
 import sys
+import urllib.error
+import urllib.request
 from collections.abc import Sequence
 
 from sluice.config import DEFAULT_MODEL, SimSettings, config_path_from_env, load_settings
@@ -47,14 +51,49 @@ def _parser() -> argparse.ArgumentParser:
     _add_model_flags(sim, SimSettings)
     sim.set_defaults(run=_sim)
 
+    bench = sub.add_parser("bench", help="load-test an OpenAI-compatible server (the gateway or an engine)")
+    bench.add_argument("--base-url", required=True, help="e.g. http://127.0.0.1:8000")
+    bench.add_argument("--model", required=True)
+    bench.add_argument("--endpoint", choices=["chat", "completions"], default="chat")
+    bench.add_argument("--rate", type=float, help="arrivals per second (inf: all at once); omit for a closed loop")
+    bench.add_argument("--arrival", choices=["poisson", "constant", "burst"], default="poisson")
+    bench.add_argument("--burst-size", type=int, default=10, help="requests per burst (--arrival burst)")
+    bench.add_argument("--concurrency", type=int, help="users in a closed loop; with --rate, the cap in flight")
+    bench.add_argument("--duration", type=float, help="seconds to send requests for")
+    bench.add_argument("--requests", type=int, help="requests to send (default 100 without --duration)")
+    bench.add_argument("--input-len", default="128", help="N | A-B | lognormal:MEAN:SIGMA[:MAX] | sharegpt | lmsys | alpaca")
+    bench.add_argument("--output-len", default="128", help="the same, for max_tokens")
+    bench.add_argument("--tenants", help="'name,key=K,weight=W,input=D,output=D;...' or a JSON/YAML file")
+    bench.add_argument("--api-key", help="default key (else $SLUICE_API_KEY, $OPENAI_API_KEY)")
+    bench.add_argument("--stream", action=argparse.BooleanOptionalAction, default=True)
+    bench.add_argument("--ignore-eos", action=argparse.BooleanOptionalAction, default=True)
+    bench.add_argument("--slo-ttft", type=float, help="goodput SLO: time to first token, seconds")
+    bench.add_argument("--slo-tpot", type=float, help="goodput SLO: time per output token, seconds")
+    bench.add_argument("--seed", type=int, default=0)
+    bench.add_argument("--timeout", type=float, default=300.0, help="seconds per request")
+    bench.add_argument("--out", help="output directory (default sluice-bench-<UTC time>)")
+    bench.add_argument("--plots", action=argparse.BooleanOptionalAction, default=True)
+    bench.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                       help="progress bar on stderr (default: when it is a terminal)")
+    bench.set_defaults(run=_bench)
+
     keys = sub.add_parser("keys", help="manage API keys")
     keys_sub = keys.add_subparsers(title="keys commands")
-    create = keys_sub.add_parser("create", help="make a new key; prints it once, with the config line for it")
+    create = keys_sub.add_parser("create", help="make a new key: through the admin API with --url, else offline "
+                                                "(prints it once, with the config line for it)")
     create.add_argument("--id", required=True, help="the key's id (shown in logs and metrics, never the key)")
     create.add_argument("--user")
     create.add_argument("--tenant", default="default")
     create.add_argument("--tier", default="default")
+    _add_admin_flags(create, required=False)
     create.set_defaults(run=_keys_create)
+    listing = keys_sub.add_parser("list", help="list the keys a gateway knows (admin API)")
+    _add_admin_flags(listing, required=True)
+    listing.set_defaults(run=_keys_list)
+    revoke = keys_sub.add_parser("revoke", help="revoke a key on every gateway sharing the state (admin API)")
+    revoke.add_argument("--id", required=True)
+    _add_admin_flags(revoke, required=True)
+    revoke.set_defaults(run=_keys_revoke)
 
     check = sub.add_parser("check-config", help="validate a configuration file and summarise it")
     check.add_argument("config")
@@ -110,9 +149,51 @@ def _sim(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench(args: argparse.Namespace) -> int:
+    from sluice.bench import run_command
+
+    return run_command(args)
+
+
+def _add_admin_flags(parser: argparse.ArgumentParser, *, required: bool) -> None:
+    parser.add_argument("--url", required=required, help="the gateway, e.g. http://127.0.0.1:8000")
+    parser.add_argument("--admin-key", default=os.environ.get("SLUICE_ADMIN_KEY"),
+                        help="the admin key (default $SLUICE_ADMIN_KEY)")
+
+
+def _admin_call(args: argparse.Namespace, method: str, path: str, body: dict[str, object] | None = None) -> int:
+    """Call the admin API and print its JSON answer; exit code 0 on 2xx, 1 otherwise."""
+    if not args.admin_key:
+        print("sluice: the admin API needs --admin-key or $SLUICE_ADMIN_KEY", file=sys.stderr)
+        return 2
+    request = urllib.request.Request(
+        args.url.rstrip("/") + path, method=method, data=json.dumps(body).encode() if body is not None else None,
+        headers={"authorization": f"Bearer {args.admin_key}", "content-type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310 - the operator's own URL
+            print(json.dumps(json.load(response), indent=2))
+            return 0
+    except urllib.error.HTTPError as exc:
+        print(exc.read().decode(errors="replace"), file=sys.stderr)
+    except urllib.error.URLError as exc:
+        print(f"sluice: cannot reach {args.url}: {exc.reason}", file=sys.stderr)
+    return 1
+
+
+def _keys_list(args: argparse.Namespace) -> int:
+    return _admin_call(args, "GET", "/admin/keys")
+
+
+def _keys_revoke(args: argparse.Namespace) -> int:
+    return _admin_call(args, "POST", "/admin/keys/revoke", {"id": args.id})
+
+
 def _keys_create(args: argparse.Namespace) -> int:
     from sluice.identity import generate_key, hash_key
 
+    if args.url:
+        body = {"id": args.id, "tenant": args.tenant, "tier": args.tier, **({"user": args.user} if args.user else {})}
+        return _admin_call(args, "POST", "/admin/keys", body)
     key = generate_key()
     user = f", user: {args.user}" if args.user else ""
     print(f"API key (shown once, store it now): {key}")

@@ -12,7 +12,7 @@ from aiohttp import web
 
 from sluice.config import parse_settings
 from sluice.identity import hash_key
-from tests.conftest import serve_gateway
+from tests.conftest import metric_value, serve_gateway, wait_until
 
 KEY = "sk-sluice-admission-test-0123456789"
 AUTH = {"authorization": f"Bearer {KEY}"}
@@ -40,10 +40,10 @@ def test_a_request_that_waits_too_long_gets_503_queue_timeout(gateway):
     assert r.status_code == 503
     assert r.headers["x-sluice-reason"] == "queue_timeout" and int(r.headers["retry-after"]) >= 1
     assert r.json()["error"]["code"] == "overloaded"
-    metrics = httpx.get(gateway.url + "/metrics").text
-    assert 'sluice_admission_limit{model="m"} 1.0' in metrics
-    assert 'sluice_rejections_total{reason="queue_timeout"}' in metrics
-    assert "sluice_engine_saturation" in metrics
+    assert wait_until(lambda: metric_value(gateway.url, "sluice_rejections_total", reason="queue_timeout", model="m"))
+    assert metric_value(gateway.url, "sluice_admission_limit", model="m") == 1.0
+    assert 'sluice_engine_replica_up{model="m",replica="http://127.0.0.1:' in httpx.get(gateway.url + "/metrics").text
+    assert metric_value(gateway.url, "sluice_engine_saturation", model="m") is not None
 
 
 def test_a_priority_hint_that_is_not_a_number_is_400(gateway):

@@ -10,7 +10,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from sluice.config import SimSettings, parse_settings
-from tests.conftest import LiveSim, serve_gateway, wait_until
+from tests.conftest import LiveSim, metric_value, serve_gateway, wait_until
 
 CHAT = "/v1/chat/completions"
 LONG = {"messages": [{"role": "user", "content": "go on"}], "max_tokens": 4000, "ignore_eos": True}
@@ -56,8 +56,8 @@ def test_disconnect_while_waiting_for_a_full_answer_aborts_the_engine_request(ga
     with pytest.raises(httpx.ReadTimeout):
         httpx.post(gateway.url + CHAT, json={"model": "public-name", **LONG}, timeout=httpx.Timeout(30, read=0.5))
     assert wait_until(lambda: slow_sim.engine.num_running == 0), "the engine kept working for a client that left"
-    metrics = httpx.get(gateway.url + "/metrics").text
-    assert 'sluice_rejections_total{reason="client_disconnected"}' in metrics
+    assert wait_until(lambda: metric_value(gateway.url, "sluice_rejections_total", reason="client_disconnected",
+                                           model="public-name"))
 
 
 def test_engine_overload_is_503_never_429(gateway, slow_sim):

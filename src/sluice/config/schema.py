@@ -30,9 +30,49 @@ class ServerSettings(_Frozen):
     access_log_path: str | None = None  # one JSON line per request, appended here; stderr when unset
 
 
+class HmacSecretSettings(_Frozen):
+    """An HS256 shared secret, named by the ``kid`` tokens carry in their header."""
+
+    kid: str = Field(min_length=1)
+    secret: str = Field(min_length=32, repr=False)  # RFC 7518: at least as long as the hash (256 bits)
+
+
+class JwtClaimSettings(_Frozen):
+    """Which token claims name the caller. ``tenant`` and ``tier`` unset (or absent from a token): the defaults."""
+
+    user: str = Field("sub", min_length=1)
+    tenant: str | None = None
+    tier: str | None = None
+
+
+class JwtSettings(_Frozen):
+    """Bearer tokens that look like JWTs are verified against these keys, each pinned to one algorithm."""
+
+    issuer: str = Field(min_length=1)
+    audience: str | list[str]
+    leeway_s: float = Field(30.0, ge=0, le=300)
+    jwks_file: str | None = None  # RS256/ES256 public keys, read at startup (and on each config reload)
+    hs256_secrets: list[HmacSecretSettings] = []
+    claims: JwtClaimSettings = JwtClaimSettings()
+    default_tenant: str = "default"
+    default_tier: str = "default"
+
+    @model_validator(mode="after")
+    def _has_keys(self) -> JwtSettings:
+        if self.jwks_file is None and not self.hs256_secrets:
+            raise ValueError("jwt needs keys: a jwks_file, hs256_secrets, or both")
+        _unique("jwt.hs256_secrets (kid)", [s.kid for s in self.hs256_secrets])
+        if not self.audience:
+            raise ValueError("jwt.audience must name at least one audience")
+        return self
+
+
 class AuthSettings(_Frozen):
-    # api_key: every request needs one of `keys`; open: anyone may call (the embedded default; say so loudly).
+    # api_key: every request needs one of `keys` (or a valid JWT when `jwt` is set); open: anyone may call
+    # (the embedded default; say so loudly).
     mode: Literal["api_key", "open"] = "api_key"
+    jwt: JwtSettings | None = None
+    admin_key_hash: str | None = Field(None, pattern=r"^sha256:[0-9a-f]{64}$")  # enables the admin API
 
 
 class SimSettings(_Frozen):
@@ -263,6 +303,25 @@ class KeySettings(_Frozen):
     tier: str = "default"
 
 
+class ScaleOutSettings(_Frozen):
+    """Tell an autoscaler when the engines are too few: refusals for capacity above ``rejection_ratio`` over
+    ``window_s``, or a pool at ``saturation`` or more for the whole window; at most once per ``interval_s``."""
+
+    webhook: str | None = None  # POSTed a JSON payload
+    command: list[str] | None = None  # run with the JSON payload on stdin
+    rejection_ratio: float = Field(0.05, ge=0, le=1)
+    saturation: float = Field(1.0, gt=0)
+    window_s: float = Field(300.0, gt=0)
+    interval_s: float = Field(600.0, gt=0)
+    check_s: float = Field(5.0, gt=0)
+
+    @model_validator(mode="after")
+    def _one_target(self) -> ScaleOutSettings:
+        if (self.webhook is None) == (not self.command):
+            raise ValueError("scale_out needs exactly one of webhook or command")
+        return self
+
+
 class Settings(_Frozen):
     server: ServerSettings = ServerSettings()
     state: str = "memory://"
@@ -271,6 +330,7 @@ class Settings(_Frozen):
     tiers: dict[str, TierSettings] = {"default": TierSettings()}
     keys: list[KeySettings] = []
     quota: QuotaSettings = QuotaSettings()
+    scale_out: ScaleOutSettings | None = None
 
     @field_validator("state")
     @classmethod
@@ -292,8 +352,11 @@ class Settings(_Frozen):
         for where, rule in rules + [("quota.limits", r) for r in self.quota.limits]:
             if rule.model not in (None, "each") and rule.model not in models:
                 raise ValueError(f"{where}: a limit names model {rule.model!r}, which is not in models")
-        if self.auth.mode == "api_key" and not self.keys:
-            raise ValueError("auth.mode is api_key but no keys are configured: add keys, or set auth: {mode: open}")
+        if self.auth.mode == "api_key" and not self.keys and self.auth.jwt is None:
+            raise ValueError("auth.mode is api_key but no keys are configured: add keys, configure auth.jwt, "
+                             "or set auth: {mode: open}")
+        if self.auth.jwt is not None and self.auth.jwt.default_tier not in self.tiers:
+            raise ValueError(f"auth.jwt.default_tier {self.auth.jwt.default_tier!r} is not in tiers")
         if self.server.workers > 1 and self.state.startswith("memory://"):
             raise ValueError(
                 "server.workers > 1 needs shared state (state: redis://...): with memory:// every worker "

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
@@ -49,8 +50,10 @@ def parse_load(text: str, names: MetricNames, scraped_at: float) -> LoadSample:
     wanted = {*names.running, *names.waiting, *names.kv_usage}
     try:
         values = _values(_lines_about(text, wanted), wanted)
-    except ValueError as exc:  # the parser's only complaint
-        raise ScrapeError(f"unreadable metrics: {exc}") from exc
+    except (ValueError, IndexError) as exc:  # what prometheus_client's parser raises on malformed text
+        raise ScrapeError(f"unreadable metrics: {type(exc).__name__}: {exc}") from exc
+    if not all(math.isfinite(v) for vs in values.values() for v in vs):
+        raise ScrapeError(f"a load gauge is not a finite number: {values}")
     running = _first_present(values, names.running)
     waiting = _first_present(values, names.waiting)
     kv = _first_present(values, names.kv_usage)

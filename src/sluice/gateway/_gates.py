@@ -38,6 +38,8 @@ async def open_gate(model: ModelSettings, replicas: Sequence[Replica], settings:
         scraper = LoadScraper(replicas, clock, interval_s=sat.scrape_interval_s, max_age_s=sat.stale_after_s)
         scraper.start()
         stack.push_async_callback(scraper.stop)
+        metrics.watch_replicas(lambda: [(model.name, r.url, scraper.latest(r.url) is not None
+                                         and scraper.last_error(r.url) is None) for r in replicas])
 
         def readings() -> list[LoadReading | None]:
             samples = [scraper.latest(r.url) for r in replicas]

@@ -13,23 +13,17 @@ import logging
 import signal
 from pathlib import Path
 
-from sluice.clock import Clock
-from sluice.config import Settings, load_settings
+from sluice.config import load_settings
 from sluice.errors import ConfigError
-from sluice.gateway._runtime import keyring_for
-from sluice.gateway.service import GatewayService
-from sluice.quota import QuotaPolicy
+from sluice.gateway._live import LiveConfig
 
 log = logging.getLogger("sluice")
 
 
 class ConfigReloader:
-    def __init__(self, path: Path, settings: Settings, service: GatewayService, clock: Clock,
-                 interval_s: float = 1.0) -> None:
+    def __init__(self, path: Path, live: LiveConfig, interval_s: float = 1.0) -> None:
         self.path = path
-        self.settings = settings
-        self._service = service
-        self._clock = clock
+        self._live = live
         self._interval_s = interval_s
         self._stamp = self._read_stamp()
         self._poke = asyncio.Event()
@@ -53,15 +47,15 @@ class ConfigReloader:
     def reload(self) -> bool:
         try:
             new = load_settings(self.path)
+            authenticator = self._live.authenticator(new)  # reads the JWKS file again (keys rotate): a bad one refuses
         except ConfigError as exc:
             log.error("configuration reload refused, keeping the running one: %s", exc)
             return False
-        if new.models != self.settings.models or new.server != self.settings.server or new.state != self.settings.state:
+        old = self._live.settings
+        if new.models != old.models or new.server != old.server or new.state != old.state:
             log.warning("configuration reload: changes to models, server or state need a restart; applying the rest")
-        self._service.limiter.policy = QuotaPolicy(new.tiers, new.quota)
-        self._service.keyring = keyring_for(new)
-        self.settings = new
-        log.info("configuration reloaded from %s: %d tier(s), %d key(s)", self.path, len(new.tiers), len(new.keys))
+        self._live.apply(new, authenticator)
+        log.info("configuration reloaded from %s", self.path)
         return True
 
     def _read_stamp(self) -> tuple[float, int] | None:

@@ -5,14 +5,17 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
 
 from sluice.clock import Clock
 from sluice.config import ModelSettings, Settings
 from sluice.engines import EnginePool, Replica
 from sluice.engines.dialects import dialect_for
 from sluice.gateway._gates import open_gate
+from sluice.gateway._live import LiveConfig
+from sluice.gateway._scale_out import ScaleOutHook
 from sluice.gateway.service import GatewayService, ModelRoute
-from sluice.identity import KeyRing
+from sluice.identity import Directory
 from sluice.quota import EstimateCounter, ExactCounter, Pricer, PromptCounter, QuotaLimiter, QuotaPolicy, open_store
 from sluice.sim import SimServer
 from sluice.telemetry import GatewayMetrics, UsageLedger
@@ -20,8 +23,14 @@ from sluice.telemetry import GatewayMetrics, UsageLedger
 log = logging.getLogger("sluice")
 
 
+@dataclass(frozen=True, slots=True)
+class Runtime:
+    service: GatewayService
+    live: LiveConfig
+
+
 @asynccontextmanager
-async def open_service(settings: Settings, clock: Clock, metrics: GatewayMetrics) -> AsyncIterator[GatewayService]:
+async def open_service(settings: Settings, clock: Clock, metrics: GatewayMetrics) -> AsyncIterator[Runtime]:
     async with AsyncExitStack() as stack:
         routes: dict[str, ModelRoute] = {}
         for model in settings.models:
@@ -34,13 +43,21 @@ async def open_service(settings: Settings, clock: Clock, metrics: GatewayMetrics
         usage = UsageLedger.for_state(settings.state, clock)
         usage.start()
         stack.push_async_callback(usage.close)
-        service = GatewayService(routes, keyring_for(settings), pricer_for(settings), limiter, clock, usage)
+        live = LiveConfig(settings, Directory.for_state(settings.state, clock, on_tiers=lambda _: live.apply()), clock)
+        await live.directory.start()
+        stack.push_async_callback(live.directory.close)
+        service = GatewayService(routes, live.authenticator(), pricer_for(settings), limiter, clock, usage,
+                                 live.directory)
+        live.attach(service)
+        live.apply()
         stack.push_async_callback(service.drain)
-        yield service
-
-
-def keyring_for(settings: Settings) -> KeyRing:
-    return KeyRing(settings.keys, settings.tiers, open_access=settings.auth.mode == "open")
+        if settings.scale_out is not None:
+            hook = ScaleOutHook(settings.scale_out, clock,
+                                lambda: {n: r.gate.last_saturation for n, r in routes.items() if r.gate},
+                                lambda: (metrics.answered, metrics.refused_for_capacity))
+            hook.start()
+            stack.push_async_callback(hook.close)
+        yield Runtime(service, live)
 
 
 def pricer_for(settings: Settings) -> Pricer:

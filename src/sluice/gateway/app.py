@@ -27,22 +27,25 @@ def create_app(settings: Settings, *, config_path: str | Path | None = None, clo
 
     @asynccontextmanager
     async def lifespan(app: GatewayApp) -> AsyncIterator[None]:
-        async with open_service(settings, clock, metrics) as service:
-            app.state.service = service
+        async with open_service(settings, clock, metrics) as runtime:
+            app.state.service = runtime.service
+            app.state.live = runtime.live
             app.state.max_body_bytes = settings.server.max_body_bytes
+            app.state.admin_key_hash = settings.auth.admin_key_hash
             for line in banner(settings):
                 log.info(line)
             if settings.auth.mode == "open":
                 log.warning(OPEN_ACCESS_WARNING)
             reloader = None
             if config_path is not None:
-                app.state.reloader = ConfigReloader(Path(config_path), settings, service, clock)
+                app.state.reloader = ConfigReloader(Path(config_path), runtime.live)
                 reloader = asyncio.get_running_loop().create_task(app.state.reloader.run())
             try:
                 yield
             finally:
                 if reloader is not None:
                     reloader.cancel()
+        access_log.close()
 
     access_log = AccessLog.to(settings.server.access_log_path, enabled=settings.server.access_log)
     return GatewayApp(ROUTES, lifespan=lifespan, metrics=metrics, access_log=access_log, clock=clock)

@@ -20,7 +20,7 @@ from sluice.engines import EnginePool, UpstreamResponse
 from sluice.engines.dialects import PriorityConvention
 from sluice.errors import NotFoundError
 from sluice.gateway._flight import NOTHING_RAN, Flight, outcome_of
-from sluice.identity import KeyRing, Principal
+from sluice.identity import Authenticator, Directory, Principal
 from sluice.protocol import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -89,14 +89,15 @@ Reply = FullReply | StreamReply
 
 
 class GatewayService:
-    def __init__(self, routes: Mapping[str, ModelRoute], keyring: KeyRing, pricer: Pricer, limiter: QuotaLimiter,
-                 clock: Clock, usage: UsageLedger) -> None:
+    def __init__(self, routes: Mapping[str, ModelRoute], keyring: Authenticator, pricer: Pricer, limiter: QuotaLimiter,
+                 clock: Clock, usage: UsageLedger, directory: Directory) -> None:
         self.routes = dict(routes)
         self.keyring = keyring  # replaced whole on a configuration reload
         self.pricer = pricer
         self.limiter = limiter
         self.clock = clock
         self.usage = usage
+        self.directory = directory  # keys issued and revoked, tiers changed: the admin API's
         self._settling: set[asyncio.Task[None]] = set()
 
     def identify(self, record: RequestRecord, authorization: str | None, api_key: str | None) -> Principal:

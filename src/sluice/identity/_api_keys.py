@@ -13,6 +13,7 @@ from collections.abc import Iterable, Mapping
 
 from sluice.config import KeySettings, TierSettings
 from sluice.errors import AuthenticationError
+from sluice.identity._directory import Directory
 from sluice.identity._principal import ANONYMOUS, Principal
 
 KEY_PREFIX = "sk-sluice-"
@@ -36,10 +37,12 @@ def presented_key(authorization: str | None, api_key: str | None = None) -> str 
 
 
 class KeyRing:
-    """Maps presented keys to principals. ``open_access`` lets unknown or missing keys in as anonymous."""
+    """Maps presented keys to principals: the configured keys, then the keys issued through the admin API
+    (``directory``), minus the revoked ones. ``open_access`` lets unknown or missing keys in as anonymous."""
 
     def __init__(
-        self, keys: Iterable[KeySettings], tiers: Mapping[str, TierSettings], *, open_access: bool = False
+        self, keys: Iterable[KeySettings], tiers: Mapping[str, TierSettings], *, open_access: bool = False,
+        directory: Directory | None = None,
     ) -> None:
         self._by_hash: dict[str, Principal] = {
             k.hash: Principal(
@@ -52,11 +55,13 @@ class KeyRing:
             for k in keys
         }
         self.open_access = open_access
+        self._tiers = dict(tiers)
+        self._directory = directory
 
     def authenticate(self, authorization: str | None, api_key: str | None = None) -> Principal:
         key = presented_key(authorization, api_key)
         if key is not None:
-            principal = self._by_hash.get(hash_key(key))
+            principal = self._principal_for(hash_key(key))
             if principal is not None:
                 return principal
         if self.open_access:
@@ -66,6 +71,20 @@ class KeyRing:
                 "You didn't provide an API key. Send it as 'Authorization: Bearer <key>'."
             )
         raise AuthenticationError(f"Incorrect API key provided: {_redact(key)}.")
+
+
+    def _principal_for(self, key_hash: str) -> Principal | None:
+        principal = self._by_hash.get(key_hash)
+        directory = self._directory
+        if directory is None:
+            return principal
+        if principal is None:
+            issued = directory.issued(key_hash)
+            if issued is None or issued.tier not in self._tiers:
+                return None
+            principal = Principal(key_id=issued.id, user=issued.user, tenant=issued.tenant, tier=issued.tier,
+                                  priority=self._tiers[issued.tier].priority)
+        return None if directory.is_revoked(principal.key_id) else principal
 
 
 def _redact(key: str) -> str:

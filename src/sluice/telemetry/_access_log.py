@@ -15,17 +15,22 @@ from sluice.telemetry._record import RequestRecord
 
 
 class AccessLog:
-    def __init__(self, stream: TextIO | None = None, *, enabled: bool = True) -> None:
+    def __init__(self, stream: TextIO | None = None, *, enabled: bool = True, owned: bool = False) -> None:
         self._stream = stream if stream is not None else sys.stderr
         self.enabled = enabled
+        self._owned = owned  # a file it opened, to close at shutdown
 
     @classmethod
     def to(cls, path: str | None, *, enabled: bool = True) -> AccessLog:
         """Lines to ``path`` (appended, line-buffered) or, without one, to stderr."""
         if path is None or not enabled:
             return cls(enabled=enabled)
-        return cls(open(path, "a", buffering=1, encoding="utf-8"), enabled=enabled)  # noqa: SIM115 - lives as long as the app
+        return cls(open(path, "a", buffering=1, encoding="utf-8"), enabled=enabled, owned=True)  # noqa: SIM115
 
     def write(self, record: RequestRecord) -> None:
         if self.enabled:
             self._stream.write(orjson.dumps(record.as_log(), option=orjson.OPT_APPEND_NEWLINE).decode())
+
+    def close(self) -> None:
+        if self._owned:
+            self._stream.close()

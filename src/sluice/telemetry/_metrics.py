@@ -6,12 +6,21 @@ reasons a fixed vocabulary. No label per key, user or request.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 from sluice.telemetry._record import RequestRecord
+
+# Refusals that more engines would have avoided (client errors and disconnects are not among them).
+CAPACITY_REASONS = frozenset({
+    "quota_requests", "quota_tokens", "quota_input_tokens", "quota_output_tokens", "quota_concurrent",
+    "quota_store_unavailable", "queue_timeout", "queue_full", "displaced", "shed", "engine_overloaded",
+})
+INFERENCE_ROUTES = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/embeddings"})
 
 LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 40, 80, 160)
 TOKEN_LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56)
@@ -28,7 +37,8 @@ class GatewayMetrics:
             ["route", "model", "status"], registry=r,
         )
         self.rejections = Counter(
-            "sluice_rejections", "Requests refused or failed, by reason (x-sluice-reason).", ["reason"], registry=r
+            "sluice_rejections", "Requests refused or failed, by reason (x-sluice-reason) and model.",
+            ["reason", "model"], registry=r
         )
         self.in_flight = Gauge("sluice_requests_in_flight", "Requests being served now.", ["route"], registry=r)
         self.latency = Histogram(
@@ -84,6 +94,9 @@ class GatewayMetrics:
                                         "Time requests waited in the admission queue, by priority band.",
                                         ["model", "priority"], buckets=LATENCY_BUCKETS_S, registry=r)
         self._children: dict[tuple[Any, ...], Any] = {}
+        self._replica_health: _ReplicaHealth | None = None
+        self.answered = 0  # plain counts for the scale-out hook: requests answered, and refused for capacity
+        self.refused_for_capacity = 0
 
     # AdmissionObserver, for each pool's gate
     def admission_state(self, pool: str, *, in_flight: int, limit: int, queued: int, saturation: float,
@@ -93,6 +106,14 @@ class GatewayMetrics:
         self._child(self.admission_queued, pool).set(queued)
         self._child(self.saturation, pool).set(saturation)
         self._child(self.protection, pool).set(1 if protected else 0)
+
+    def watch_replicas(self, health: Callable[[], Iterable[tuple[str, str, bool]]]) -> None:
+        """Export ``sluice_engine_replica_up{model,replica}`` from ``health()`` (model, replica, up), read at scrape
+        time: whether the replica's metrics endpoint answered its last scrape."""
+        if self._replica_health is None:
+            self._replica_health = _ReplicaHealth()
+            self.registry.register(self._replica_health)
+        self._replica_health.sources.append(health)
 
     def admission_waited(self, pool: str, priority: int, seconds: float) -> None:
         self._child(self.admission_wait, pool, str(priority)).observe(seconds)
@@ -107,7 +128,11 @@ class GatewayMetrics:
         self._child(self.requests, record.route, model, status).inc()
         self._child(self.latency, record.route, model).observe(record.duration_s or 0.0)
         if record.reason and (record.status >= 400 or record.reason == "client_disconnected"):
-            self._child(self.rejections, record.reason).inc()
+            self._child(self.rejections, record.reason, model).inc()
+        if record.route in INFERENCE_ROUTES:
+            self.answered += 1
+            if record.reason in CAPACITY_REASONS and record.status in (429, 503):
+                self.refused_for_capacity += 1
         if record.ttft_s is not None:
             self._child(self.ttft, model).observe(record.ttft_s)
         if record.replica is not None:
@@ -144,3 +169,19 @@ class GatewayMetrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class _ReplicaHealth:
+    def __init__(self) -> None:
+        self.sources: list[Callable[[], Iterable[tuple[str, str, bool]]]] = []  # one per watched pool
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = GaugeMetricFamily("sluice_engine_replica_up",
+                                   "1 when the replica answered its last metrics scrape, else 0.",
+                                   labels=["model", "replica"])
+        for model, replica, up in (row for source in self.sources for row in source()):
+            family.add_metric([model, replica], 1.0 if up else 0.0)
+        yield family
+
+    def describe(self) -> Iterator[GaugeMetricFamily]:
+        yield GaugeMetricFamily("sluice_engine_replica_up", "", labels=["model", "replica"])

