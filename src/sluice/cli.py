@@ -59,6 +59,8 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--arrival", choices=["poisson", "constant", "burst"], default="poisson")
     bench.add_argument("--burst-size", type=int, default=10, help="requests per burst (--arrival burst)")
     bench.add_argument("--concurrency", type=int, help="users in a closed loop; with --rate, the cap in flight")
+    bench.add_argument("--fit-span", action="store_true",
+                       help="with --rate and --requests: last arrival at exactly requests/rate (as vLLM's benchmark)")
     bench.add_argument("--duration", type=float, help="seconds to send requests for")
     bench.add_argument("--requests", type=int, help="requests to send (default 100 without --duration)")
     bench.add_argument("--input-len", default="128", help="N | A-B | lognormal:MEAN:SIGMA[:MAX] | sharegpt | lmsys | alpaca")

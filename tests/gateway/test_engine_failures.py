@@ -81,7 +81,7 @@ def test_model_name_is_mapped_to_the_engines_own(gateway):
 
 
 def test_metrics_count_requests_by_route_model_and_status(gateway):
-    wanted = {"model": "public-name", "route": "/v1/chat/completions", "status": "200"}
+    wanted = {"model": "public-name", "route": "/v1/chat/completions", "tier": "default", "status": "200"}
 
     def count() -> float:
         for family in text_string_to_metric_families(httpx.get(gateway.url + "/metrics").text):

@@ -13,6 +13,7 @@ import contextlib
 import itertools
 import math
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -26,8 +27,8 @@ from sluice.errors import OverloadedError
 
 
 class AdmissionObserver(Protocol):
-    def admission_state(self, pool: str, *, in_flight: int, limit: int, queued: int, saturation: float,
-                        protected: bool) -> None: ...
+    def admission_state(self, pool: str, *, in_flight: int, limit: int, queued: Mapping[int, int],
+                        saturation: float, protected: bool) -> None: ...
 
     def admission_waited(self, pool: str, priority: int, seconds: float) -> None: ...
 
@@ -230,7 +231,7 @@ class PoolController:
         self._pump()
         if self._observer:
             self._observer.admission_state(self.name, in_flight=self.in_flight, limit=self.limit.value,
-                                           queued=len(self.queue), saturation=self.last_saturation,
+                                           queued=self.queue.depth_by_priority(), saturation=self.last_saturation,
                                            protected=bool(self.protection and self.protection.engaged))
 
     def _shedding(self) -> bool:

@@ -93,6 +93,10 @@ class FairQueue:
             for queue in band.queues.values():
                 yield from queue
 
+    def depth_by_priority(self) -> dict[int, int]:
+        """Waiting requests per band (bands seen once stay listed, at 0 when empty)."""
+        return {p: sum(len(q) for q in band.queues.values()) for p, band in self._bands.items()}
+
     def counter(self, priority: int, tenant: str) -> float:
         band = self._bands.get(priority)
         return band.counters.get(tenant, 0.0) if band else 0.0

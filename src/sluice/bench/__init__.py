@@ -9,7 +9,15 @@ and what comes out (``_stats``, ``_report``, ``_table``, ``_progress``, ``_plots
     summary = summarize(record.results, duration_s=record.duration_s, tenants=tenants)
 """
 
-from sluice.bench._arrivals import ArrivalProcess, Burst, Constant, Poisson, arrival_times, make_arrivals
+from sluice.bench._arrivals import (
+    ArrivalProcess,
+    Burst,
+    Constant,
+    Poisson,
+    arrival_times,
+    fitted_gaps,
+    make_arrivals,
+)
 from sluice.bench._client import RequestResult, RequestShape
 from sluice.bench._command import bench_run_from_args, run_command
 from sluice.bench._dists import PRESETS, Fixed, LengthDist, LogNormal, Uniform, parse_dist
@@ -39,6 +47,7 @@ __all__ = [
     "arrival_times",
     "bench_run_from_args",
     "describe",
+    "fitted_gaps",
     "jain_index",
     "make_arrivals",
     "meets_slo",

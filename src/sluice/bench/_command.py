@@ -55,7 +55,7 @@ def bench_run_from_args(args: argparse.Namespace, env: Mapping[str, str]) -> Ben
         requests = args.requests
         if requests is None and args.duration is None:
             requests = DEFAULT_REQUESTS
-        load = LoadSpec(arrivals, args.concurrency, requests, args.duration)
+        load = LoadSpec(arrivals, args.concurrency, requests, args.duration, fit_span=args.fit_span)
     except ValueError as exc:
         raise ConfigError(str(exc)) from exc
     shape = RequestShape(args.base_url, args.model, args.endpoint, args.stream, args.ignore_eos, args.timeout)
@@ -63,6 +63,7 @@ def bench_run_from_args(args: argparse.Namespace, env: Mapping[str, str]) -> Ben
         "base_url": args.base_url, "model": args.model, "endpoint": args.endpoint, "stream": args.stream,
         "ignore_eos": args.ignore_eos, "rate_per_s": args.rate, "arrival": args.arrival if args.rate else None,
         "burst_size": args.burst_size if args.arrival == "burst" else None, "concurrency": args.concurrency,
+        "fit_span": args.fit_span,
         "requests": requests, "duration_s": args.duration, "seed": args.seed, "timeout_s": args.timeout,
         "input_len": input_len.describe(), "output_len": output_len.describe(),
         "tenants": [{"name": t.name, "weight": t.weight, "input_len": t.input_len.describe(),

@@ -4,7 +4,8 @@
                  finished (a request that finds C in flight waits for a slot, as vLLM's --max-concurrency does)
     closed loop  --concurrency C alone: C users, each sending its next request when the last one ends
 
-The run ends after ``requests`` requests were sent or when ``duration_s`` has passed (no new request starts
+With ``fit_span`` and a request count, the gaps are rescaled so the last arrival is at exactly requests/rate
+(``fitted_gaps``, as vLLM's benchmark always does). The run ends after ``requests`` requests were sent or when ``duration_s`` has passed (no new request starts
 after it; those in flight finish, each bounded by the request timeout). Its duration is from the first send to
 the last answer. The clock and the seed are injected; the arrivals and the request plan use separate RNGs
 derived from the seed, so the schedule and the requests are each reproducible.
@@ -20,7 +21,7 @@ from dataclasses import dataclass
 
 import aiohttp
 
-from sluice.bench._arrivals import ArrivalProcess
+from sluice.bench._arrivals import ArrivalProcess, fitted_gaps
 from sluice.bench._client import RequestResult, RequestShape, send
 from sluice.bench._plan import PlannedRequest, plan
 from sluice.bench._tenants import Tenant
@@ -33,6 +34,7 @@ class LoadSpec:
     concurrency: int | None = None
     requests: int | None = None
     duration_s: float | None = None
+    fit_span: bool = False  # with a request count: the last arrival at exactly requests/rate (fitted_gaps)
 
     def __post_init__(self) -> None:
         if self.requests is None and self.duration_s is None:
@@ -43,6 +45,8 @@ class LoadSpec:
             raise ValueError("concurrency must be >= 1")
         if self.arrivals is not None and math.isinf(self.arrivals.rate_per_s) and self.requests is None:
             raise ValueError("an infinite rate needs a request count")
+        if self.fit_span and (self.arrivals is None or self.requests is None):
+            raise ValueError("fitting the span needs an arrival rate and a request count")
 
 
 @dataclass
@@ -94,8 +98,12 @@ async def _open_loop(session: aiohttp.ClientSession, shape: RequestShape, load: 
         async with slots:
             done(await send(session, shape, req, clock=clock, t0=t0))
 
-    gaps, sent = arrivals.gaps(rng), 0
-    at = next(gaps)
+    if load.fit_span and load.requests is not None:
+        gaps: Iterator[float] = iter(fitted_gaps(arrivals, rng, load.requests))
+    else:
+        gaps = arrivals.gaps(rng)
+    sent = 0
+    at = next(gaps, math.inf)
     while _more(load, sent, at):
         delay = at - (clock.now() - t0)
         if delay > 0:
@@ -104,7 +112,7 @@ async def _open_loop(session: aiohttp.ClientSession, shape: RequestShape, load: 
         tasks.add(task)
         task.add_done_callback(tasks.discard)
         sent += 1
-        at += next(gaps)
+        at += next(gaps, math.inf)  # a fitted schedule ends with its last request
     while tasks:
         await asyncio.gather(*list(tasks))
 

@@ -6,7 +6,7 @@ reasons a fixed vocabulary. No label per key, user or request.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -20,6 +20,7 @@ CAPACITY_REASONS = frozenset({
     "quota_requests", "quota_tokens", "quota_input_tokens", "quota_output_tokens", "quota_concurrent",
     "quota_store_unavailable", "queue_timeout", "queue_full", "displaced", "shed", "engine_overloaded",
 })
+MAX_TENANT_LABELS = 200
 INFERENCE_ROUTES = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/embeddings"})
 
 LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 40, 80, 160)
@@ -33,8 +34,8 @@ class GatewayMetrics:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.requests = Counter(
-            "sluice_requests", "Requests answered, by route, model and HTTP status.",
-            ["route", "model", "status"], registry=r,
+            "sluice_requests", "Requests answered, by route, model, tier and HTTP status.",
+            ["route", "model", "tier", "status"], registry=r,
         )
         self.rejections = Counter(
             "sluice_rejections", "Requests refused or failed, by reason (x-sluice-reason) and model.",
@@ -58,9 +59,15 @@ class GatewayMetrics:
             "sluice_replica_request_duration_seconds", "Time from dispatch to the answer's end, by replica.",
             ["model", "replica"], buckets=LATENCY_BUCKETS_S, registry=r,
         )
+        self.tpot = Histogram(
+            "sluice_time_per_output_token_seconds",
+            "Time per output token after the first, of streamed answers (decode speed as the client sees it).",
+            ["model"], buckets=TOKEN_LATENCY_BUCKETS_S, registry=r,
+        )
         self.tokens = Counter(
-            "sluice_tokens", "Tokens served, by model and direction (input = prompt, output = completion).",
-            ["model", "direction"], registry=r,
+            "sluice_tokens", "Tokens served, by model, tenant and direction (input = prompt, output = completion). "
+            f"Tenants past the first {MAX_TENANT_LABELS} are counted as 'other'.",
+            ["model", "tenant", "direction"], registry=r,
         )
 
         self.quota_waiting_now = Gauge(
@@ -81,8 +88,8 @@ class GatewayMetrics:
                                          ["model"], registry=r)
         self.admission_limit = Gauge("sluice_admission_limit", "The pool's window: requests allowed in flight.",
                                      ["model"], registry=r)
-        self.admission_queued = Gauge("sluice_admission_queued", "Requests waiting in front of the pool.",
-                                      ["model"], registry=r)
+        self.admission_queued = Gauge("sluice_admission_queued", "Requests waiting in front of the pool, by band.",
+                                      ["model", "priority"], registry=r)
         self.saturation = Gauge("sluice_engine_saturation",
                                 "max(waiting / threshold, KV use / threshold) of the pool's least loaded replica "
                                 "(+Inf when its metrics are stale).", ["model"], registry=r)
@@ -95,15 +102,17 @@ class GatewayMetrics:
                                         ["model", "priority"], buckets=LATENCY_BUCKETS_S, registry=r)
         self._children: dict[tuple[Any, ...], Any] = {}
         self._replica_health: _ReplicaHealth | None = None
+        self._tenants: set[str] = set()
         self.answered = 0  # plain counts for the scale-out hook: requests answered, and refused for capacity
         self.refused_for_capacity = 0
 
     # AdmissionObserver, for each pool's gate
-    def admission_state(self, pool: str, *, in_flight: int, limit: int, queued: int, saturation: float,
-                        protected: bool) -> None:
+    def admission_state(self, pool: str, *, in_flight: int, limit: int, queued: Mapping[int, int],
+                        saturation: float, protected: bool) -> None:
         self._child(self.admission_in_flight, pool).set(in_flight)
         self._child(self.admission_limit, pool).set(limit)
-        self._child(self.admission_queued, pool).set(queued)
+        for priority, count in queued.items():
+            self._child(self.admission_queued, pool, str(priority)).set(count)
         self._child(self.saturation, pool).set(saturation)
         self._child(self.protection, pool).set(1 if protected else 0)
 
@@ -125,7 +134,7 @@ class GatewayMetrics:
         """Count one finished request. Label children are cached: ``labels()`` per request showed in profiles."""
         model = record.model or ""
         status = str(record.status)
-        self._child(self.requests, record.route, model, status).inc()
+        self._child(self.requests, record.route, model, record.tier or "", status).inc()
         self._child(self.latency, record.route, model).observe(record.duration_s or 0.0)
         if record.reason and (record.status >= 400 or record.reason == "client_disconnected"):
             self._child(self.rejections, record.reason, model).inc()
@@ -140,13 +149,26 @@ class GatewayMetrics:
             if record.ttft_s is not None:
                 self._child(self.replica_ttft, model, record.replica).observe(max(0.0, record.ttft_s - waited))
             self._child(self.replica_latency, model, record.replica).observe(max(0.0, (record.duration_s or 0) - waited))
+        tenant = self._tenant_label(record.tenant)
         if record.tokens_in:
-            self._child(self.tokens, model, "input").inc(record.tokens_in)
+            self._child(self.tokens, model, tenant, "input").inc(record.tokens_in)
         if record.tokens_out:
-            self._child(self.tokens, model, "output").inc(record.tokens_out)
+            self._child(self.tokens, model, tenant, "output").inc(record.tokens_out)
+        if record.stream and record.ttft_s is not None and record.tokens_out and record.tokens_out > 1:
+            decode_s = (record.duration_s or 0.0) - record.ttft_s
+            self._child(self.tpot, model).observe(max(0.0, decode_s) / (record.tokens_out - 1))
 
     def in_flight_for(self, route: str) -> Any:
         return self._child(self.in_flight, route)
+
+    def _tenant_label(self, tenant: str | None) -> str:
+        """Tenants as a label, bounded: the first ``MAX_TENANT_LABELS`` seen keep their name."""
+        name = tenant or ""
+        if name not in self._tenants:
+            if len(self._tenants) >= MAX_TENANT_LABELS:
+                return "other"
+            self._tenants.add(name)
+        return name
 
     def _child(self, metric: Any, *labels: str) -> Any:
         key = (id(metric), *labels)
