@@ -108,6 +108,17 @@ class EngineSettings(_Frozen):
     dialect: Dialect = "vllm"
     urls: list[str] = Field(min_length=1)
     served_model: str | None = None  # the engine's own name for the model, when it differs from ours
+    weights: list[float] | None = None  # one per url: a replica's share of the traffic (default all 1)
+    routing: Literal["least_outstanding", "least_kv", "prefix_affinity"] = "least_outstanding"
+    breaker_failures: int = Field(5, ge=1)  # failures in a row that open a replica's circuit
+    breaker_open_s: float = Field(10.0, gt=0)  # how long it stays open before one trial request
+    health_interval_s: float = Field(5.0, gt=0)  # active health checks
+
+    @model_validator(mode="after")
+    def _weights(self) -> EngineSettings:
+        if self.weights is not None and (len(self.weights) != len(self.urls) or min(self.weights) <= 0):
+            raise ValueError("weights needs one positive number per url")
+        return self
 
     @field_validator("urls")
     @classmethod

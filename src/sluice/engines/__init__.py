@@ -1,10 +1,16 @@
 """Engines: the inference servers behind Sluice, reached over their OpenAI HTTP API."""
 
+from sluice.engines._breaker import BreakerState, CircuitBreaker
 from sluice.engines._errors import engine_error
 from sluice.engines._pool import EnginePool, Replica, UpstreamResponse
+from sluice.engines._routing import Router, RoutingPolicy
 from sluice.engines._scraper import LoadSample, LoadScraper, ScrapeError, parse_load
 
 __all__ = [
+    "BreakerState",
+    "CircuitBreaker",
+    "Router",
+    "RoutingPolicy",
     "EnginePool",
     "LoadSample",
     "LoadScraper",

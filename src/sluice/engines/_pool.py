@@ -1,6 +1,9 @@
 """A pool of replicas serving one model, reached through one pooled HTTP client.
 
-aiohttp is the upstream client: measured against httpx as a proxy client in bench/upstream_client.py.
+The router orders the replicas; replicas whose circuit is open are skipped; a connect error or an engine's
+"overloaded" answer (429/503) moves on to the next replica, since nothing has reached the client yet. Active
+health checks probe every replica. aiohttp is the upstream client: measured against httpx as a proxy client in
+bench/upstream_client.py.
 """
 
 from __future__ import annotations
@@ -11,16 +14,22 @@ from dataclasses import dataclass, field
 
 import aiohttp
 
+from sluice.clock import Clock, MonotonicClock
 from sluice.config import Dialect
+from sluice.engines._breaker import BreakerState, CircuitBreaker
 from sluice.engines._errors import engine_error
-from sluice.errors import EngineUnavailableError
+from sluice.engines._routing import Router
+from sluice.engines.dialects import dialect_for
+from sluice.errors import EngineUnavailableError, SluiceError
 
 
-@dataclass
+@dataclass(eq=False)
 class Replica:
     url: str
     dialect: Dialect = "vllm"
+    weight: float = 1.0
     outstanding: int = 0
+    breaker: CircuitBreaker = field(default_factory=lambda: CircuitBreaker(MonotonicClock()))
 
 
 @dataclass
@@ -53,13 +62,11 @@ class UpstreamResponse:
 
 
 class EnginePool:
-    """The replicas of one model. Picks the one with the fewest outstanding requests; on a connect error it
-    tries the next one, since nothing has reached an engine yet."""
-
     def __init__(
         self,
         replicas: list[Replica],
         *,
+        router: Router | None = None,
         connect_timeout_s: float = 5.0,
         read_timeout_s: float = 600.0,
         max_connections: int = 1024,
@@ -67,6 +74,8 @@ class EnginePool:
         if not replicas:
             raise ValueError("an engine pool needs at least one replica")
         self.replicas = replicas
+        self.router = router or Router(replicas)
+        self._health_task: asyncio.Task[None] | None = None
         self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout_s, sock_read=read_timeout_s)
         self._max_connections = max_connections
         self._session: aiohttp.ClientSession | None = None
@@ -80,34 +89,69 @@ class EnginePool:
             )
         return self._session
 
-    async def post(self, path: str, body: bytes, headers: Mapping[str, str]) -> UpstreamResponse:
-        """Send ``body`` to the least loaded replica; raise the translated error if the engine refuses it."""
-        last_error: Exception | None = None
-        for replica in sorted(self.replicas, key=lambda r: r.outstanding):
+    async def post(self, path: str, body: bytes, headers: Mapping[str, str],
+                   affinity: str | None = None) -> UpstreamResponse:
+        """Send ``body`` to the best replica that takes it; raise the translated error if none does."""
+        usable = [r for r in self.replicas if r.breaker.allows()]
+        if not usable:
+            raise EngineUnavailableError("Every replica of this model is failing (circuits open); retry shortly.",
+                                         code="engine_unavailable", reason="engine_unavailable",
+                                         headers={"retry-after": "1"})
+        unreachable: Exception | None = None
+        overloaded: SluiceError | None = None
+        for replica in self.router.order(usable, affinity):
+            replica.breaker.on_send()
             replica.outstanding += 1
             try:
                 resp = await self.session.post(replica.url + path, data=body, headers=headers)
             except (aiohttp.ClientConnectionError, asyncio.TimeoutError) as exc:
                 replica.outstanding -= 1
-                last_error = exc
+                replica.breaker.on_failure()
+                unreachable = exc
                 continue
             except BaseException:
                 replica.outstanding -= 1
                 raise
-            if resp.status >= 400:
-                try:
-                    err_body = await resp.read()
-                finally:
-                    resp.close()
-                    replica.outstanding -= 1
-                raise engine_error(resp.status, err_body, replica.url)
-            return UpstreamResponse(replica, resp.status, resp.headers.get("content-type", ""), resp)
+            if resp.status < 400:
+                replica.breaker.on_success()
+                return UpstreamResponse(replica, resp.status, resp.headers.get("content-type", ""), resp)
+            try:
+                err_body = await resp.read()
+            finally:
+                resp.close()
+                replica.outstanding -= 1
+            error = engine_error(resp.status, err_body, replica.url)
+            if error.reason == "engine_overloaded":
+                overloaded = error  # alive but full: the next replica may have room
+                continue
+            if resp.status >= 500:
+                replica.breaker.on_failure()
+            else:
+                replica.breaker.on_success()
+            raise error
+        if overloaded is not None:
+            raise overloaded
         raise EngineUnavailableError(
-            f"No engine replica is reachable ({type(last_error).__name__}: {last_error}).",
+            f"No engine replica is reachable ({type(unreachable).__name__}: {unreachable}).",
             status=502,
             code="engine_unreachable",
             reason="engine_unreachable",
-        ) from last_error
+        ) from unreachable
+
+    def start_health_checks(self, clock: Clock, interval_s: float) -> None:
+        """Probe every replica's health endpoint every ``interval_s``: a failed probe counts against its circuit,
+        and a good probe of a replica whose circuit is half-open closes it."""
+        async def run() -> None:
+            while True:
+                await clock.sleep(interval_s)
+                for replica, healthy in zip(self.replicas, await asyncio.gather(*map(self._probe, self.replicas)),
+                                            strict=True):
+                    if not healthy:
+                        replica.breaker.on_failure()
+                    elif replica.breaker.state is BreakerState.HALF_OPEN:
+                        replica.breaker.on_success()
+
+        self._health_task = asyncio.get_running_loop().create_task(run())
 
     async def is_ready(self) -> bool:
         """True when at least one replica answers its health probe."""
@@ -115,13 +159,17 @@ class EnginePool:
         return any(results)
 
     async def _probe(self, replica: Replica) -> bool:
+        path = dialect_for(replica.dialect).health_path
         try:
-            async with self.session.get(replica.url + "/health", timeout=aiohttp.ClientTimeout(total=2)) as resp:
+            async with self.session.get(replica.url + path, timeout=aiohttp.ClientTimeout(total=2)) as resp:
                 return resp.status == 200
         except (aiohttp.ClientError, asyncio.TimeoutError):
             return False
 
     async def close(self) -> None:
+        if self._health_task is not None:
+            self._health_task.cancel()
+            self._health_task = None
         if self._session is not None:
             await self._session.close()
             self._session = None

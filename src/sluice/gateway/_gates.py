@@ -27,19 +27,16 @@ log = logging.getLogger("sluice")
 DEFAULT_WINDOW_PER_REPLICA = 128
 
 
-async def open_gate(model: ModelSettings, replicas: Sequence[Replica], settings: Settings, clock: Clock,
-                    metrics: GatewayMetrics, stack: AsyncExitStack) -> PoolController | None:
+async def open_gate(model: ModelSettings, replicas: Sequence[Replica], scraper: LoadScraper | None,
+                    settings: Settings, clock: Clock, metrics: GatewayMetrics,
+                    stack: AsyncExitStack) -> PoolController | None:
+    """The pool's gate; ``scraper`` (the replicas' load, when watched) feeds saturation and KV room."""
     admission = model.admission
     if not admission.enabled:
         return None
     detector = None
-    if admission.watch_load:
+    if admission.watch_load and scraper is not None:
         sat = admission.saturation
-        scraper = LoadScraper(replicas, clock, interval_s=sat.scrape_interval_s, max_age_s=sat.stale_after_s)
-        scraper.start()
-        stack.push_async_callback(scraper.stop)
-        metrics.watch_replicas(lambda: [(model.name, r.url, scraper.latest(r.url) is not None
-                                         and scraper.last_error(r.url) is None) for r in replicas])
 
         def readings() -> list[LoadReading | None]:
             samples = [scraper.latest(r.url) for r in replicas]

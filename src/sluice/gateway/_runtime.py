@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 
 from sluice.clock import Clock
-from sluice.config import ModelSettings, Settings
-from sluice.engines import EnginePool, Replica
+from sluice.config import EngineSettings, ModelSettings, Settings
+from sluice.engines import CircuitBreaker, EnginePool, LoadScraper, Replica, Router
 from sluice.engines.dialects import dialect_for
 from sluice.gateway._gates import open_gate
 from sluice.gateway._live import LiveConfig
@@ -76,24 +76,40 @@ def _warn_if_limits_are_per_process(settings: Settings) -> None:
 
 async def _open_route(model: ModelSettings, settings: Settings, clock: Clock, metrics: GatewayMetrics,
                       stack: AsyncExitStack) -> ModelRoute:
+    engine = model.engine
     if model.sim is not None:
         sim = await SimServer.start(model.sim, model_name=model.name, clock=clock)
         stack.push_async_callback(sim.stop)
         log.info("model %s: built-in engine simulator (%s dialect) at %s", model.name, model.sim.dialect, sim.url)
-        replicas = [Replica(sim.url, model.sim.dialect)]
-        served_name = model.name
-    else:
-        assert model.engine is not None
-        replicas = [Replica(url, model.engine.dialect) for url in model.engine.urls]
-        served_name = model.engine.served_model or model.name
-    pool = EnginePool(
-        replicas,
-        connect_timeout_s=settings.server.connect_timeout_s,
-        read_timeout_s=settings.server.upstream_timeout_s,
-    )
+        engine = EngineSettings(dialect=model.sim.dialect, urls=[sim.url], served_model=model.name)
+    assert engine is not None
+    weights = engine.weights or [1.0] * len(engine.urls)
+    replicas = [Replica(url, engine.dialect, weight,
+                        breaker=CircuitBreaker(clock, failures=engine.breaker_failures, open_s=engine.breaker_open_s))
+                for url, weight in zip(engine.urls, weights, strict=True)]
+    scraper = None
+    if (model.admission.enabled and model.admission.watch_load) or engine.routing == "least_kv":
+        sat = model.admission.saturation
+        scraper = LoadScraper(replicas, clock, interval_s=sat.scrape_interval_s, max_age_s=sat.stale_after_s)
+        scraper.start()
+        stack.push_async_callback(scraper.stop)
+        metrics.watch_replicas(lambda: [(model.name, r.url, scraper.latest(r.url) is not None
+                                         and scraper.last_error(r.url) is None) for r in replicas])
+    router = Router(replicas, engine.routing, kv_usage=_kv_usage(scraper))
+    pool = EnginePool(replicas, router=router, connect_timeout_s=settings.server.connect_timeout_s,
+                      read_timeout_s=settings.server.upstream_timeout_s)
+    pool.start_health_checks(clock, engine.health_interval_s)
     stack.push_async_callback(pool.close)
-    gate = await open_gate(model, replicas, settings, clock, metrics, stack)
-    dialect = dialect_for(model.sim.dialect if model.sim else model.engine.dialect)  # type: ignore[union-attr]
-    return ModelRoute(model.name, served_name, pool, model.context_length, gate=gate,
+    gate = await open_gate(model, replicas, scraper, settings, clock, metrics, stack)
+    return ModelRoute(model.name, engine.served_model or model.name, pool, model.context_length, gate=gate,
                       tighten_factor=model.admission.protection.tighten_factor,
-                      priority=dialect.priority if model.admission.priority_to_engine else None)
+                      priority=dialect_for(engine.dialect).priority if model.admission.priority_to_engine else None,
+                      affinity=engine.routing == "prefix_affinity")
+
+
+def _kv_usage(scraper: LoadScraper | None) -> Callable[[str], float | None]:
+    def usage(url: str) -> float | None:
+        sample = scraper.fresh(url) if scraper is not None else None
+        return None if sample is None else sample.kv_usage
+
+    return usage

@@ -56,6 +56,7 @@ class ModelRoute:
     gate: PoolController | None = None  # admission in front of the pool
     tighten_factor: float = 1.0  # lower tiers' rate limits under protection mode
     priority: PriorityConvention | None = None  # how the engine takes priorities, when it schedules by them
+    affinity: bool = False  # route by the conversation's prefix (prefix_affinity)
 
     def tighten_for(self, priority: int) -> float:
         gate = self.gate
@@ -130,6 +131,7 @@ class GatewayService:
                 endpoint.path,
                 _upstream_body(request, body, route, stream, priority),
                 {"content-type": "application/json", "x-request-id": record.request_id},
+                affinity=_prefix(request) if route.affinity else None,
             )
         except BaseException as exc:
             flight.finish(NOTHING_RAN, outcome_of(exc))
@@ -240,6 +242,18 @@ def _upstream_body(request: Any, body: bytes, route: ModelRoute, stream: bool, p
         del doc["priority"]
     doc.update(changes)
     return orjson.dumps(doc)
+
+
+def _prefix(request: Any) -> str:
+    """What identifies a conversation for prefix affinity: its leading messages (system and first user turn), or
+    the start of a completion prompt; the first 2000 characters are plenty to tell conversations apart."""
+    messages = getattr(request, "messages", None)
+    if messages is not None:
+        return "\x1f".join(m.text() for m in messages[:2])[:2000]
+    prompts = getattr(request, "prompts", None)
+    if prompts is not None:
+        return str(prompts()[0])[:2000]
+    return ""
 
 
 def _json_object(data: bytes) -> dict[str, Any]:
