@@ -38,10 +38,10 @@ class LiveServer:
         self.thread.join(timeout=10)
 
 
-def serve_gateway(settings: Settings, config_path: Any = None) -> LiveServer:
+def serve_gateway(settings: Settings, config_path: Any = None, launcher: Any = None) -> LiveServer:
     from sluice.gateway.app import create_app
 
-    return LiveServer(create_app(settings, config_path=config_path))
+    return LiveServer(create_app(settings, config_path=config_path, launcher=launcher))
 
 
 @pytest.fixture(scope="session")

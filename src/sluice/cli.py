@@ -7,20 +7,39 @@ import asyncio
 import json
 import logging
 import os
+import shlex
 import sys
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-from sluice.config import DEFAULT_MODEL, SimSettings, config_path_from_env, load_settings
+from sluice.config import (
+    DEFAULT_MODEL,
+    EngineSettings,
+    ModelSettings,
+    Settings,
+    SimSettings,
+    config_path_from_env,
+    load_settings,
+)
 from sluice.errors import ConfigError
+
+if TYPE_CHECKING:
+    from sluice.engines import EngineLauncher
 
 log = logging.getLogger("sluice")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    engine_args: list[str] = []
+    if "--" in argv:  # `sluice serve --model M -- --enable-prefix-caching`: the rest goes to the engine
+        cut = argv.index("--")
+        argv, engine_args = argv[:cut], argv[cut + 1:]
     args = parser.parse_args(argv)
+    args.engine_args = engine_args
     if not hasattr(args, "run"):
         parser.print_help()
         return 2
@@ -42,6 +61,20 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", help="YAML configuration file (default: $SLUICE_CONFIG, else the embedded default)")
     serve.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port to listen on (default 8000)")
+    launch = serve.add_argument_group("launching engines", "start engine servers for a model (args after -- go "
+                                      "to the engine)")
+    launch.add_argument("--model", help="the model's directory: start engines for it and serve it")
+    launch.add_argument("--backend", choices=["vllm", "sglang", "lmdeploy", "auto"], default="auto",
+                        help="auto: multimodal models go to SGLang, text models to vLLM (read from config.json)")
+    launch.add_argument("--replicas", type=int, default=1)
+    launch.add_argument("--tp", type=int, default=1, help="tensor parallel size of each replica")
+    launch.add_argument("--gpu-memory-utilization", type=float)
+    launch.add_argument("--max-model-len", type=int)
+    launch.add_argument("--served-model-name", help="the name clients use (default: the directory's name)")
+    launch.add_argument("--engine-python", default=sys.executable,
+                        help="the Python of the engine's environment, e.g. /opt/vllm-venv/bin/python")
+    launch.add_argument("--engine-timeout", type=float, default=900.0, help="seconds to wait for engines' health")
+    launch.add_argument("--dry-run", action="store_true", help="print the engine commands and exit")
     serve.set_defaults(run=_serve)
 
     sim = sub.add_parser("sim", help="run the engine simulator alone, as an OpenAI-compatible server")
@@ -126,8 +159,13 @@ def _serve(args: argparse.Namespace) -> int:
     overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
     if overrides:
         settings = settings.model_copy(update={"server": settings.server.model_copy(update=overrides)})
+    launcher = None
+    if args.model:
+        settings, launcher = _launch_plan(args, settings, config_path is None)
+        if launcher is None:
+            return 0
     uvicorn.run(
-        create_app(settings, config_path=config_path),
+        create_app(settings, config_path=config_path, launcher=launcher),
         host=settings.server.host,
         port=settings.server.port,
         loop="uvloop",
@@ -137,6 +175,33 @@ def _serve(args: argparse.Namespace) -> int:
         timeout_graceful_shutdown=5,
     )
     return 0
+
+
+def _launch_plan(args: argparse.Namespace, settings: Settings, embedded: bool) -> tuple[Settings, EngineLauncher | None]:
+    """The engines ``--model`` asks for, and the settings that route to them (``None`` launcher: dry run)."""
+    from pathlib import Path
+
+    from sluice.clock import MonotonicClock
+    from sluice.engines import EngineLauncher, choose_backend, plan_commands
+    from sluice.engines.dialects import LaunchSpec
+
+    backend, why = choose_backend(args.model, args.backend)
+    log.info("engine backend: %s (%s)", backend, why)
+    name = args.served_model_name or Path(args.model).name
+    spec = LaunchSpec(model=args.model, port=0, tp=args.tp, gpu_memory_utilization=args.gpu_memory_utilization,
+                      max_model_len=args.max_model_len, served_model_name=name, extra_args=tuple(args.engine_args),
+                      python=args.engine_python)
+    commands = plan_commands(backend, spec, args.replicas)
+    if args.dry_run:
+        for command in commands:
+            print(shlex.join(command.argv))
+        return settings, None
+    entry = ModelSettings(name=name, max_model_len=args.max_model_len,
+                          engine=EngineSettings(dialect=backend, urls=[c.url for c in commands]))
+    models = [m for m in settings.models if m.name != name and not embedded] + [entry]
+    launcher = EngineLauncher(commands, MonotonicClock(), log_dir=Path("sluice-engines"),
+                              health_timeout_s=args.engine_timeout, warmup_model=name)
+    return settings.model_copy(update={"models": models}), launcher
 
 
 def _sim(args: argparse.Namespace) -> int:

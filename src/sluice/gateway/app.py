@@ -10,6 +10,7 @@ from pathlib import Path
 
 from sluice.clock import Clock, MonotonicClock
 from sluice.config import Settings
+from sluice.engines import EngineLauncher
 from sluice.gateway._asgi import GatewayApp
 from sluice.gateway._banner import OPEN_ACCESS_WARNING, banner
 from sluice.gateway._reload import ConfigReloader
@@ -20,13 +21,26 @@ from sluice.telemetry import AccessLog, GatewayMetrics
 log = logging.getLogger("sluice")
 
 
-def create_app(settings: Settings, *, config_path: str | Path | None = None, clock: Clock | None = None) -> GatewayApp:
-    """The gateway for ``settings``. With ``config_path``, edits to that file (tiers, limits, keys) apply live."""
+def create_app(settings: Settings, *, config_path: str | Path | None = None, clock: Clock | None = None,
+               launcher: EngineLauncher | None = None) -> GatewayApp:
+    """The gateway for ``settings``. With ``config_path``, edits to that file (tiers, limits, keys) apply live.
+    With ``launcher``, the engines it starts are up before the gateway serves, and stopped after it."""
     clock = clock or MonotonicClock()
     metrics = GatewayMetrics()
 
     @asynccontextmanager
     async def lifespan(app: GatewayApp) -> AsyncIterator[None]:
+        if launcher is not None:
+            await launcher.start()
+        try:
+            async with _serving(app):
+                yield
+        finally:
+            if launcher is not None:
+                await launcher.stop()
+
+    @asynccontextmanager
+    async def _serving(app: GatewayApp) -> AsyncIterator[None]:
         async with open_service(settings, clock, metrics) as runtime:
             app.state.service = runtime.service
             app.state.live = runtime.live
