@@ -128,3 +128,43 @@ def test_a_dead_replica_is_skipped_for_a_live_one(slow_sim):
             r = httpx.post(live.url + CHAT, json={"model": "public-name", "max_tokens": 1,
                                                   "messages": [{"role": "user", "content": "x"}]}, timeout=30)
             assert r.status_code == 200, r.text
+
+
+def test_an_engine_dying_mid_stream_ends_the_stream_with_an_error_event():
+    import asyncio
+    import threading
+
+    from aiohttp import web
+
+    async def dying(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"content-type": "text/event-stream"})
+        await resp.prepare(request)
+        await resp.write(b'data: {"choices":[{"index":0,"delta":{"content":"hel"}}]}\n\n')
+        request.transport.close()  # the engine process dies
+        return resp
+
+    loop = asyncio.new_event_loop()
+    threading.Thread(target=loop.run_forever, daemon=True).start()
+
+    async def start() -> web.AppRunner:
+        app = web.Application()
+        app.router.add_post("/v1/chat/completions", dying)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        return runner
+
+    runner = asyncio.run_coroutine_threadsafe(start(), loop).result(10)
+    url = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    try:
+        with gateway_for([url]) as gw:
+            with httpx.stream("POST", gw.url + CHAT, json={"model": "public-name", "stream": True,
+                              "messages": [{"role": "user", "content": "x"}]}, timeout=10) as r:
+                lines = [line for line in r.iter_lines() if line.startswith("data: ")]
+            assert '"content":"hel"' in lines[0]
+            assert json.loads(lines[-1][6:])["error"]["code"] == "engine_died"
+            assert wait_until(lambda: metric_value(gw.url, "sluice_rejections_total", reason="engine_died",
+                                                   model="public-name"))
+    finally:
+        asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)

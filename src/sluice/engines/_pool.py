@@ -49,9 +49,14 @@ class UpstreamResponse:
             self.close()
 
     async def chunks(self) -> AsyncIterator[bytes]:
-        """The body as it arrives, chunk by chunk (never buffered whole)."""
-        async for chunk in self._resp.content.iter_any():
-            yield chunk
+        """The body as it arrives, chunk by chunk (never buffered whole). An engine that dies mid-answer raises
+        ``EngineUnavailableError`` (reason ``engine_died``), not the HTTP client's own exception."""
+        try:
+            async for chunk in self._resp.content.iter_any():
+                yield chunk
+        except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as exc:
+            raise EngineUnavailableError(f"The engine at {self.replica.url} stopped in the middle of its answer.",
+                                         status=502, code="engine_died", reason="engine_died") from exc
 
     def close(self) -> None:
         """Release the replica. A body not read to the end closes the connection, which aborts the request."""
@@ -154,12 +159,13 @@ class EnginePool:
         self._health_task = asyncio.get_running_loop().create_task(run())
 
     async def is_ready(self) -> bool:
-        """True when at least one replica answers its health probe."""
-        results = await asyncio.gather(*(self._probe(r) for r in self.replicas))
+        """True when at least one replica answers its readiness probe (SGLang's generates a token)."""
+        results = await asyncio.gather(*(self._probe(r, ready=True) for r in self.replicas))
         return any(results)
 
-    async def _probe(self, replica: Replica) -> bool:
-        path = dialect_for(replica.dialect).health_path
+    async def _probe(self, replica: Replica, ready: bool = False) -> bool:
+        dialect = dialect_for(replica.dialect)
+        path = dialect.ready_path if ready else dialect.health_path
         try:
             async with self.session.get(replica.url + path, timeout=aiohttp.ClientTimeout(total=2)) as resp:
                 return resp.status == 200

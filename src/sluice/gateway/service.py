@@ -18,7 +18,7 @@ from sluice.admission import Outcome, PoolController, ticket_for
 from sluice.clock import Clock
 from sluice.engines import EnginePool, UpstreamResponse
 from sluice.engines.dialects import PriorityConvention
-from sluice.errors import NotFoundError
+from sluice.errors import NotFoundError, SluiceError
 from sluice.gateway._flight import NOTHING_RAN, Flight, outcome_of
 from sluice.identity import Authenticator, Directory, Principal
 from sluice.protocol import (
@@ -30,6 +30,7 @@ from sluice.protocol import (
     SSEParser,
     parse_request,
     sse_data,
+    sse_event,
 )
 from sluice.quota import Price, Pricer, QuotaLimiter
 from sluice.telemetry import RequestRecord, UsageLedger
@@ -209,6 +210,9 @@ class GatewayService:
                     yield route.rename(b"".join(out))
             if finished:
                 outcome = Outcome.SUCCESS
+        except SluiceError as exc:  # the engine died mid-answer: say so in the stream, and end it cleanly
+            outcome, record.reason = Outcome.DROPPED, exc.reason
+            yield sse_event(orjson.dumps(exc.body()))
         except BaseException as exc:
             outcome = outcome_of(exc)
             raise

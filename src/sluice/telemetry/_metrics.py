@@ -136,7 +136,7 @@ class GatewayMetrics:
         status = str(record.status)
         self._child(self.requests, record.route, model, record.tier or "", status).inc()
         self._child(self.latency, record.route, model).observe(record.duration_s or 0.0)
-        if record.reason and (record.status >= 400 or record.reason == "client_disconnected"):
+        if record.reason:  # set only when something went wrong, before or after the answer began
             self._child(self.rejections, record.reason, model).inc()
         if record.route in INFERENCE_ROUTES:
             self.answered += 1
