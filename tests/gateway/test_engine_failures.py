@@ -168,3 +168,12 @@ def test_an_engine_dying_mid_stream_ends_the_stream_with_an_error_event():
     finally:
         asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(10)
         loop.call_soon_threadsafe(loop.stop)
+
+
+def test_time_to_first_token_starts_at_generated_text_not_at_the_role_chunk():
+    from sluice.gateway.service import _has_generated_text
+
+    assert not _has_generated_text(b'data: {"choices":[{"delta":{"role":"assistant","content":""}}]}\n\n')
+    assert _has_generated_text(b'data: {"choices":[{"delta":{"content":" Hello"}}]}\n\n')
+    assert _has_generated_text(b'data: {"choices":[{"text":"x","index":0}]}\n\n')
+    assert not _has_generated_text(b'data: [DONE]\n\n')

@@ -72,11 +72,13 @@ class AIMDLimit:
 
 class GradientLimit:
     def __init__(self, *, initial: int, minimum: int, maximum: int, tolerance: float = 1.5,
-                 smoothing: float = 0.2, long_window: int = 600, short_window: int = 10) -> None:
+                 smoothing: float = 0.2, long_window: int = 600, short_window: int = 10,
+                 latency_slack_s: float = 0.05) -> None:
         self._value = float(initial)
         self._min, self._max = minimum, maximum
         self._tolerance = tolerance
         self._smoothing = smoothing
+        self._slack_s = latency_slack_s  # an absolute allowance: jitter on a 20 ms first token is not queueing
         self._long: float | None = None
         self._short: float | None = None
         self._long_alpha = 2 / (long_window + 1)
@@ -101,6 +103,6 @@ class GradientLimit:
             self._long *= 0.95
         if sample.in_flight < self._value / 2:
             return  # not limited by the window: the sample says nothing about it
-        gradient = max(0.5, min(1.0, self._tolerance * self._long / self._short))
+        gradient = max(0.5, min(1.0, (self._tolerance * self._long + self._slack_s) / self._short))
         target = self._value * gradient + math.sqrt(self._value)
         self._value = min(self._max, max(self._min, (1 - self._smoothing) * self._value + self._smoothing * target))

@@ -192,7 +192,7 @@ class GatewayService:
                 frames = parser.feed(chunk)
                 if not frames:
                     continue
-                if record.ttft_s is None:
+                if record.ttft_s is None and any(map(_has_generated_text, frames)):
                     record.ttft_s = self.clock.now() - record.started_s
                 out = []
                 for frame in frames:
@@ -246,6 +246,16 @@ def _upstream_body(request: Any, body: bytes, route: ModelRoute, stream: bool, p
         del doc["priority"]
     doc.update(changes)
     return orjson.dumps(doc)
+
+
+def _has_generated_text(frame: bytes) -> bool:
+    """Whether an SSE frame carries generated text (not only the opening ``role`` chunk): the first such frame
+    is the time to first token. Engines write compact JSON, so a byte test does it without parsing."""
+    for marker in (b'"content":"', b'"text":"', b'"reasoning_content":"'):
+        at = frame.find(marker)
+        if at >= 0 and frame[at + len(marker):at + len(marker) + 1] != b'"':
+            return True
+    return False
 
 
 def _prefix(request: Any) -> str:

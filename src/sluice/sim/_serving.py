@@ -111,10 +111,9 @@ class Serving:
         return job.header.full(texts, reasons, job.prompt_tokens, job.completion_tokens)
 
     async def stream(self, job: Job, gen: Generation, write: Write) -> None:
-        """Write the SSE stream: one chunk per token, the usage chunk if asked for, then ``[DONE]``."""
+        """Write the SSE stream: one chunk per token, the usage chunk if asked for, then ``[DONE]``. A chat
+        choice's opening ``role`` chunk goes out with its first token, as vLLM sends it."""
         header, outputs = job.header, job.outputs
-        if header.kind == "chat":
-            await write(b"".join(header.role_chunk(i) for i in range(len(outputs))))
         sent = [0] * len(outputs)
         done = False
         while not done:
@@ -123,6 +122,8 @@ class Serving:
             parts = []
             for i, seq in enumerate(gen.seqs):
                 words, reason = outputs[i].words, outputs[i].finish_reason
+                if header.kind == "chat" and sent[i] == 0 and seq.generated > 0:
+                    parts.append(header.role_chunk(i))
                 for k in range(sent[i], seq.generated):
                     parts.append(header.token_chunk(i, words[k], reason if k == len(words) - 1 else None))
                 sent[i] = seq.generated
