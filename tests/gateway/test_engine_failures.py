@@ -40,9 +40,12 @@ def test_stream_is_passed_through_as_it_is_generated(gateway, slow_sim):
     with httpx.Client(base_url=gateway.url, timeout=30) as client:
         with client.stream("POST", CHAT, json={"model": "public-name", "stream": True, **LONG}) as r:
             assert r.status_code == 200
-            for line in r.iter_lines():
-                if _has_content(line): break
-            assert slow_sim.engine.num_running == 1, "the first chunk arrived only after the engine finished"
+            lines = r.iter_lines()  # kept referenced: a dropped line iterator closes the stream
+            for line in lines:
+                if _has_content(line):
+                    break
+            e = slow_sim.engine
+            assert e.num_running == 1, (e.num_running, e.num_waiting, e.generation_tokens_total, e.num_preemptions)
     assert wait_until(lambda: slow_sim.engine.num_running == 0), "closing the stream did not abort the engine request"
 
 
