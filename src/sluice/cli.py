@@ -9,6 +9,7 @@ import logging
 import os
 import shlex
 import sys
+import typing
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
@@ -139,14 +140,14 @@ def _parser() -> argparse.ArgumentParser:
 def _add_model_flags(parser: argparse.ArgumentParser, model: type[SimSettings]) -> None:
     """One flag per settings field (``max_num_seqs`` → ``--max-num-seqs``), typed and described from the model."""
     for name, field in model.model_fields.items():
-        kind = {int: int, float: float, str: str}.get(field.annotation, None)  # type: ignore[call-overload]
-        if name == "dialect":
-            parser.add_argument("--dialect", choices=["vllm", "sglang", "lmdeploy"], default=field.default)
+        flag = "--" + name.replace("_", "-")
+        choices = typing.get_args(field.annotation) if typing.get_origin(field.annotation) is typing.Literal else None
+        if choices:
+            parser.add_argument(flag, choices=choices, default=field.default, help=f"(default {field.default})")
         elif name == "max_waiting":
-            parser.add_argument("--max-waiting", type=int, default=None, help="cap on the waiting queue (503 when full)")
-        elif kind is not None:
-            parser.add_argument("--" + name.replace("_", "-"), type=kind, default=field.default,
-                                help=f"(default {field.default})")
+            parser.add_argument(flag, type=int, default=None, help="cap on the waiting queue (503 when full)")
+        elif field.annotation in (int, float, str):
+            parser.add_argument(flag, type=field.annotation, default=field.default, help=f"(default {field.default})")
 
 
 def _serve(args: argparse.Namespace) -> int:

@@ -153,3 +153,35 @@ def test_max_waiting_refuses_with_503() -> None:
     with pytest.raises(EngineUnavailableError):
         engine.submit([seq(3, 5), seq(3, 5)])  # all or nothing
     assert engine.num_waiting == 2
+
+
+def test_priority_policy_preempts_the_least_important_for_a_more_important_arrival():
+    from sluice.config import SimSettings
+    from sluice.sim import EngineModel, Sequence
+
+    engine = EngineModel(SimSettings(max_num_seqs=2, scheduling_policy="priority"))
+    low_old, low_new = Sequence(1, 10, 50, priority=5), Sequence(2, 10, 50, priority=5)
+    engine.submit([low_old, low_new])
+    engine.commit(engine.schedule())
+    assert engine.running == [low_old, low_new]
+    urgent = Sequence(3, 10, 50, priority=-1)  # vLLM's convention: lower runs first
+    engine.submit([urgent])
+    engine.commit(engine.schedule())
+    assert urgent in engine.running and low_new not in engine.running  # the newest of the least important gave way
+    assert engine.waiting[0] is low_new and engine.num_preemptions == 1
+    later = Sequence(4, 10, 50, priority=5)
+    engine.submit([later])
+    assert list(engine.waiting) == [low_new, later]  # by priority, then arrival
+
+
+def test_fcfs_policy_never_preempts_for_priority():
+    from sluice.config import SimSettings
+    from sluice.sim import EngineModel, Sequence
+
+    engine = EngineModel(SimSettings(max_num_seqs=1))
+    first = Sequence(1, 10, 50, priority=5)
+    engine.submit([first])
+    engine.commit(engine.schedule())
+    engine.submit([Sequence(2, 10, 50, priority=-100)])
+    engine.commit(engine.schedule())
+    assert engine.running == [first] and engine.num_preemptions == 0

@@ -46,6 +46,7 @@ class Sequence:
     seq_id: int
     prompt_tokens: int
     output_len: int
+    priority: int = 0  # under the priority policy: lower runs first (vLLM's convention)
     generated: int = 0
     blocks: int = 0
     state: SeqState = SeqState.WAITING
@@ -128,7 +129,7 @@ class EngineModel:
                 )
         for seq in seqs:
             seq.state = SeqState.WAITING
-            self.waiting.append(seq)
+            self._enqueue(seq)
 
     def abort(self, seq: Sequence) -> None:
         """Remove a sequence wherever it is and free its blocks (no-op once it is done)."""
@@ -145,8 +146,10 @@ class EngineModel:
 
     def schedule(self) -> Step:
         step = Step()
+        self._make_room_for_priority(step)
+        for_priority = len(step.preempted)
         self._schedule_decodes(step)
-        if not step.preempted:
+        if len(step.preempted) == for_priority:  # the KV cache did not overflow this step
             self._admit(step)
         step.duration_s = self._duration_s(step)
         return step
@@ -200,12 +203,39 @@ class EngineModel:
             step.prefill.append(seq)
             step.prefill_tokens += seq.total_tokens
 
+    def _priority_policy(self) -> bool:
+        return self.settings.scheduling_policy == "priority"
+
+    def _enqueue(self, seq: Sequence, *, front: bool = False) -> None:
+        """FCFS: at the back (a preempted sequence at the front). Priority: by (priority, arrival)."""
+        if not self._priority_policy():
+            self.waiting.appendleft(seq) if front else self.waiting.append(seq)
+            return
+        key = (seq.priority, seq.seq_id)
+        at = next((i for i, w in enumerate(self.waiting) if (w.priority, w.seq_id) > key), len(self.waiting))
+        self.waiting.insert(at, seq)
+
+    def _make_room_for_priority(self, step: Step) -> None:
+        """Under the priority policy, preempt the least important running sequences while the first waiting one
+        outranks them and finds no seat or no KV room."""
+        if not self._priority_policy():
+            return
+        while self.waiting and self.running:
+            head = self.waiting[0]
+            worst = max(self.running, key=lambda s: (s.priority, s.seq_id))
+            if head.priority >= worst.priority:
+                return
+            if len(self.running) < self.settings.max_num_seqs and \
+                    self.blocks_for(head.total_tokens + 1) <= self.free_blocks:
+                return
+            self._preempt(worst, step)
+
     def _preempt(self, seq: Sequence, step: Step) -> None:
         self.running.remove(seq)
         self._free(seq)
         seq.state = SeqState.WAITING
         seq.num_preemptions += 1
-        self.waiting.appendleft(seq)
+        self._enqueue(seq, front=True)
         self.num_preemptions += 1
         step.preempted.append(seq)
 

@@ -33,6 +33,7 @@ class Job:
     prompt_tokens: int  # for usage: each prompt once
     seq_prompt_tokens: list[int]  # per choice
     outputs: list[PlannedOutput]
+    priority: int = 0  # the request's "priority" (used only under the priority scheduling policy)
 
     @property
     def completion_tokens(self) -> int:
@@ -63,7 +64,7 @@ class Serving:
             for i in range(req.n)
         ]
         header = self._header("chat", req.model, req.wants_usage_chunk())
-        return Job(header, prompt_tokens, [prompt_tokens] * req.n, outputs)
+        return Job(header, prompt_tokens, [prompt_tokens] * req.n, outputs, _priority(req))
 
     def completion_job(self, req: CompletionRequest) -> Job:
         self.check_model(req.model)
@@ -79,7 +80,7 @@ class Serving:
                     self._sampler.plan(prompt_key=key, seed=req.seed, index=i, cap=cap, ignore_eos=req.ignore_eos)
                 )
         header = self._header("completion", req.model, req.wants_usage_chunk())
-        return Job(header, prompt_total, seq_prompts, outputs)
+        return Job(header, prompt_total, seq_prompts, outputs, _priority(req))
 
     @contextlib.contextmanager
     def running(self, job: Job) -> Iterator[Generation]:
@@ -136,7 +137,7 @@ class Serving:
 
     def _submit(self, job: Job) -> Generation:
         seqs = [
-            Sequence(seq_id=self._runner.new_seq_id(), prompt_tokens=p, output_len=len(o.words))
+            Sequence(seq_id=self._runner.new_seq_id(), prompt_tokens=p, output_len=len(o.words), priority=job.priority)
             for p, o in zip(job.seq_prompt_tokens, job.outputs, strict=True)
         ]
         return self._runner.submit(seqs, [o.finish_reason for o in job.outputs])
@@ -162,3 +163,10 @@ class Serving:
 
     def _header(self, kind: str, model: str, include_usage: bool) -> ResponseHeader:
         return ResponseHeader.new(kind, created=int(self._clock.wall()), model=model, include_usage=include_usage)
+
+
+def _priority(req: ChatCompletionRequest | CompletionRequest) -> int:
+    value = (req.model_extra or {}).get("priority", 0)
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise InvalidRequestError("priority must be an integer.", param="priority")
+    return value
