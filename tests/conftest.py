@@ -16,15 +16,16 @@ from sluice.config import Settings
 class LiveServer:
     """An ASGI app served by uvicorn in a background thread (its own event loop), like `sluice serve` does."""
 
-    def __init__(self, app: Any) -> None:
+    def __init__(self, app: Any, start_timeout_s: float = 30.0) -> None:
         self.app = app
+        self.start_timeout_s = start_timeout_s
         config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", access_log=False, lifespan="on")
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
     def __enter__(self) -> LiveServer:
         self.thread.start()
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + self.start_timeout_s
         while not self.server.started:
             if not self.thread.is_alive() or time.monotonic() > deadline:
                 raise RuntimeError("the server did not start")
@@ -38,10 +39,11 @@ class LiveServer:
         self.thread.join(timeout=10)
 
 
-def serve_gateway(settings: Settings, config_path: Any = None, launcher: Any = None) -> LiveServer:
+def serve_gateway(settings: Settings, config_path: Any = None, launcher: Any = None,
+                  start_timeout_s: float = 30.0) -> LiveServer:
     from sluice.gateway.app import create_app
 
-    return LiveServer(create_app(settings, config_path=config_path, launcher=launcher))
+    return LiveServer(create_app(settings, config_path=config_path, launcher=launcher), start_timeout_s)
 
 
 @pytest.fixture(scope="session")

@@ -180,3 +180,26 @@ def test_time_to_first_token_starts_at_generated_text_not_at_the_role_chunk():
     assert _has_generated_text(b'data: {"choices":[{"delta":{"content":" Hello"}}]}\n\n')
     assert _has_generated_text(b'data: {"choices":[{"text":"x","index":0}]}\n\n')
     assert not _has_generated_text(b'data: [DONE]\n\n')
+
+
+async def test_a_stream_abandoned_before_it_began_still_gives_back_what_it_held():
+    import asyncio
+
+    from sluice.gateway._disconnect import DisconnectWatch
+    from sluice.gateway._responses import SSEResponse
+
+    relay_ran, closed = [], []
+
+    async def relay():
+        relay_ran.append(True)
+        yield b"data: {}\n\n"
+
+    async def receive():
+        return {"type": "http.disconnect"}  # the client is already gone
+
+    async def send(message):
+        await asyncio.sleep(0.01)  # the watch cancels us while the headers go out
+
+    response = SSEResponse(relay(), DisconnectWatch(receive), {}, on_close=lambda: closed.append(True))
+    await response({"type": "http"}, receive, send)
+    assert closed == [True] and relay_ran == []

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 
 import orjson
 from starlette.responses import Response
@@ -19,8 +19,10 @@ class SSEResponse(Response):
     """Streams ``chunks`` as server-sent events, one write per chunk. When the client disconnects, ``watch``
     cancels the stream, and closing ``chunks`` aborts the engine request."""
 
-    def __init__(self, chunks: AsyncIterator[bytes], watch: DisconnectWatch, headers: Mapping[str, str]) -> None:
+    def __init__(self, chunks: AsyncIterator[bytes], watch: DisconnectWatch, headers: Mapping[str, str],
+                 on_close: Callable[[], None] = lambda: None) -> None:
         self.chunks = chunks
+        self.on_close = on_close
         self.watch = watch
         self.status_code = 200
         self.background = None
@@ -38,13 +40,14 @@ class SSEResponse(Response):
         finally:
             self.watch.stop()
             await self.chunks.aclose()  # type: ignore[attr-defined]
+            self.on_close()  # a relay that never began cannot give back what its request holds: this does
 
 
 def reply_response(reply: Reply, watch: DisconnectWatch) -> Response:
     if isinstance(reply, FullReply):
         watch.stop()
         return Response(reply.body, status_code=reply.status, media_type=reply.content_type, headers=reply.headers)
-    return SSEResponse(reply.chunks, watch, reply.headers)
+    return SSEResponse(reply.chunks, watch, reply.headers, reply.on_close)
 
 
 def error_response(exc: SluiceError) -> Response:

