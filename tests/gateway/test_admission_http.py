@@ -42,7 +42,9 @@ def test_a_request_that_waits_too_long_gets_503_queue_timeout(gateway):
     assert r.json()["error"]["code"] == "overloaded"
     assert wait_until(lambda: metric_value(gateway.url, "sluice_rejections_total", reason="queue_timeout", model="m"))
     assert metric_value(gateway.url, "sluice_admission_limit", model="m") == 1.0
-    assert 'sluice_engine_replica_up{model="m",replica="http://127.0.0.1:' in httpx.get(gateway.url + "/metrics").text
+    text = httpx.get(gateway.url + "/metrics").text
+    assert 'sluice_engine_replica_up{model="m",replica="http://127.0.0.1:' in text
+    assert 'state="closed"} 1.0' in text and "sluice_engine_replica_breaker" in text
     assert metric_value(gateway.url, "sluice_engine_saturation", model="m") is not None
 
 

@@ -94,7 +94,8 @@ async def _open_route(model: ModelSettings, settings: Settings, clock: Clock, me
         scraper.start()
         stack.push_async_callback(scraper.stop)
         metrics.watch_replicas(lambda: [(model.name, r.url, scraper.latest(r.url) is not None
-                                         and scraper.last_error(r.url) is None) for r in replicas])
+                                         and scraper.last_error(r.url) is None, r.breaker.state.value)
+                                        for r in replicas])
     router = Router(replicas, engine.routing, kv_usage=_kv_usage(scraper))
     pool = EnginePool(replicas, router=router, connect_timeout_s=settings.server.connect_timeout_s,
                       read_timeout_s=settings.server.upstream_timeout_s)

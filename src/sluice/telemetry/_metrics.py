@@ -116,9 +116,9 @@ class GatewayMetrics:
         self._child(self.saturation, pool).set(saturation)
         self._child(self.protection, pool).set(1 if protected else 0)
 
-    def watch_replicas(self, health: Callable[[], Iterable[tuple[str, str, bool]]]) -> None:
-        """Export ``sluice_engine_replica_up{model,replica}`` from ``health()`` (model, replica, up), read at scrape
-        time: whether the replica's metrics endpoint answered its last scrape."""
+    def watch_replicas(self, health: Callable[[], Iterable[tuple[str, str, bool, str]]]) -> None:
+        """Export ``sluice_engine_replica_up{model,replica}`` and ``sluice_engine_replica_breaker{model,replica,
+        state}`` from ``health()`` (model, replica, up, breaker state), read at scrape time."""
         if self._replica_health is None:
             self._replica_health = _ReplicaHealth()
             self.registry.register(self._replica_health)
@@ -195,15 +195,22 @@ class GatewayMetrics:
 
 class _ReplicaHealth:
     def __init__(self) -> None:
-        self.sources: list[Callable[[], Iterable[tuple[str, str, bool]]]] = []  # one per watched pool
+        self.sources: list[Callable[[], Iterable[tuple[str, str, bool, str]]]] = []  # one per watched pool
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        family = GaugeMetricFamily("sluice_engine_replica_up",
-                                   "1 when the replica answered its last metrics scrape, else 0.",
-                                   labels=["model", "replica"])
-        for model, replica, up in (row for source in self.sources for row in source()):
-            family.add_metric([model, replica], 1.0 if up else 0.0)
-        yield family
+        up_family = GaugeMetricFamily("sluice_engine_replica_up",
+                                      "1 when the replica answered its last metrics scrape, else 0.",
+                                      labels=["model", "replica"])
+        breaker = GaugeMetricFamily("sluice_engine_replica_breaker",
+                                    "1 for the state the replica's circuit breaker is in (closed, open, half_open).",
+                                    labels=["model", "replica", "state"])
+        for model, replica, up, state in (row for source in self.sources for row in source()):
+            up_family.add_metric([model, replica], 1.0 if up else 0.0)
+            for name in ("closed", "open", "half_open"):
+                breaker.add_metric([model, replica, name], 1.0 if name == state else 0.0)
+        yield up_family
+        yield breaker
 
     def describe(self) -> Iterator[GaugeMetricFamily]:
         yield GaugeMetricFamily("sluice_engine_replica_up", "", labels=["model", "replica"])
+        yield GaugeMetricFamily("sluice_engine_replica_breaker", "", labels=["model", "replica", "state"])
