@@ -1,12 +1,13 @@
-"""Overload: the engine alone, Sluice with a fixed window, and Sluice with an adaptive window, from 0.5x to 3x the
-engine's capacity, with three tiers of callers.
+"""Overload: the engine alone, Sluice with a fixed window, Sluice with an adaptive window, and Sluice with engine-side
+priority scheduling, from 0.5x to 3x the engine's capacity, with three tiers of callers.
 
     python bench/overload.py            # defaults: --speed 2 --max-num-seqs 16 --input-len 256 --output-len 64
                                         #           --loads 0.5,1,2,3 --duration 25 --warmup 5 --adaptive gradient
 
 One command starts, on 127.0.0.1 and free ports, and stops by PID at the end (also on error or SIGTERM):
   CPU 0: the engine simulator alone (``sluice sim --max-num-seqs 16 --speed 2``: continuous batching, decode step
-         a + b x batch, prefill per token; every answer exactly --output-len tokens via ``ignore_eos``);
+         a + b x batch, prefill per token; every answer exactly --output-len tokens via ``ignore_eos``); FCFS
+         scheduling for (a)-(c); for (d) it is stopped and a fresh one started with ``--scheduling-policy priority``;
   CPU 1: the gateway under test (``sluice serve``, one per configuration, started and stopped in turn) and this
          process, the load generator (``sluice.bench.run_load``: open loop, Poisson arrivals, streamed chat).
 All three run under SCHED_FIFO priority 1 (``--sched fifo``; ``nice`` or ``none`` otherwise) so that other load on
@@ -18,7 +19,12 @@ chunk), ``--output-len 32-96`` (answers of varied length), ``--dump-requests DIR
    requests/s that divided by --output-len. Checked against the figure the simulator's parameters give.
 2. For each configuration, (a) ``direct`` (the load straight at the simulator: no tiers, one FIFO queue),
    (b) ``fixed`` (Sluice, ``window: {kind: fixed, initial: max_num_seqs}``) and (c) ``adaptive`` (Sluice,
-   ``window: {kind: gradient|aimd, initial: max_num_seqs, min, max}``): an unloaded run (premium only, 0.1x
+   ``window: {kind: gradient|aimd, initial: max_num_seqs, min, max}``) and (d) ``engine-priority`` (the simulator
+   with ``--scheduling-policy priority``, Sluice with ``admission: {priority_to_engine: true, window: {kind: fixed,
+   initial: ceil(max_num_seqs x (1 + --priority-headroom))}}``, 20 for 16: the window lets a few more requests
+   than the engine's seats through, so a premium request reaches the engine even when lower tiers hold every seat,
+   and the engine, given each request's priority in its convention (vLLM: lower first), runs it first and
+   preempts the least important running sequence for it): an unloaded run (premium only, 0.1x
    capacity) for the top tier's unloaded TTFT, then Poisson arrivals at each load x capacity for --duration s,
    of which the first --warmup s are not measured. Tenants, by share of the arrivals: premium 15% (tier
    premium, priority 10), std-a 30% and std-b 30% (tier standard, priority 0: the two equal tenants of Jain's
@@ -29,7 +35,8 @@ system took: answered, or still without a first token when they gave up, counted
 (answered requests with TTFT <= --slo-ttft-s and TPOT <= the TPOT SLO, per second and as a share of those sent),
 rejection rate (429/503, by reason), engine throughput (simulator tokens/s over the window) as a share of its
 maximum, and Jain's index between std-a and std-b on their goodput (and, beside it, on their output tokens/s).
-The gateway's /metrics (window, in flight, queued, saturation, protection mode) are sampled every 0.5 s.
+The gateway's /metrics (window, in flight, queued, saturation, protection mode) are sampled every 0.5 s; the
+simulator's preemptions (``vllm:num_preemptions_total``) are counted over the window.
 
 Output: markdown tables on stdout, everything in bench/results/overload.json, plots in bench/results/overload/
 (overload_ttft.png, overload_goodput.png, overload_window.png, and the library's per-run latency CDF and timeline
@@ -87,7 +94,9 @@ PLOTS = HERE / "results" / "overload"
 DOC_IMG = ROOT / "docs" / "img"
 MODEL = "sluice-sim"
 SIM_CPU, GATEWAY_CPU, LOAD_CPU = "0", "1", "1"
-CONFIGS = ("direct", "fixed", "adaptive")
+CONFIGS = ("direct", "fixed", "adaptive", "engine-priority")
+# the simulator's scheduling policy per configuration (the others: fcfs)
+SIM_POLICY = {"engine-priority": "priority"}
 
 # tier -> settings (no quota limits at all); tenants -> (tier, share of the arrivals)
 TIERS: dict[str, dict[str, float]] = {
@@ -141,6 +150,7 @@ class Sampler:
         self.sim_url, self.gateway_url = sim_url, gateway_url
         self.warmup_s, self.duration_s = warmup_s, duration_s
         self.edges: dict[str, tuple[float, float]] = {}  # "begin"/"end" -> (t_s, generation tokens)
+        self.edge_preemptions: dict[str, float] = {}  # "begin"/"end" -> the simulator's preemptions so far
         self.series: list[dict[str, float]] = []
         self.end_gateway: dict[str, float] = {}
 
@@ -156,6 +166,7 @@ class Sampler:
                         continue  # try again at once
                     name, _ = next_edge.pop(0)
                     self.edges[name] = (time.monotonic() - t0, sim["vllm:generation_tokens_total"])
+                    self.edge_preemptions[name] = sim.get("vllm:num_preemptions_total", math.nan)
                     continue
                 row = {"t_s": round(now, 2)}
                 try:
@@ -328,6 +339,7 @@ def analyse(results: list[RequestResult], sampler: Sampler, tenants: tuple[Tenan
         "tenants": per_tenant,
         "engine_tokens_per_s": engine_tps,
         "engine_share_of_max": engine_tps / max_tokens_per_s,
+        "engine_preemptions": sampler.edge_preemptions["end"] - sampler.edge_preemptions["begin"],
         # the library's own summary of the same window (per tenant, its fairness over all four tenants by weight)
         "sluice_bench_summary": _compact(summarize(window, duration_s=window_s, tenants=tenants,
                                                    slo_ttft_s=slo_ttft_s, slo_tpot_s=slo_tpot_s)),
@@ -401,11 +413,20 @@ def gateway_totals(metrics: dict[str, float]) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------- gateway
 
 
+def priority_window(args: argparse.Namespace) -> int:
+    """(d)'s fixed window: the engine's seats and --priority-headroom more (20 for 16 at 0.25)."""
+    return math.ceil(args.max_num_seqs * (1 + args.priority_headroom) - 1e-9)
+
+
 def gateway_config(kind: str, args: argparse.Namespace, port: int, sim_url: str, keys: dict[str, str],
                    access_log: Path) -> str:
     n = args.max_num_seqs
+    extra = ""
     if kind == "fixed":
         window = f"{{kind: fixed, initial: {n}}}"
+    elif kind == "engine-priority":
+        window = f"{{kind: fixed, initial: {priority_window(args)}}}"
+        extra = "priority_to_engine: true, "
     elif args.adaptive == "aimd":
         window = (f"{{kind: aimd, initial: {n}, min: {args.window_min}, max: {args.window_max}, "
                   f"latency_threshold_s: {args.aimd_threshold_s}}}")
@@ -422,7 +443,7 @@ def gateway_config(kind: str, args: argparse.Namespace, port: int, sim_url: str,
         f"models:\n"
         f"  - name: {MODEL}\n"
         f"    engine: {{dialect: vllm, urls: ['{sim_url}']}}\n"
-        f"    admission: {{window: {window}}}\n"
+        f"    admission: {{{extra}window: {window}}}\n"
         f"tiers:\n{tiers}\n"
         f"keys:\n{key_lines}\n"
     )
@@ -548,7 +569,8 @@ def plot(result: dict[str, Any], out_dir: Path) -> list[Path]:
     import matplotlib.pyplot as plt
 
     configs, runs = result["configs"], result["runs"]
-    styles = {"direct": ("tab:red", "o"), "fixed": ("tab:blue", "s"), "adaptive": ("tab:green", "^")}
+    styles = {"direct": ("tab:red", "o"), "fixed": ("tab:blue", "s"), "adaptive": ("tab:green", "^"),
+              "engine-priority": ("tab:purple", "D")}
     paths = []
 
     fig, axes = plt.subplots(1, len(TIERS), figsize=(14, 4.5), sharey=True)
@@ -651,7 +673,7 @@ def git_commit() -> str:
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description="Sluice under overload: direct vs fixed window vs adaptive window.")
+    p = argparse.ArgumentParser(description="Sluice under overload: direct vs fixed window vs adaptive window vs engine priority.")
     p.add_argument("--loads", default="0.5,1,2,3", help="offered loads, in multiples of the engine's capacity")
     p.add_argument("--configs", default=",".join(CONFIGS), help=f"which of {', '.join(CONFIGS)}")
     p.add_argument("--duration", type=float, default=25.0, help="seconds of arrivals per run (default 25)")
@@ -667,6 +689,8 @@ def main() -> int:
                    help="answer length in tokens: a number, or LOW-HIGH for uniform (sluice bench's length spec)")
     p.add_argument("--endpoint", choices=("chat", "completions"), default="chat")
     p.add_argument("--adaptive", choices=("gradient", "aimd"), default="gradient")
+    p.add_argument("--priority-headroom", type=float, default=0.25,
+                   help="engine-priority: the fixed window is max_num_seqs x (1 + this), rounded up (default 0.25)")
     p.add_argument("--window-min", type=int, default=4)
     p.add_argument("--window-max", type=int, default=64)
     p.add_argument("--aimd-threshold-s", type=float, default=0.25, help="aimd only: a slower first token is a drop")
@@ -762,18 +786,35 @@ def finish(result: dict[str, Any], args: argparse.Namespace) -> None:
 
 async def run(args: argparse.Namespace, loads: list[float], configs: list[str], workdir: Path,
               procs: Processes) -> dict[str, Any]:
-    sim_port = free_port()
-    sim_url = f"http://127.0.0.1:{sim_port}"
     nice = {"fifo": ["chrt", "-f", "1"], "nice": ["nice", "-n", "-10"], "none": []}[args.sched]
-    sim = procs.start("sim", SIM_CPU, [
-        *nice, sys.executable, "-m", "sluice.cli", "sim", "--model", MODEL, "--host", "127.0.0.1", "--port", str(sim_port),
-        "--max-num-seqs", str(args.max_num_seqs), "--speed", str(args.speed),
-        "--output-len-min", str(args.output_range[0]), "--output-len-max", str(args.output_range[1]), "--seed", str(args.seed),
-    ])
-    await asyncio.to_thread(wait_until_up, sim, sim_url + "/health")
+
+    async def start_sim(policy: str) -> tuple[Any, str]:
+        port = free_port()
+        proc = procs.start("sim" if policy == "fcfs" else f"sim-{policy}", SIM_CPU, [
+            *nice, sys.executable, "-m", "sluice.cli", "sim", "--model", MODEL, "--host", "127.0.0.1", "--port",
+            str(port), "--max-num-seqs", str(args.max_num_seqs), "--speed", str(args.speed),
+            "--output-len-min", str(args.output_range[0]), "--output-len-max", str(args.output_range[1]),
+            "--seed", str(args.seed), "--scheduling-policy", policy,
+        ])
+        url = f"http://127.0.0.1:{port}"
+        await asyncio.to_thread(wait_until_up, proc, url + "/health")
+        return proc, url
+
+    async def stop(proc: Any) -> None:
+        """By its PID; stop_all() skips it once it has exited."""
+        proc.popen.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.to_thread(proc.popen.wait, 10)
+        except subprocess.TimeoutExpired:
+            proc.popen.kill()
+            await asyncio.to_thread(proc.popen.wait)
+
+    sim_policy = SIM_POLICY.get(configs[0], "fcfs")
+    sim, sim_url = await start_sim(sim_policy)
     load_before = os.getloadavg()
 
     capacity = await measure_capacity(sim_url, args)
+    capacity["sim_policy"] = sim_policy
     log(f"capacity: {capacity['tokens_per_s']:.0f} tokens/s = {capacity['requests_per_s']:.2f} req/s "
         f"(parameters predict {capacity['model_requests_per_s']:.2f}); TPOT p50 {capacity['tpot_p50_ms']:.1f} ms")
     capacity["before"] = dict(capacity)
@@ -796,6 +837,8 @@ async def run(args: argparse.Namespace, loads: list[float], configs: list[str], 
             "tenants": {k: {"tier": t, "share": s} for k, (t, s) in TENANTS.items()},
             "cpus": {"sim": SIM_CPU, "gateway": GATEWAY_CPU, "load_generator": LOAD_CPU}, "seed": args.seed,
             "sched": args.sched,
+            "sim_policy": {c: SIM_POLICY.get(c, "fcfs") for c in configs},
+            "priority_window": priority_window(args),
         },
         "capacity": capacity,
         "slo": slo,
@@ -805,6 +848,13 @@ async def run(args: argparse.Namespace, loads: list[float], configs: list[str], 
         "loadavg_before": load_before,
     }
     for config in configs:
+        if SIM_POLICY.get(config, "fcfs") != sim_policy:  # a fresh simulator with this configuration's policy
+            if sim.popen.poll() is not None:
+                raise RuntimeError(f"the simulator died during the run:\n{sim.log_tail()}")
+            await stop(sim)
+            sim_policy = SIM_POLICY.get(config, "fcfs")
+            sim, sim_url = await start_sim(sim_policy)
+            log(f"simulator restarted with --scheduling-policy {sim_policy} for {config}")
         gateway = None
         base_url, gateway_url = sim_url, None
         if config != "direct":
@@ -834,7 +884,8 @@ async def run(args: argparse.Namespace, loads: list[float], configs: list[str], 
             t_run = time.monotonic()
             access_log = workdir / f"{config}.access.log"
             offset = access_log.stat().st_size if gateway and access_log.exists() else 0
-            cpu0 = {proc.name: proc.cpu_s() for proc in (sim, gateway) if proc is not None}
+            roles = {"sim": sim, gateway.name if gateway else "": gateway}  # "sim" whatever its policy
+            cpu0 = {name: proc.cpu_s() for name, proc in roles.items() if proc is not None}
             results, sampler, drained = await run_one(base_url, sim_url, gateway_url, tenants, rate, args.duration,
                                                       args.warmup, args.seed + 1 + i, args.timeout,
                                                       args.endpoint)
@@ -842,8 +893,8 @@ async def run(args: argparse.Namespace, loads: list[float], configs: list[str], 
                         slo_ttft_s=slo["ttft_s"], slo_tpot_s=slo["tpot_s"],
                         max_tokens_per_s=capacity["tokens_per_s"])
             elapsed = time.monotonic() - t_run
-            cpu = {name: 100 * (proc.cpu_s() - cpu0[name]) / elapsed
-                   for proc in (sim, gateway) if proc is not None for name in [proc.name]}
+            cpu = {name: 100 * (proc.cpu_s() - cpu0[name]) / elapsed for name, proc in roles.items()
+                   if proc is not None}
             if gateway is not None:
                 a["gateway_split"] = gateway_split(access_log, offset, results, args.warmup, args.duration)
             a["gauges"] = series_summary(sampler.series, args.warmup, args.duration)
@@ -872,18 +923,14 @@ async def run(args: argparse.Namespace, loads: list[float], configs: list[str], 
                 f"goodput {a['all']['goodput_per_s']:.1f}/s, rejected {100 * a['all']['rejection_rate']:.0f}%, "
                 f"premium p99 TTFT {fmt(prem['ttft_p99_ms'])} ms, Jain {a['jain_goodput']:.3f} "
                 f"[{run['wall_s']:.0f} s]")
-        if gateway is not None:  # stopped by its PID now; stop_all() skips it once it has exited
-            gateway.popen.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.to_thread(gateway.popen.wait, 10)
-            except subprocess.TimeoutExpired:
-                gateway.popen.kill()
-                await asyncio.to_thread(gateway.popen.wait)
+        if gateway is not None:  # stopped by its PID now
+            await stop(gateway)
     if sim.popen.poll() is not None:
         raise RuntimeError(f"the simulator died during the run:\n{sim.log_tail()}")
     # The engine's maximum is re-measured after the runs; the higher of the two is its maximum, and every run's
     # share is restated against it (a maximum depressed by a noisy moment would flatter every share).
-    after = await measure_capacity(sim_url, args)
+    after = await measure_capacity(sim_url, args)  # on the last configuration's simulator (no priority fields)
+    after["sim_policy"] = sim_policy
     log(f"capacity after the runs: {after['tokens_per_s']:.0f} tokens/s = {after['requests_per_s']:.2f} req/s")
     capacity["after"] = after
     best = max(capacity["before"]["tokens_per_s"], after["tokens_per_s"])
