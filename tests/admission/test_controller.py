@@ -199,3 +199,17 @@ async def test_a_request_waits_for_kv_room():
     g.release(small, Outcome.SUCCESS, 0.1, 1)
     g.release(big.result(), Outcome.SUCCESS, 0.1, 1)
     await g.close()
+
+
+async def test_the_top_bands_share_can_be_kept_at_all_times():
+    clock = FakeClock()
+    g = gate(clock, limit=10, reserve_top_share=0.2, reserve_always=True)
+    lower = [await g.admit(ticket(clock, priority=0)) for _ in range(8)]
+    (ninth,) = await waiting(g, ticket(clock, priority=0))
+    assert not ninth.done(), "lower bands stop at 80% of the window"
+    top = [await g.admit(ticket(clock, priority=10)) for _ in range(2)]  # the top band goes straight in
+    assert g.in_flight == 10
+    for p in [*lower, *top]:
+        g.release(p, Outcome.SUCCESS, 0.1, 1)
+    await asyncio.sleep(0)
+    assert ninth.done()

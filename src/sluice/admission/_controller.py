@@ -39,6 +39,7 @@ class GateSettings:
     queue_max_requests: int = 1000
     queue_max_tokens: int | None = None
     reserve_top_share: float = 0.2  # of the window, kept for the top band while protection is engaged
+    reserve_always: bool = False  # keep it whatever protection mode says
     top_priority: int = 0
     tick_s: float = 0.05
     retry_after_s: float = 1.0
@@ -115,8 +116,10 @@ class PoolController:
 
     def effective_limit(self, priority: int) -> int:
         limit = self.limit.value
-        if self.protection is not None and self.protection.engaged and priority < self._settings.top_priority:
-            return max(1, math.floor(limit * (1 - self._settings.reserve_top_share)))
+        s = self._settings
+        reserving = s.reserve_always or (self.protection is not None and self.protection.engaged)
+        if reserving and priority < s.top_priority:
+            return max(1, math.floor(limit * (1 - s.reserve_top_share)))
         return limit
 
     def start(self) -> None:

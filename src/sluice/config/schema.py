@@ -159,6 +159,9 @@ class ProtectionSettings(_Frozen):
     engage_after_s: float = Field(1.0, ge=0)
     relax_after_s: float = Field(5.0, ge=0)
     reserve_top_share: float = Field(0.2, ge=0, lt=1)  # of the window, kept for the highest band
+    # "engaged": the reserve holds while protection mode is engaged; "always": whenever lower bands would take it
+    # (for a window wider than the engine, with priority_to_engine: the top tier never waits for a seat)
+    reserve_when: Literal["engaged", "always"] = "engaged"
     tighten_factor: float = Field(0.5, gt=0, le=1)  # lower tiers' rate limits are multiplied by this
 
 

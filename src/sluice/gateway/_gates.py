@@ -57,6 +57,7 @@ async def open_gate(model: ModelSettings, replicas: Sequence[Replica], scraper: 
         GateSettings(max_tokens_in_flight=admission.max_tokens_in_flight,
                      queue_max_requests=admission.queue_max_requests, queue_max_tokens=admission.queue_max_tokens,
                      reserve_top_share=admission.protection.reserve_top_share,
+                     reserve_always=admission.protection.reserve_when == "always",
                      top_priority=max(t.priority for t in settings.tiers.values())),
         saturation=detector, protection=protection, observer=metrics, output_weight=admission.output_weight,
     )
