@@ -20,11 +20,12 @@ chunk), ``--output-len 32-96`` (answers of varied length), ``--dump-requests DIR
 2. For each configuration, (a) ``direct`` (the load straight at the simulator: no tiers, one FIFO queue),
    (b) ``fixed`` (Sluice, ``window: {kind: fixed, initial: max_num_seqs}``) and (c) ``adaptive`` (Sluice,
    ``window: {kind: gradient|aimd, initial: max_num_seqs, min, max}``) and (d) ``engine-priority`` (the simulator
-   with ``--scheduling-policy priority``, Sluice with ``admission: {priority_to_engine: true, window: {kind: fixed,
-   initial: ceil(max_num_seqs x (1 + --priority-headroom))}}``, 20 for 16: the window lets a few more requests
-   than the engine's seats through, so a premium request reaches the engine even when lower tiers hold every seat,
-   and the engine, given each request's priority in its convention (vLLM: lower first), runs it first and
-   preempts the least important running sequence for it): an unloaded run (premium only, 0.1x
+   with ``--scheduling-policy priority``, Sluice with ``admission: {priority_to_engine: true, protection:
+   {reserve_when: always, reserve_top_share: --priority-reserve}, window: {kind: fixed, initial: ceil(max_num_seqs
+   x (1 + --priority-headroom))}}``, 20 for 16 with a reserve of 0.2: lower tiers stop at floor(20 x 0.8) = 16, the
+   engine's seats, and slots 17-20 are kept for premium at all times, so a premium request reaches the engine even
+   when lower tiers hold every seat, and the engine, given each request's priority in its convention (vLLM: lower
+   first), runs it first and preempts the least important running sequence for it): an unloaded run (premium only, 0.1x
    capacity) for the top tier's unloaded TTFT, then Poisson arrivals at each load x capacity for --duration s,
    of which the first --warmup s are not measured. Tenants, by share of the arrivals: premium 15% (tier
    premium, priority 10), std-a 30% and std-b 30% (tier standard, priority 0: the two equal tenants of Jain's
@@ -426,7 +427,9 @@ def gateway_config(kind: str, args: argparse.Namespace, port: int, sim_url: str,
         window = f"{{kind: fixed, initial: {n}}}"
     elif kind == "engine-priority":
         window = f"{{kind: fixed, initial: {priority_window(args)}}}"
-        extra = "priority_to_engine: true, "
+        # the top band's share of the window kept at all times: lower bands stop at floor(window x (1 - share))
+        extra = (f"priority_to_engine: true, protection: {{reserve_when: always, "
+                 f"reserve_top_share: {args.priority_reserve}}}, ")
     elif args.adaptive == "aimd":
         window = (f"{{kind: aimd, initial: {n}, min: {args.window_min}, max: {args.window_max}, "
                   f"latency_threshold_s: {args.aimd_threshold_s}}}")
@@ -691,6 +694,9 @@ def main() -> int:
     p.add_argument("--adaptive", choices=("gradient", "aimd"), default="gradient")
     p.add_argument("--priority-headroom", type=float, default=0.25,
                    help="engine-priority: the fixed window is max_num_seqs x (1 + this), rounded up (default 0.25)")
+    p.add_argument("--priority-reserve", type=float, default=0.2,
+                   help="engine-priority: protection.reserve_top_share with reserve_when: always, the window's share "
+                        "kept for premium at all times (default 0.2: lower tiers stop at 16 of 20)")
     p.add_argument("--window-min", type=int, default=4)
     p.add_argument("--window-max", type=int, default=64)
     p.add_argument("--aimd-threshold-s", type=float, default=0.25, help="aimd only: a slower first token is a drop")
@@ -839,6 +845,9 @@ async def run(args: argparse.Namespace, loads: list[float], configs: list[str], 
             "sched": args.sched,
             "sim_policy": {c: SIM_POLICY.get(c, "fcfs") for c in configs},
             "priority_window": priority_window(args),
+            "priority_reserve": {
+                "reserve_when": "always", "reserve_top_share": args.priority_reserve,
+                "lower_tiers_stop_at": math.floor(priority_window(args) * (1 - args.priority_reserve))},
         },
         "capacity": capacity,
         "slo": slo,
