@@ -1,8 +1,8 @@
 """The Redis store: every operation is the Lua script lua/quota.lua, run with EVALSHA (reloaded on NOSCRIPT).
 
-The operations issued while one script call is on the wire are sent together in the next call: under load one
-round trip carries many decisions (each still atomic and all-or-nothing), which keeps a shared store cheap per
-request; at low load a decision costs one round trip. Each call is bounded by ``timeout_s`` (so a waiter waits at
+The operations issued while one script call is on the wire are sent together in the next call (at most
+``MAX_BATCH_OPS`` a call): under load one round trip carries many decisions (each still atomic and all-or-nothing),
+which keeps a shared store cheap per request; at low load a decision costs one round trip. Each call is bounded by ``timeout_s`` (so a waiter waits at
 most for the call ahead of its own and for its own). A decision whose caller stopped waiting (its client left, or
 the call timed out) gives back what it took: a granted decision is refunded and released once its reply arrives;
 a timed-out one releases its leases (its charges stay: over-charging is the safe side).
@@ -24,6 +24,9 @@ from sluice.quota._model import Bucket, BucketState, Decision, Lease
 log = logging.getLogger("sluice.quota")
 
 _US = 1_000_000
+# Operations per script call: a call must stay well inside the store timeout even under a burst (a burst of
+# thousands in one call would time out and push every gateway into fail-open at once).
+MAX_BATCH_OPS = 64
 
 
 def load_script() -> str:
@@ -115,7 +118,7 @@ class RedisStore:
     async def _flush(self) -> None:
         try:
             while self._queue:
-                batch, self._queue = self._queue, []
+                batch, self._queue = self._queue[:MAX_BATCH_OPS], self._queue[MAX_BATCH_OPS:]
                 keys = [k for op in batch for k in op.keys]
                 args = [a for op in batch for a in op.args]
                 try:
