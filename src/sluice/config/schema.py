@@ -187,6 +187,13 @@ class AdmissionSettings(_Frozen):
         return self
 
 
+class CacheSettings(_Frozen):
+    """Answer repeated deterministic requests (non-streamed, temperature 0 or a seed) from the cache, per tenant."""
+
+    enabled: bool = False
+    ttl_s: float = Field(300.0, gt=0)
+
+
 class ModelSettings(_Frozen):
     name: str = Field(min_length=1)
     engine: EngineSettings | None = None
@@ -194,6 +201,7 @@ class ModelSettings(_Frozen):
     tokenizer: str | None = None  # path to the model's tokenizer.json: exact prompt counts (else a calibrated estimate)
     max_model_len: int | None = Field(None, ge=1)  # context length, to cap reservations (a sim knows its own)
     admission: AdmissionSettings = AdmissionSettings()
+    cache: CacheSettings = CacheSettings()
 
     @property
     def context_length(self) -> int | None:

@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 
+from sluice.cache import open_cache
 from sluice.clock import Clock
 from sluice.config import EngineSettings, ModelSettings, Settings
 from sluice.engines import CircuitBreaker, EnginePool, LoadScraper, Replica, Router
@@ -46,8 +47,10 @@ async def open_service(settings: Settings, clock: Clock, metrics: GatewayMetrics
         live = LiveConfig(settings, Directory.for_state(settings.state, clock, on_tiers=lambda _: live.apply()), clock)
         await live.directory.start()
         stack.push_async_callback(live.directory.close)
+        cache = open_cache(settings.state, clock)
+        stack.push_async_callback(cache.close)
         service = GatewayService(routes, live.authenticator(), pricer_for(settings), limiter, clock, usage,
-                                 live.directory)
+                                 live.directory, cache)
         live.attach(service)
         live.apply()
         stack.push_async_callback(service.drain)
@@ -105,7 +108,8 @@ async def _open_route(model: ModelSettings, settings: Settings, clock: Clock, me
     return ModelRoute(model.name, engine.served_model or model.name, pool, model.context_length, gate=gate,
                       tighten_factor=model.admission.protection.tighten_factor,
                       priority=dialect_for(engine.dialect).priority if model.admission.priority_to_engine else None,
-                      affinity=engine.routing == "prefix_affinity")
+                      affinity=engine.routing == "prefix_affinity",
+                      cache_ttl_s=model.cache.ttl_s if model.cache.enabled else None)
 
 
 def _kv_usage(scraper: LoadScraper | None) -> Callable[[str], float | None]:

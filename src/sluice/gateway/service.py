@@ -15,6 +15,7 @@ import orjson
 from pydantic import BaseModel
 
 from sluice.admission import Outcome, PoolController, ticket_for
+from sluice.cache import CacheStore, cache_key
 from sluice.clock import Clock
 from sluice.engines import EnginePool, UpstreamResponse
 from sluice.engines.dialects import PriorityConvention
@@ -58,6 +59,7 @@ class ModelRoute:
     tighten_factor: float = 1.0  # lower tiers' rate limits under protection mode
     priority: PriorityConvention | None = None  # how the engine takes priorities, when it schedules by them
     affinity: bool = False  # route by the conversation's prefix (prefix_affinity)
+    cache_ttl_s: float | None = None  # answers of deterministic requests are cached this long (None: no cache)
 
     def tighten_for(self, priority: int) -> float:
         gate = self.gate
@@ -93,7 +95,7 @@ Reply = FullReply | StreamReply
 
 class GatewayService:
     def __init__(self, routes: Mapping[str, ModelRoute], keyring: Authenticator, pricer: Pricer, limiter: QuotaLimiter,
-                 clock: Clock, usage: UsageLedger, directory: Directory) -> None:
+                 clock: Clock, usage: UsageLedger, directory: Directory, cache: CacheStore) -> None:
         self.routes = dict(routes)
         self.keyring = keyring  # replaced whole on a configuration reload
         self.pricer = pricer
@@ -101,6 +103,7 @@ class GatewayService:
         self.clock = clock
         self.usage = usage
         self.directory = directory  # keys issued and revoked, tiers changed: the admin API's
+        self.cache = cache
         self._settling: set[asyncio.Task[None]] = set()
 
     def identify(self, record: RequestRecord, authorization: str | None, api_key: str | None) -> Principal:
@@ -125,6 +128,12 @@ class GatewayService:
         stream = record.stream = bool(getattr(request, "stream", False))
         priority = principal.priority if priority is None else min(priority, principal.priority)
         price: Price = getattr(self.pricer, endpoint.pricing)(request)
+        key = cache_key(route.name, principal.tenant, request) if route.cache_ttl_s else None
+        if key is not None:
+            cached = await self.cache.get(key)
+            record.cache = "miss" if cached is None else "hit"
+            if cached is not None:  # answered without an engine, so without spending quota
+                return FullReply(200, cached, "application/json", {"x-sluice-cache": "hit"})
         reservation = await self.limiter.reserve(principal, route.name, price, route.tighten_for(priority))
         flight = Flight(self, route, record, reservation)
         try:
@@ -153,6 +162,8 @@ class GatewayService:
             flight.finish(None, outcome_of(exc))  # aborted with unknown usage: keep what was reserved
             raise
         flight.finish(_json_object(data).get("usage"), Outcome.SUCCESS)
+        if key is not None and upstream.status == 200 and route.cache_ttl_s:
+            self.spawn(self.cache.set(key, data, route.cache_ttl_s))
         return FullReply(upstream.status, data, upstream.content_type or "application/json", reservation.headers)
 
     def spawn(self, work: Any) -> None:

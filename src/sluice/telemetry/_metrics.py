@@ -64,6 +64,8 @@ class GatewayMetrics:
             "Time per output token after the first, of streamed answers (decode speed as the client sees it).",
             ["model"], buckets=TOKEN_LATENCY_BUCKETS_S, registry=r,
         )
+        self.cache = Counter("sluice_cache_requests", "Cacheable requests, by model and result (hit or miss).",
+                             ["model", "result"], registry=r)
         self.tokens = Counter(
             "sluice_tokens", "Tokens served, by model, tenant and direction (input = prompt, output = completion). "
             f"Tenants past the first {MAX_TENANT_LABELS} are counted as 'other'.",
@@ -149,6 +151,8 @@ class GatewayMetrics:
             if record.ttft_s is not None:
                 self._child(self.replica_ttft, model, record.replica).observe(max(0.0, record.ttft_s - waited))
             self._child(self.replica_latency, model, record.replica).observe(max(0.0, (record.duration_s or 0) - waited))
+        if record.cache is not None:
+            self._child(self.cache, model, record.cache).inc()
         tenant = self._tenant_label(record.tenant)
         if record.tokens_in:
             self._child(self.tokens, model, tenant, "input").inc(record.tokens_in)

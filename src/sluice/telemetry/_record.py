@@ -21,6 +21,7 @@ class RequestRecord:
     model: str | None = None
     replica: str | None = None
     stream: bool = False
+    cache: str | None = None  # "hit" or "miss", for a cacheable request
     queue_wait_s: float | None = None
     ttft_s: float | None = None
     tokens_in: int | None = None
