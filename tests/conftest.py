@@ -36,7 +36,7 @@ class LiveServer:
 
     def __exit__(self, *exc: object) -> None:
         self.server.should_exit = True
-        self.thread.join(timeout=10)
+        self.thread.join(timeout=60)  # a gateway that launched engines stops them before it returns
 
 
 def serve_gateway(settings: Settings, config_path: Any = None, launcher: Any = None,

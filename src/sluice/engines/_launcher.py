@@ -76,8 +76,9 @@ class _Child:
         return None if self.proc is None else self.proc.poll()
 
     def terminate(self, sig: int) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
+        """Signal the replica's whole process group (its workers too, even once the server itself has exited)."""
+        if self.proc is not None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(self.proc.pid, sig)
 
 
