@@ -49,7 +49,6 @@ class GateSettings:
 class Permit:
     ticket: Ticket
     in_flight_at_admit: int
-    admitted_at_s: float
     waited_s: float
     released: bool = False
 
@@ -96,7 +95,7 @@ class PoolController:
                 self._undo_dispatch(ticket)  # granted in the same instant it was cancelled: give the place back
             raise
         now = self._clock.now()
-        return Permit(ticket, ticket.in_flight_at_dispatch, now, now - ticket.arrival_s)
+        return Permit(ticket, ticket.in_flight_at_dispatch, now - ticket.arrival_s)
 
     def release(self, permit: Permit, outcome: Outcome, latency_s: float | None, output_tokens: int) -> None:
         """Settle a dispatched request: feed the window algorithm, bill the tenant, open the gate."""
@@ -165,7 +164,7 @@ class PoolController:
         self._recent.append((self._clock.now(), ticket.tokens))
         self.queue.charge(ticket, ticket.prompt_tokens, 0)
         now = self._clock.now()
-        return Permit(ticket, ticket.in_flight_at_dispatch, now, now - ticket.arrival_s)
+        return Permit(ticket, ticket.in_flight_at_dispatch, now - ticket.arrival_s)
 
     def _undo_dispatch(self, ticket: Ticket) -> None:
         self.in_flight -= 1

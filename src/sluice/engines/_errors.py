@@ -11,12 +11,16 @@ from typing import Any
 
 import orjson
 
+from sluice.engines.dialects import OverloadSignature
 from sluice.errors import EngineUnavailableError, NotFoundError, SluiceError, UpstreamError
 
+_DEFAULT_OVERLOAD = OverloadSignature()
 
-def engine_error(status: int, body: bytes, replica: str) -> SluiceError:
+
+def engine_error(status: int, body: bytes, replica: str, overload: OverloadSignature | None = None) -> SluiceError:
+    """``overload``: what the replica's dialect calls "too busy" (its statuses and messages); default 429 and 503."""
     message = _message_of(body) or f"The engine answered {status}."
-    if status in (429, 503):
+    if (overload or _DEFAULT_OVERLOAD).matches(status, message):
         return EngineUnavailableError(
             f"The engine is overloaded: {message}", status=503, code="engine_overloaded", reason="engine_overloaded"
         )

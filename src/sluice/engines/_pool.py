@@ -125,7 +125,7 @@ class EnginePool:
             finally:
                 resp.close()
                 replica.outstanding -= 1
-            error = engine_error(resp.status, err_body, replica.url)
+            error = engine_error(resp.status, err_body, replica.url, dialect_for(replica.dialect).overload)
             if error.reason == "engine_overloaded":
                 overloaded = error  # alive but full: the next replica may have room
                 continue

@@ -35,7 +35,6 @@ class ScaleOutHook:
         self._history: deque[tuple[float, int, int, dict[str, float]]] = deque()
         self._last_call_s: float | None = None
         self._task: asyncio.Task[None] | None = None
-        self.calls = 0
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run())
@@ -69,7 +68,6 @@ class ScaleOutHook:
                    "rejected": rejected, "rejection_ratio": round(ratio, 4), "saturated_models": saturated,
                    "saturation": {m: v for m, v in self._history[-1][3].items()}}
         self._last_call_s = now
-        self.calls += 1
         await self._deliver(payload)
         return payload
 
