@@ -7,11 +7,13 @@ tests/contract.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import lupa
 
 from sluice.clock import FakeClock
+from sluice.quota import _wire
 from sluice.quota._redis import load_script
 
 
@@ -23,11 +25,14 @@ class LuaRedis:
         self.lua = lupa.LuaRuntime(unpack_returned_tuples=True)
         self.lua.execute("redis = {}")
         self.lua.globals().redis.call = self._call
+        self.lua.execute("cjson = {}")
+        self.lua.globals().cjson.decode = lambda text: self.lua.table_from(json.loads(text), recursive=True)
         self.script = self.lua.eval("function(KEYS, ARGV) " + load_script() + " end")
 
-    def run(self, keys: list[str], args: list[Any]) -> Any:
-        table = self.lua.table_from
-        return _to_python(self.script(table(keys), table([str(a) for a in args])))
+    def run(self, ops: list[list[Any]], keys: list[str]) -> Any:
+        """Run operations built by ``sluice.quota._wire``, sent the way RedisStore sends them."""
+        keys, args = _wire.encode(ops, keys)
+        return _to_python(self.script(self.lua.table_from(keys), self.lua.table_from(args)))
 
     def _call(self, command: str, *args: Any) -> Any:
         cmd = command.upper()

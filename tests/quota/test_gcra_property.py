@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sluice.clock import FakeClock
-from sluice.quota import Bucket, LimitInfo, MemoryStore
+from sluice.quota import Bucket, LimitInfo, MemoryStore, _wire
 from tests.quota.lua_harness import LuaRedis
 
 
@@ -41,7 +41,6 @@ OPS = st.lists(
     st.tuples(st.sampled_from(["charge", "adjust"]), st.integers(0, 3000), st.integers(-30, 30)),
     min_size=1, max_size=60,
 )
-
 
 
 def run_reference(capacity, interval_ms, ops):
@@ -77,13 +76,14 @@ async def test_memory_store_matches_the_reference(capacity, interval_ms, ops):
 def test_lua_script_matches_the_reference(capacity, interval_ms, ops):
     clock = FakeClock()
     redis = LuaRedis(clock)
+    info = LimitInfo("tokens", "t", capacity, capacity * interval_ms / 1000)
     got = []
     for op, dt_ms, n in ops:
         clock.advance(dt_ms / 1000)
-        interval_us = repr(interval_ms * 1000.0)
+        bucket = Bucket("k", interval_ms / 1000, capacity, abs(n), info)
         if op == "charge":
-            reply = redis.run(["k"], ["A", 1, 0, "r", interval_us, capacity, abs(n)])
+            reply = redis.run([_wire.acquire([bucket], [], "r")], ["k"])
             got.append(bool(reply[0][0]))
         else:
-            redis.run(["k"], ["J", 1, interval_us, n])
+            redis.run([_wire.adjust([bucket], [n])], ["k"])
     assert got == run_reference(capacity, interval_ms, ops)

@@ -10,22 +10,22 @@ from sluice.quota._model import Bucket, BucketState, Decision, Lease, LimitInfo
 
 _KIND_LABEL = {"requests": ("requests", "RPM"), "tokens": ("tokens", "TPM"),
                "input_tokens": ("input tokens", "ITPM"), "output_tokens": ("output tokens", "OTPM")}
+_HEADER_KINDS = ("requests", "tokens")
 _PERIOD_LABEL = {1: "sec", 60: "min", 3600: "hour", 86400: "day"}
 
 
 def ratelimit_headers(buckets: Sequence[Bucket], states: Sequence[BucketState]) -> dict[str, str]:
     """``x-ratelimit-{limit,remaining,reset}-{requests,tokens}`` from the tightest bucket of each kind."""
+    tightest: dict[str, tuple[Bucket, BucketState]] = {}
+    for bucket, state in zip(buckets, states, strict=True):
+        kind = bucket.info.kind
+        if kind in _HEADER_KINDS and (kind not in tightest or state.remaining < tightest[kind][1].remaining):
+            tightest[kind] = (bucket, state)
     headers: dict[str, str] = {}
-    for kind in ("requests", "tokens"):
-        tightest = min(
-            ((b, s) for b, s in zip(buckets, states, strict=True) if b.info.kind == kind),
-            key=lambda pair: pair[1].remaining, default=None,
-        )
-        if tightest is not None:
-            bucket, state = tightest
-            headers[f"x-ratelimit-limit-{kind}"] = str(bucket.info.amount)
-            headers[f"x-ratelimit-remaining-{kind}"] = str(state.remaining)
-            headers[f"x-ratelimit-reset-{kind}"] = duration(state.reset_s)
+    for kind, (bucket, state) in sorted(tightest.items()):
+        headers[f"x-ratelimit-limit-{kind}"] = str(bucket.info.amount)
+        headers[f"x-ratelimit-remaining-{kind}"] = str(state.remaining)
+        headers[f"x-ratelimit-reset-{kind}"] = duration(state.reset_s)
     return headers
 
 

@@ -18,11 +18,20 @@ from sluice.quota._model import Bucket, Kind, Lease, LimitInfo
 from sluice.quota._pricing import Price
 
 KINDS: tuple[Kind, ...] = ("requests", "tokens", "input_tokens", "output_tokens")
+_MAX_SHAPES = 10_000  # plans remembered (per principal, model and tightening) before the memory starts over
 
 
 @dataclass(frozen=True, slots=True)
 class Plan:
     buckets: tuple[Bucket, ...]
+    leases: tuple[Lease, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class _Shape:
+    """A plan before its costs are known: what one principal's requests to one model touch."""
+
+    buckets: tuple[Bucket, ...]  # with cost 0
     leases: tuple[Lease, ...]
 
 
@@ -42,6 +51,7 @@ class QuotaPolicy:
             name: [_Rule(f"tier.{name}", name, r) for r in tier.rules()] for name, tier in tiers.items()
         }
         self._shared = [_Rule("all", None, r) for r in quota.limits]
+        self._shapes: dict[tuple[Principal, str, float], _Shape] = {}
 
     def max_wait_s(self, principal: Principal) -> float:
         tier = self.tiers.get(principal.tier)
@@ -50,6 +60,17 @@ class QuotaPolicy:
     def plan(self, principal: Principal, model: str, price: Price, tighten: float = 1.0) -> Plan:
         """The buckets and permits of one request. ``tighten`` < 1 scales the rates of the caller's tier rules
         (protection mode squeezing lower tiers); the buckets keep their state and their units."""
+        shape = self._shapes.get((principal, model, tighten))
+        if shape is None:
+            if len(self._shapes) >= _MAX_SHAPES:
+                self._shapes.clear()
+            shape = self._shapes[(principal, model, tighten)] = self._shape(principal, model, tighten)
+        costs = {"requests": 1, "tokens": price.total, "input_tokens": price.prompt_tokens,
+                 "output_tokens": price.max_output_tokens}
+        return Plan(tuple(Bucket(b.key, b.interval_s, b.capacity, costs[b.info.kind], b.info) for b in shape.buckets),
+                    shape.leases)
+
+    def _shape(self, principal: Principal, model: str, tighten: float) -> _Shape:
         buckets: list[Bucket] = []
         leases: list[Lease] = []
         for r in (*self._rules.get(principal.tier, ()), *self._shared):
@@ -67,21 +88,11 @@ class QuotaPolicy:
                     amount = max(1, math.floor(rate.amount * factor))
                     info = LimitInfo(kind, scope, amount, rate.period_s, rule.on_store_error)
                     buckets.append(Bucket(f"{where}:{kind}", rate.interval_s / factor,
-                                          max(1, math.ceil(rate.capacity * factor)), _cost(kind, price), info))
+                                          max(1, math.ceil(rate.capacity * factor)), 0, info))
             if rule.concurrent is not None:
                 leases.append(Lease(f"{where}:concurrent", rule.concurrent, self.quota.lease_ttl_s, scope,
                                     rule.on_store_error))
-        return Plan(tuple(buckets), tuple(leases))
-
-
-def _cost(kind: Kind, price: Price) -> int:
-    if kind == "requests":
-        return 1
-    if kind == "input_tokens":
-        return price.prompt_tokens
-    if kind == "output_tokens":
-        return price.max_output_tokens
-    return price.total
+        return _Shape(tuple(buckets), tuple(leases))
 
 
 def _scope_id(rule: LimitRule, p: Principal) -> str:

@@ -1,4 +1,5 @@
-"""The Redis store: every operation is the Lua script lua/quota.lua, run with EVALSHA (reloaded on NOSCRIPT).
+"""The Redis store: every operation is the Lua script lua/quota.lua, run with EVALSHA (reloaded on NOSCRIPT),
+its operations sent as one JSON argument (see ``_wire``).
 
 The operations issued while one script call is on the wire are sent together in the next call (at most
 ``MAX_BATCH_OPS`` a call): under load one round trip carries many decisions (each still atomic and all-or-nothing),
@@ -19,12 +20,13 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
+from sluice.quota import _wire
 from sluice.quota._model import Bucket, BucketState, Decision, Lease
 
 log = logging.getLogger("sluice.quota")
 
 _US = 1_000_000
-# Operations per script call: a call must stay well inside the store timeout even under a burst (a burst of
+# Calls (one or two script operations each) per script call: a call must stay well inside the store timeout even under a burst (a burst of
 # thousands in one call would time out and push every gateway into fail-open at once).
 MAX_BATCH_OPS = 64
 
@@ -34,11 +36,10 @@ def load_script() -> str:
 
 
 @dataclass(slots=True)
-class _Op:
+class _Pending:
     keys: list[str]
-    args: list[Any]
+    ops: list[list[Any]]  # script operations (``_wire``), one reply each; the last one answers
     future: asyncio.Future[Any]
-    n_ops: int = 1  # script operations it carries: one reply each
     abandoned: Callable[[Any], None] | None = field(default=None)  # reply handler when nobody waits any more
     timed_out: Callable[[], None] | None = field(default=None)
 
@@ -48,7 +49,7 @@ class RedisStore:
         self._client = client
         self._script = client.register_script(load_script())
         self._timeout_s = timeout_s
-        self._queue: list[_Op] = []
+        self._queue: list[_Pending] = []
         self._in_flight = False
 
     @classmethod
@@ -57,22 +58,17 @@ class RedisStore:
 
     async def acquire(self, buckets: Sequence[Bucket], leases: Sequence[Lease], lease_id: str) -> Decision:
         keys = [b.key for b in buckets] + [lease.key for lease in leases]
-        args: list[Any] = ["A", len(buckets), len(leases), lease_id]
-        for b in buckets:
-            args += [repr(b.interval_s * _US), b.capacity, b.cost]
-        for lease in leases:
-            args += [lease.limit, repr(lease.ttl_s * _US)]
 
         def give_back(reply: Any) -> None:
             if reply[0] == 1:
-                self._send_later(*_settle_op(buckets, [-b.cost for b in buckets], leases, lease_id))
+                self._send_later(keys, _wire.settle(buckets, [-b.cost for b in buckets], leases, lease_id))
 
         def release_leases() -> None:
             if leases:
-                self._send_later(*_settle_op([], [], leases, lease_id))
+                self._send_later(keys, [_wire.release(leases, lease_id)])
 
         allowed, refused_bucket, refused_lease, retry_us, states = await self._call(
-            keys, args, 1, abandoned=give_back, timed_out=release_leases)
+            keys, [_wire.acquire(buckets, leases, lease_id)], abandoned=give_back, timed_out=release_leases)
         return Decision(
             allowed=bool(allowed),
             states=[BucketState(int(r), float(reset) / _US, float(retry) / _US) for r, reset, retry in states],
@@ -83,31 +79,31 @@ class RedisStore:
 
     async def settle(self, buckets: Sequence[Bucket], deltas: Sequence[int], leases: Sequence[Lease],
                      lease_id: str) -> None:
-        await self._call(*_settle_op(buckets, deltas, leases, lease_id))
+        await self._call([b.key for b in buckets] + [lease.key for lease in leases],
+                         _wire.settle(buckets, deltas, leases, lease_id))
 
     async def renew(self, leases: Sequence[Lease], lease_id: str) -> None:
-        args: list[Any] = ["N", len(leases), lease_id] + [repr(lease.ttl_s * _US) for lease in leases]
-        await self._call([lease.key for lease in leases], args, 1)
+        await self._call([lease.key for lease in leases], [_wire.renew(leases, lease_id)])
 
     async def close(self) -> None:
         await self._client.aclose()
 
-    async def _call(self, keys: list[str], args: list[Any], n_ops: int, *,
-                    abandoned: Callable[[Any], None] | None = None, timed_out: Callable[[], None] | None = None) -> Any:
-        if n_ops == 0:
+    async def _call(self, keys: list[str], ops: list[list[Any]], *, abandoned: Callable[[Any], None] | None = None,
+                    timed_out: Callable[[], None] | None = None) -> Any:
+        if not ops:
             return None
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._queue.append(_Op(keys, args, future, n_ops, abandoned, timed_out))
+        self._queue.append(_Pending(keys, ops, future, abandoned, timed_out))
         self._kick()
         return await future
 
-    def _send_later(self, keys: list[str], args: list[Any], n_ops: int) -> None:
-        """Queue an operation nobody waits for (a give-back); its failure is logged, not raised."""
-        if n_ops == 0:
+    def _send_later(self, keys: list[str], ops: list[list[Any]]) -> None:
+        """Queue operations nobody waits for (a give-back); their failure is logged, not raised."""
+        if not ops:
             return
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         future.add_done_callback(_log_failure)
-        self._queue.append(_Op(keys, args, future, n_ops))
+        self._queue.append(_Pending(keys, ops, future))
         self._kick()
 
     def _kick(self) -> None:
@@ -119,8 +115,7 @@ class RedisStore:
         try:
             while self._queue:
                 batch, self._queue = self._queue[:MAX_BATCH_OPS], self._queue[MAX_BATCH_OPS:]
-                keys = [k for op in batch for k in op.keys]
-                args = [a for op in batch for a in op.args]
+                keys, args = _wire.encode((o for p in batch for o in p.ops), (k for p in batch for k in p.keys))
                 try:
                     replies = await asyncio.wait_for(self._script(keys=keys, args=args), self._timeout_s)
                 except Exception as exc:  # noqa: BLE001 - every waiter learns of the failure
@@ -133,31 +128,14 @@ class RedisStore:
                     continue
                 at = 0
                 for op in batch:
-                    reply, at = replies[at + op.n_ops - 1], at + op.n_ops
+                    at += len(op.ops)
+                    reply = replies[at - 1]
                     if not op.future.done():
                         op.future.set_result(reply)
                     elif op.abandoned is not None:
                         op.abandoned(reply)
         finally:
             self._in_flight = False
-
-
-def _settle_op(buckets: Sequence[Bucket], deltas: Sequence[int], leases: Sequence[Lease],
-               lease_id: str) -> tuple[list[str], list[Any], int]:
-    keys: list[str] = []
-    args: list[Any] = []
-    n_ops = 0
-    if any(deltas):
-        n_ops += 1
-        keys += [b.key for b in buckets]
-        args += ["J", len(buckets)]
-        for b, delta in zip(buckets, deltas, strict=True):
-            args += [repr(b.interval_s * _US), delta]
-    if leases:
-        n_ops += 1
-        keys += [lease.key for lease in leases]
-        args += ["R", len(leases), lease_id]
-    return keys, args, n_ops
 
 
 def _log_failure(future: asyncio.Future[Any]) -> None:

@@ -1,24 +1,25 @@
 -- Sluice quota operations, applied in order, each one atomic (the whole script is).
 -- The clock is Redis TIME (microseconds), never the caller's. GCRA arithmetic mirrors quota/_gcra.py.
 --
--- ARGV is a sequence of operations; KEYS are consumed in the same order by a cursor:
---   A nb nl lease_id {interval_us capacity cost}*nb {limit ttl_us}*nl   acquire: all buckets and leases, or nothing
---   J nb {interval_us delta}*nb                                          adjust (charge or refund) buckets
---   R nl lease_id                                                        release leases
---   N nl lease_id {ttl_us}*nl                                            renew leases
--- Replies: A -> {allowed, refused_bucket, refused_lease, retry_after_us, {remaining, reset_us, retry_us}*nb};
---          J, R, N -> {1}. Indices are 0-based, -1 for none; fractional numbers travel as strings.
+-- ARGV[1] is a JSON array of operations (see quota/_wire.py); each names its keys, and every key must be one of
+-- KEYS (the batch's distinct keys, declared for Redis Cluster's routing):
+--   ["A", lease_id, [[key, interval_us, capacity, cost]...], [[key, limit, ttl_us]...]]   acquire: all or nothing
+--   ["J", [[key, interval_us, delta]...]]                                                  adjust (charge or refund)
+--   ["R", lease_id, [key...]]                                                              release leases
+--   ["N", lease_id, [[key, ttl_us]...]]                                                    renew leases
+-- Replies, one per operation: A -> {allowed, refused_bucket, refused_lease, retry_after_us,
+--   {remaining, reset_us, retry_us}*nb}; J, R, N -> {1}. Indices are 0-based, -1 for none; fractional numbers
+--   travel as strings.
 local EPS = 1e-3
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local argi, keyi = 1, 1
+local declared = {}
+for _, k in ipairs(KEYS) do declared[k] = true end
 local replies = {}
 
-local function arg()
-  local v = ARGV[argi]; argi = argi + 1; return v
-end
-local function key()
-  local v = KEYS[keyi]; keyi = keyi + 1; return v
+local function key(k)
+  if not declared[k] then error('quota.lua: key not declared in KEYS: ' .. tostring(k)) end
+  return k
 end
 local function num(x) return string.format('%.17g', x) end
 local function units(us, interval)
@@ -39,12 +40,14 @@ local function write_tat(k, tat, interval)
   redis.call('SET', k, num(tat) .. ' ' .. num(interval), 'PX', math.ceil((tat - now) / 1000) + 1000)
 end
 
-local function acquire()
-  local nb, nl, lease_id = tonumber(arg()), tonumber(arg()), arg()
+local function acquire(op)
+  local lease_id, bspecs, lspecs = op[2], op[3], op[4]
+  local nb, nl = #bspecs, #lspecs
   local bkeys, intervals, newtats, states, bases, taus, fits = {}, {}, {}, {}, {}, {}, {}
   local refused, worst = -1, 0
   for i = 1, nb do
-    local k, interval, cap, cost = key(), tonumber(arg()), tonumber(arg()), tonumber(arg())
+    local spec = bspecs[i]
+    local k, interval, cap, cost = key(spec[1]), spec[2], spec[3], spec[4]
     local tat = read_tat(k, interval)
     local tau = cap * interval
     local base = math.max(tat, now)
@@ -72,7 +75,8 @@ local function acquire()
   end
   local lkeys, limits, ttls = {}, {}, {}
   for i = 1, nl do
-    lkeys[i], limits[i], ttls[i] = key(), tonumber(arg()), tonumber(arg())
+    local spec = lspecs[i]
+    lkeys[i], limits[i], ttls[i] = key(spec[1]), spec[2], spec[3]
   end
   if refused >= 0 then
     as_they_stand()
@@ -95,10 +99,9 @@ local function acquire()
   return {1, -1, -1, '0', states}
 end
 
-local function adjust()
-  local nb = tonumber(arg())
-  for _ = 1, nb do
-    local k, interval, delta = key(), tonumber(arg()), tonumber(arg())
+local function adjust(op)
+  for _, spec in ipairs(op[2]) do
+    local k, interval, delta = key(spec[1]), spec[2], spec[3]
     if delta ~= 0 then
       local tat = read_tat(k, interval)
       local new_tat
@@ -114,16 +117,16 @@ local function adjust()
   return {1}
 end
 
-local function release()
-  local nl, lease_id = tonumber(arg()), arg()
-  for _ = 1, nl do redis.call('ZREM', key(), lease_id) end
+local function release(op)
+  local lease_id = op[2]
+  for _, k in ipairs(op[3]) do redis.call('ZREM', key(k), lease_id) end
   return {1}
 end
 
-local function renew()
-  local nl, lease_id = tonumber(arg()), arg()
-  for _ = 1, nl do
-    local k, ttl = key(), tonumber(arg())
+local function renew(op)
+  local lease_id = op[2]
+  for _, spec in ipairs(op[3]) do
+    local k, ttl = key(spec[1]), spec[2]
     if redis.call('ZSCORE', k, lease_id) then
       redis.call('ZADD', k, now + ttl, lease_id)
       redis.call('PEXPIRE', k, math.ceil(ttl / 1000) + 1000)
@@ -132,9 +135,8 @@ local function renew()
   return {1}
 end
 
-local ops = {A = acquire, J = adjust, R = release, N = renew}
-while argi <= #ARGV do
-  local op = ops[arg()]
-  replies[#replies + 1] = op()
+local handlers = {A = acquire, J = adjust, R = release, N = renew}
+for _, op in ipairs(cjson.decode(ARGV[1])) do
+  replies[#replies + 1] = handlers[op[1]](op)
 end
 return replies
