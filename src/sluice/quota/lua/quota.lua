@@ -8,8 +8,8 @@
 --   ["R", lease_id, [key...]]                                                              release leases
 --   ["N", lease_id, [[key, ttl_us]...]]                                                    renew leases
 -- Replies, one per operation: A -> {allowed, refused_bucket, refused_lease, retry_after_us,
---   {remaining, reset_us, retry_us}*nb}; J, R, N -> {1}. Indices are 0-based, -1 for none; fractional numbers
---   travel as strings.
+--   {remaining, reset_us, retry_us}*nb}; J, R, N -> {1}. Indices are 0-based, -1 for none; durations are whole
+--   microseconds rounded up, or 'inf'.
 local EPS = 1e-3
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
@@ -21,7 +21,8 @@ local function key(k)
   if not declared[k] then error('quota.lua: key not declared in KEYS: ' .. tostring(k)) end
   return k
 end
-local function num(x) return string.format('%.17g', x) end
+-- Durations travel as whole microseconds, rounded up (a retry after them fits); 'inf' for never.
+local function us(x) return math.ceil(x) end
 local function units(us, interval)
   local u = math.floor(us / interval + 1e-9)
   if u < 0 then return 0 end
@@ -37,7 +38,7 @@ local function read_tat(k, interval)
   return now + (tat - now) / stored * interval
 end
 local function write_tat(k, tat, interval)
-  redis.call('SET', k, num(tat) .. ' ' .. num(interval), 'PX', math.ceil((tat - now) / 1000) + 1000)
+  redis.call('SET', k, string.format('%.17g %.17g', tat, interval), 'PX', math.ceil((tat - now) / 1000) + 1000)
 end
 
 local function acquire(op)
@@ -55,14 +56,14 @@ local function acquire(op)
     local retry
     if cost * interval > tau + EPS then
       retry = 'inf'
-      states[i] = {units(tau - (base - now), interval), num(base - now), retry}
+      states[i] = {units(tau - (base - now), interval), us(base - now), retry}
       if refused < 0 or worst ~= 'inf' then refused, worst = i - 1, 'inf' end
     elseif new_tat - tau <= now + EPS then
-      states[i] = {units(tau - (new_tat - now), interval), num(new_tat - now), '0'}
+      states[i] = {units(tau - (new_tat - now), interval), us(new_tat - now), 0}
       fits[i] = true
     else
       retry = new_tat - tau - now
-      states[i] = {units(tau - (base - now), interval), num(base - now), num(retry)}
+      states[i] = {units(tau - (base - now), interval), us(base - now), us(retry)}
       if worst ~= 'inf' and (refused < 0 or retry > worst) then refused, worst = i - 1, retry end
     end
     bkeys[i], intervals[i], newtats[i], bases[i], taus[i] = k, interval, new_tat, base, tau
@@ -70,7 +71,7 @@ local function acquire(op)
   -- Refused: nothing is charged, so the buckets that would have fit report themselves as they stand.
   local function as_they_stand()
     for i = 1, nb do
-      if fits[i] then states[i] = {units(taus[i] - (bases[i] - now), intervals[i]), num(bases[i] - now), '0'} end
+      if fits[i] then states[i] = {units(taus[i] - (bases[i] - now), intervals[i]), us(bases[i] - now), 0} end
     end
   end
   local lkeys, limits, ttls = {}, {}, {}
@@ -81,14 +82,14 @@ local function acquire(op)
   if refused >= 0 then
     as_they_stand()
     local w = worst
-    if w ~= 'inf' then w = num(w) end
+    if w ~= 'inf' then w = us(w) end
     return {0, refused, -1, w, states}
   end
   for i = 1, nl do
     redis.call('ZREMRANGEBYSCORE', lkeys[i], '-inf', now)
     if redis.call('ZCARD', lkeys[i]) >= limits[i] and not redis.call('ZSCORE', lkeys[i], lease_id) then
       as_they_stand()
-      return {0, -1, i - 1, num(1000000), states}
+      return {0, -1, i - 1, 1000000, states}
     end
   end
   for i = 1, nb do write_tat(bkeys[i], newtats[i], intervals[i]) end
@@ -96,7 +97,7 @@ local function acquire(op)
     redis.call('ZADD', lkeys[i], now + ttls[i], lease_id)
     redis.call('PEXPIRE', lkeys[i], math.ceil(ttls[i] / 1000) + 1000)
   end
-  return {1, -1, -1, '0', states}
+  return {1, -1, -1, 0, states}
 end
 
 local function adjust(op)
