@@ -155,7 +155,7 @@ def test_max_waiting_refuses_with_503() -> None:
     assert engine.num_waiting == 2
 
 
-def test_priority_policy_preempts_the_least_important_for_a_more_important_arrival():
+def test_priority_policy_orders_the_queue_but_never_preempts_for_a_seat():
     from sluice.config import SimSettings
     from sluice.sim import EngineModel, Sequence
 
@@ -164,14 +164,32 @@ def test_priority_policy_preempts_the_least_important_for_a_more_important_arriv
     engine.submit([low_old, low_new])
     engine.commit(engine.schedule())
     assert engine.running == [low_old, low_new]
-    urgent = Sequence(3, 10, 50, priority=-1)  # vLLM's convention: lower runs first
+    later = Sequence(3, 10, 50, priority=5)
+    urgent = Sequence(4, 10, 50, priority=-1)  # vLLM's convention: lower runs first
+    engine.submit([later])
     engine.submit([urgent])
     engine.commit(engine.schedule())
-    assert urgent in engine.running and low_new not in engine.running  # the newest of the least important gave way
-    assert engine.waiting[0] is low_new and engine.num_preemptions == 1
-    later = Sequence(4, 10, 50, priority=5)
-    engine.submit([later])
-    assert list(engine.waiting) == [low_new, later]  # by priority, then arrival
+    # as vLLM's v1 scheduler: the seats stay taken; the urgent one is first in line for the next free seat
+    assert engine.running == [low_old, low_new] and engine.num_preemptions == 0
+    assert list(engine.waiting) == [urgent, later]
+
+
+def test_priority_policy_preempts_the_least_important_when_the_kv_cache_fills():
+    from sluice.config import SimSettings
+    from sluice.sim import EngineModel, Sequence
+
+    # 4 blocks of 4 tokens: three sequences of 4-token prompts fill 3 blocks, the 4th block goes to the first
+    # that needs it, and the next decode that needs a block evicts the least important, not the newest
+    engine = EngineModel(SimSettings(max_num_seqs=4, num_kv_blocks=4, block_size=4, max_model_len=16,
+                                     scheduling_policy="priority"))
+    important_new = Sequence(3, 3, 50, priority=0)
+    low = Sequence(1, 3, 50, priority=9)
+    mid = Sequence(2, 3, 50, priority=1)
+    engine.submit([low, mid, important_new])
+    while engine.num_preemptions == 0:
+        engine.commit(engine.schedule())
+    assert low.state.name == "WAITING" and low.num_preemptions == 1
+    assert mid in engine.running and important_new in engine.running
 
 
 def test_fcfs_policy_never_preempts_for_priority():

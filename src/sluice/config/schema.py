@@ -88,8 +88,8 @@ class SimSettings(_Frozen):
     decode_per_seq_s: float = Field(0.0002, ge=0)
     speed: float = Field(1.0, gt=0)
     max_waiting: int | None = Field(None, ge=0)
-    # "priority": like vLLM's --scheduling-policy priority, requests carry "priority" (lower runs first); one that
-    # outranks a running sequence and finds no room preempts the least important (newest among equals).
+    # "priority": like vLLM's --scheduling-policy priority, requests carry "priority" (lower runs first) and the waiting
+    # queue is ordered by it; a full KV cache preempts the least important (newest among equals), a full batch none.
     scheduling_policy: Literal["fcfs", "priority"] = "fcfs"
     output_len_min: int = Field(16, ge=1)
     output_len_max: int = Field(256, ge=1)

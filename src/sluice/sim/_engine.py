@@ -10,8 +10,11 @@ Rules, as vLLM (v1 scheduler, recompute preemption) applies them:
 - a sequence holds ``ceil(tokens / block_size)`` KV blocks, where ``tokens`` is prompt + generated; a step
   reserves room for the token it is about to produce;
 - each step, running sequences decode one token each (oldest first); when a decode needs a block and none is
-  free, the most recently admitted running sequence is preempted: its blocks are freed and it goes back to the
-  front of the waiting queue, keeping its generated tokens (it re-prefills prompt + generated later);
+  free, the most recently admitted running sequence is preempted (under the priority policy: the least important,
+  newest among equals): its blocks are freed and it goes back to the waiting queue, keeping its generated
+  tokens (it re-prefills prompt + generated later);
+- the priority policy orders the waiting queue by (priority, arrival), lower first; like vLLM's v1 scheduler it
+  never preempts a running sequence to seat a more important one: that one waits for a seat;
 - waiting sequences are admitted in order while seats and blocks allow (not in a step that preempted);
   their prefill produces their first token in the same step;
 - step time = (prefill_s_per_token * prefilled tokens + [decode_base_s + decode_per_seq_s * decoding seqs])
@@ -146,10 +149,8 @@ class EngineModel:
 
     def schedule(self) -> Step:
         step = Step()
-        self._make_room_for_priority(step)
-        for_priority = len(step.preempted)
         self._schedule_decodes(step)
-        if len(step.preempted) == for_priority:  # the KV cache did not overflow this step
+        if not step.preempted:  # the KV cache did not overflow this step
             self._admit(step)
         step.duration_s = self._duration_s(step)
         return step
@@ -180,12 +181,14 @@ class EngineModel:
             seq = self.running[i]
             need = self.blocks_for(seq.total_tokens + 1) - seq.blocks
             while need > self.free_blocks:
-                victim = self.running[-1]
+                victim = self._victim()
+                if self.running.index(victim) < i:
+                    i -= 1  # already scheduled in this step: it leaves the step
                 self._preempt(victim, step)
                 if victim is seq:
                     break
             if seq.state is not SeqState.RUNNING:
-                break  # it preempted itself: everything after it is gone too
+                continue  # it gave way itself: ``i`` is now the next one
             self._take(seq, need)
             step.decode.append(seq)
             i += 1
@@ -215,23 +218,17 @@ class EngineModel:
         at = next((i for i, w in enumerate(self.waiting) if (w.priority, w.seq_id) > key), len(self.waiting))
         self.waiting.insert(at, seq)
 
-    def _make_room_for_priority(self, step: Step) -> None:
-        """Under the priority policy, preempt the least important running sequences while the first waiting one
-        outranks them and finds no seat or no KV room."""
-        if not self._priority_policy():
-            return
-        while self.waiting and self.running:
-            head = self.waiting[0]
-            worst = max(self.running, key=lambda s: (s.priority, s.seq_id))
-            if head.priority >= worst.priority:
-                return
-            if len(self.running) < self.settings.max_num_seqs and \
-                    self.blocks_for(head.total_tokens + 1) <= self.free_blocks:
-                return
-            self._preempt(worst, step)
+    def _victim(self) -> Sequence:
+        """Who gives way when the KV cache is full: the newest running sequence, or under the priority policy the
+        least important (newest among equals), as vLLM's scheduler picks it."""
+        if self._priority_policy():
+            return max(self.running, key=lambda s: (s.priority, s.seq_id))
+        return self.running[-1]
 
     def _preempt(self, seq: Sequence, step: Step) -> None:
         self.running.remove(seq)
+        if seq in step.decode:
+            step.decode.remove(seq)
         self._free(seq)
         seq.state = SeqState.WAITING
         seq.num_preemptions += 1
