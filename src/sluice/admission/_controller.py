@@ -106,7 +106,8 @@ class PoolController:
         self.in_flight -= 1
         self.tokens_in_flight -= ticket.tokens
         self.queue.charge(ticket, 0, output_tokens)
-        self.limit.update(Sample(latency_s, permit.in_flight_at_admit, outcome))
+        saturated = self.last_saturation >= 1.0
+        self.limit.update(Sample(latency_s, permit.in_flight_at_admit, outcome, saturated))
         self._pump()
 
     @property

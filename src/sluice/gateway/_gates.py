@@ -74,7 +74,7 @@ def _limit(model: ModelSettings, replicas: int, clock: Clock) -> Limit:
         return AIMDLimit(clock, initial=initial, minimum=window.min, maximum=window.max,
                          latency_threshold_s=window.latency_threshold_s)
     if window.kind == "gradient":
-        return GradientLimit(initial=initial, minimum=window.min, maximum=window.max)
+        return GradientLimit(clock, initial=initial, minimum=window.min, maximum=window.max)
     return FixedLimit(initial)
 
 
