@@ -29,9 +29,10 @@ log = logging.getLogger("sluice.quota")
 _US = 1_000_000
 # Calls (one or two script operations each) per script call: a call must stay well inside the store timeout even
 # under a burst (a burst of thousands in one call would time out and push every gateway into fail-open at once).
-MAX_BATCH = 64
-# One call at a time: two overlapping calls were measured to cost more CPU per decision than the wait they save.
-MAX_CALLS_IN_FLIGHT = 1
+MAX_BATCH = 16
+# Several calls overlap, each small: one large call at a time wakes its waiters in one wave, and the gateway then
+# alternates between a burst of work and waiting (measured: ~9% of its CPU idle at 64 connections).
+MAX_CALLS_IN_FLIGHT = 4
 
 
 def load_script() -> str:
@@ -118,27 +119,34 @@ class RedisStore:
     async def _send(self, batch: list[_Pending]) -> None:
         try:
             keys, args = _wire.encode((o for p in batch for o in p.ops), (k for p in batch for k in p.keys))
-            try:
-                replies = await asyncio.wait_for(self._script(keys=keys, args=args), self._timeout_s)
-            except Exception as exc:  # noqa: BLE001 - every waiter learns of the failure
-                timeout = isinstance(exc, asyncio.TimeoutError)
-                for pending in batch:
-                    if timeout and pending.timed_out is not None:
-                        pending.timed_out()
-                    if not pending.future.done():
-                        pending.future.set_exception(exc)
-                return
-            at = 0
+            async with asyncio.timeout(self._timeout_s):  # not wait_for: its extra task would send a loop turn later
+                replies = await self._script(keys=keys, args=args)
+        except Exception as exc:  # noqa: BLE001 - every waiter learns of the failure
+            self._next_call()
+            timeout = isinstance(exc, asyncio.TimeoutError)
             for pending in batch:
-                at += len(pending.ops)
-                reply = replies[at - 1]
+                if timeout and pending.timed_out is not None:
+                    pending.timed_out()
                 if not pending.future.done():
-                    pending.future.set_result(reply)
-                elif pending.abandoned is not None:
-                    pending.abandoned(reply)
-        finally:
-            self._calls_in_flight -= 1
-            self._kick()
+                    pending.future.set_exception(exc)
+            return
+        except BaseException:
+            self._next_call()
+            raise
+        # The next call goes out before this one's waiters wake: Redis works on it while they run.
+        self._next_call()
+        at = 0
+        for pending in batch:
+            at += len(pending.ops)
+            reply = replies[at - 1]
+            if not pending.future.done():
+                pending.future.set_result(reply)
+            elif pending.abandoned is not None:
+                pending.abandoned(reply)
+
+    def _next_call(self) -> None:
+        self._calls_in_flight -= 1
+        self._kick()
 
 
 def _log_failure(future: asyncio.Future[Any]) -> None:
