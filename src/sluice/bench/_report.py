@@ -11,6 +11,8 @@ Definitions (all over the run's duration, first send to last answer):
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import math
 from collections import Counter
 from collections.abc import Sequence
@@ -86,32 +88,56 @@ def _figures(results: Sequence[RequestResult], duration_s: float, *, slo_ttft_s:
 
 def timeline(results: Sequence[RequestResult], duration_s: float, tenants: Sequence[str]) -> dict[str, Any]:
     """Per time bucket and tenant: output tokens/s (a stream's tokens spread from its first token to its end),
-    completed requests/s, rejections/s and other errors/s (both by send time)."""
-    bucket_s = max(1.0, math.ceil(duration_s / 120))
-    n = max(1, math.ceil(duration_s / bucket_s))
+    completed requests/s, rejections/s and other errors/s (both by send time). Each bucket's counts are divided by
+    its own width, so the last one, which ends with the run (``bucket_edges``), is a rate like the others."""
+    edges = bucket_edges(duration_s)
+    n = len(edges) - 1
     series = {t: {k: [0.0] * n for k in ("output_tokens_per_s", "completed_per_s", "rejected_per_s",
                                           "errors_per_s")} for t in tenants}
-
-    def at(t_s: float) -> int:
-        return min(n - 1, max(0, int(t_s / bucket_s)))
 
     for r in results:
         s = series[r.tenant]
         if not r.ok:
-            s["rejected_per_s" if r.rejected else "errors_per_s"][at(r.start_s)] += 1 / bucket_s
+            s["rejected_per_s" if r.rejected else "errors_per_s"][_bucket(edges, r.start_s)] += 1
             continue
-        s["completed_per_s"][at(r.end_s)] += 1 / bucket_s
-        _spread(s["output_tokens_per_s"], r.output_tokens / bucket_s, r.start_s + (r.ttft_s or 0.0), r.end_s, bucket_s)
-    return {"bucket_s": bucket_s, "t_s": [i * bucket_s for i in range(n)], "tenants": series}
+        s["completed_per_s"][_bucket(edges, r.end_s)] += 1
+        _spread(s["output_tokens_per_s"], r.output_tokens, r.start_s + (r.ttft_s or 0.0), r.end_s, edges)
+    widths = [b - a for a, b in itertools.pairwise(edges)]
+    for s in series.values():
+        for counts in s.values():
+            counts[:] = [c / w for c, w in zip(counts, widths, strict=True)]
+    return {"bucket_s": widths[0], "t_s": edges[:-1], "end_s": edges[-1], "tenants": series}
 
 
-def _spread(buckets: list[float], amount: float, begin_s: float, end_s: float, bucket_s: float) -> None:
-    last = len(buckets) - 1
+def bucket_edges(duration_s: float, *, max_buckets: int = 120) -> list[float]:
+    """The timeline's bucket edges, from 0 to the end of the run: buckets of a whole number of seconds (1 s, or
+    wider so that there are at most about ``max_buckets``). The run rarely lasts a whole number of buckets: the last
+    bucket ends at ``duration_s``, a remainder shorter than half a bucket joining the bucket before it (a sliver
+    of a bucket would be all noise)."""
+    bucket_s = max(1.0, math.ceil(duration_s / max_buckets))
+    if duration_s <= 0:
+        return [0.0, bucket_s]
+    full = int(duration_s // bucket_s)
+    edges = [i * bucket_s for i in range(full + 1)]
+    if full == 0 or duration_s - edges[-1] >= bucket_s / 2:
+        edges.append(duration_s)
+    else:
+        edges[-1] = duration_s
+    return edges
+
+
+def _bucket(edges: Sequence[float], t_s: float) -> int:
+    """The bucket holding ``t_s``; times before the first edge or after the last count in the first or last."""
+    return min(len(edges) - 2, max(0, bisect.bisect_right(edges, t_s) - 1))
+
+
+def _spread(buckets: list[float], amount: float, begin_s: float, end_s: float, edges: Sequence[float]) -> None:
+    """Add ``amount`` to the buckets in proportion to their overlap with [begin_s, end_s] (all of it to one bucket
+    when the interval is empty)."""
     if end_s - begin_s <= 1e-9:
-        buckets[min(last, int(end_s / bucket_s))] += amount
+        buckets[_bucket(edges, end_s)] += amount
         return
-    i = int(begin_s / bucket_s)
-    while i * bucket_s < end_s:
-        overlap = min(end_s, (i + 1) * bucket_s) - max(begin_s, i * bucket_s)
-        buckets[min(last, i)] += amount * overlap / (end_s - begin_s)
-        i += 1
+    for i in range(_bucket(edges, begin_s), _bucket(edges, end_s) + 1):
+        low = begin_s if i == 0 else max(begin_s, edges[i])  # times outside the edges count in the end buckets
+        high = end_s if i == len(buckets) - 1 else min(end_s, edges[i + 1])
+        buckets[i] += amount * max(0.0, high - low) / (end_s - begin_s)
