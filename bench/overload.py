@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import datetime
 import json
 import math
@@ -324,9 +325,15 @@ def figures(results: Sequence[RequestResult], window_s: float, slo_ttft_s: float
     }
 
 
+def measured(results: Sequence[RequestResult], warmup_s: float, duration_s: float) -> list[RequestResult]:
+    """The requests sent in the measured window, their times counted from its start (as a run of its own)."""
+    return [dataclasses.replace(r, start_s=r.start_s - warmup_s) for r in results
+            if warmup_s <= r.start_s < duration_s]
+
+
 def analyse(results: list[RequestResult], sampler: Sampler, tenants: tuple[Tenant, ...], *, warmup_s: float,
             duration_s: float, slo_ttft_s: float, slo_tpot_s: float, max_tokens_per_s: float) -> dict[str, Any]:
-    window = [r for r in results if warmup_s <= r.start_s < duration_s]
+    window = measured(results, warmup_s, duration_s)
     window_s = duration_s - warmup_s
     tiers = {tier: figures([r for r in window if TENANTS[r.tenant][0] == tier], window_s, slo_ttft_s, slo_tpot_s)
              for tier in TIERS if any(TENANTS[t.name][0] == tier for t in tenants)}
@@ -922,7 +929,7 @@ async def run(args: argparse.Namespace, loads: list[float], configs: list[str], 
                 try:
                     from sluice.bench._plots import write_plots
 
-                    window = [r for r in results if args.warmup <= r.start_s < args.duration]
+                    window = measured(results, args.warmup, args.duration)
                     write_plots(window, summarize(window, duration_s=args.duration - args.warmup, tenants=tenants),
                                 out_dir)
                 except ImportError:

@@ -178,3 +178,59 @@ async def test_a_decision_abandoned_by_its_caller_gives_back_what_it_took(store)
     d = await store.acquire([b], [l1], rid())
     assert d.allowed, "an abandoned decision still holds the only permit"
     assert d.states[0].remaining == 100 - kept - 1, "an abandoned decision kept its charge"
+
+
+async def test_a_grant_whose_caller_is_cancelled_before_it_resumes_is_given_back(redis_server, monkeypatch):
+    """The reply arrives and the caller's task is cancelled in the same loop turn, before it could resume: the
+    answer is lost to the caller, so the store gives back what the decision took."""
+    import sluice.quota._redis as redis_store
+
+    store = RedisStore.from_url(redis_server.url)
+    b, l1 = bucket(10), lease(1)
+    held = rid()
+    granted = await store.acquire([b], [l1], held)  # really taken in Redis: one unit and the only permit
+    assert granted.allowed
+    monkeypatch.setattr(redis_store, "MAX_CALLS_IN_FLIGHT", 0)  # the next decision waits in the queue, unsent
+    task = asyncio.create_task(store.acquire([b], [l1], held))
+    await asyncio.sleep(0)
+    (pending,) = store._queue
+    store._queue.clear()
+    pending.future.set_result([1, -1, -1, 0, [[9, 0, 0]]])  # the reply of the decision taken above ...
+    task.cancel()  # ... and the client gone in the same instant
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    monkeypatch.setattr(redis_store, "MAX_CALLS_IN_FLIGHT", 4)
+    store._kick()  # the give-back, queued meanwhile
+    await asyncio.sleep(0.2)
+    d = await store.acquire([b], [l1], rid())
+    assert d.allowed, "the decision whose caller vanished still holds the only permit"
+    assert d.states[0].remaining == 9, "its unit was not refunded"
+    await store.close()
+
+
+async def test_a_timed_out_decision_releases_its_permit_after_the_call_has_run(redis_server, monkeypatch):
+    """A call that times out may still run in Redis, after a release sent at once on another connection would
+    have: the release waits, so the permit it took does not stay held until its lease expires."""
+    import redis.asyncio as aioredis
+
+    import sluice.quota._redis as redis_store
+
+    monkeypatch.setattr(redis_store, "RELEASE_AFTER_TIMEOUT_S", 0.6)
+    store = RedisStore.from_url(redis_server.url, timeout_s=0.05)
+    await store.acquire([], [lease(1)], rid())  # its connection is open before Redis gets busy
+    blocker = aioredis.from_url(redis_server.url)
+    busy = asyncio.create_task(blocker.eval(  # Redis busy for 0.3 s: calls sent meanwhile wait in their sockets
+        "local t0 = redis.call('TIME') repeat local t = redis.call('TIME') "
+        "until (t[1] - t0[1]) * 1000000 + (t[2] - t0[2]) > 300000 return 1", 0))
+    await asyncio.sleep(0.05)
+    l1 = lease(1)
+    with pytest.raises(asyncio.TimeoutError):
+        await store.acquire([], [l1], rid())
+    await busy
+    check = RedisStore.from_url(redis_server.url, timeout_s=2.0)
+    assert not (await check.acquire([], [l1], rid())).allowed  # the timed-out call ran after all: it holds the permit
+    await asyncio.sleep(0.8)
+    assert (await check.acquire([], [l1], rid())).allowed  # and its delayed release gave it back
+    for client in (check, store):
+        await client.close()
+    await blocker.aclose()

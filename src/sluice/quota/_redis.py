@@ -6,8 +6,9 @@ together in the next call (at most ``MAX_BATCH`` a call): under load one round t
 still atomic and all-or-nothing), which keeps a shared store cheap per request; at low load a decision costs one
 round trip. Each call is bounded by ``timeout_s`` (so a waiter waits at most for a call ahead of its own and for
 its own). A decision whose caller stopped waiting (its client left, or
-the call timed out) gives back what it took: a granted decision is refunded and released once its reply arrives;
-a timed-out one releases its leases (its charges stay: over-charging is the safe side).
+the call timed out) gives back what it took: a granted decision is refunded and released once its reply arrives
+(or, when it had arrived but its caller was cancelled before it could resume, then); a timed-out one releases
+its leases a second later (its charges stay: over-charging is the safe side).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ MAX_BATCH = 16
 # Several calls overlap, each small: one large call at a time wakes its waiters in one wave, and the gateway then
 # alternates between a burst of work and waiting (measured: ~9% of its CPU idle at 64 connections).
 MAX_CALLS_IN_FLIGHT = 4
+RELEASE_AFTER_TIMEOUT_S = 1.0
 
 
 def load_script() -> str:
@@ -68,8 +70,9 @@ class RedisStore:
                 self._send_later(keys, _wire.settle(buckets, [-b.cost for b in buckets], leases, lease_id))
 
         def release_leases() -> None:
-            if leases:
-                self._send_later(keys, [_wire.release(leases, lease_id)])
+            if leases:  # later: the timed-out call may still run after a release sent now, on another connection
+                asyncio.get_running_loop().call_later(
+                    RELEASE_AFTER_TIMEOUT_S, self._send_later, keys, [_wire.release(leases, lease_id)])
 
         allowed, refused_bucket, refused_lease, retry_us, states = await self._call(
             keys, [_wire.acquire(buckets, leases, lease_id)], abandoned=give_back, timed_out=release_leases)
@@ -99,7 +102,13 @@ class RedisStore:
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._queue.append(_Pending(keys, ops, future, abandoned, timed_out))
         self._kick()
-        return await future
+        try:
+            return await future
+        except asyncio.CancelledError:
+            # The reply came, but this task was cancelled before it could resume: nobody will use the answer.
+            if abandoned is not None and future.done() and not future.cancelled() and future.exception() is None:
+                abandoned(future.result())
+            raise
 
     def _send_later(self, keys: list[str], ops: list[list[Any]]) -> None:
         """Queue operations nobody waits for (a give-back); their failure is logged, not raised."""
