@@ -234,3 +234,17 @@ async def test_a_timed_out_decision_releases_its_permit_after_the_call_has_run(r
     for client in (check, store):
         await client.close()
     await blocker.aclose()
+
+
+async def test_redis_store_loads_its_script_again_after_a_flush(redis_server):
+    import redis.asyncio as aioredis
+
+    store = RedisStore.from_url(redis_server.url)
+    b = bucket(10)
+    assert (await store.acquire([b], [], rid())).allowed
+    admin = aioredis.from_url(redis_server.url)
+    await admin.script_flush()  # as a restarted Redis: EVALSHA answers NOSCRIPT
+    d = await store.acquire([b], [], rid())
+    assert d.allowed and d.states[0].remaining == 8
+    await admin.aclose()
+    await store.close()
