@@ -54,13 +54,14 @@ def test_gradient_moves_once_per_window():
     assert limit.value == 102
 
 
-def test_gradient_does_not_grow_while_the_engines_are_saturated():
+def test_gradient_shrinks_while_the_engines_are_saturated_and_grows_after():
     clock = FakeClock()
-    limit = GradientLimit(clock, initial=16, minimum=4, maximum=64)
-    feed(limit, clock, 100, 0.02, 16, saturated=True)  # fast first tokens, but the engines' queues are full
-    assert limit.value == 16
-    feed(limit, clock, 100, 0.02, 16)
-    assert limit.value > 16
+    limit = GradientLimit(clock, initial=27, minimum=4, maximum=64)
+    feed(limit, clock, 100, 0.02, 27, saturated=True)  # fast first tokens, but the engines' queues are full
+    shrunk = limit.value
+    assert shrunk < 22
+    feed(limit, clock, 100, 0.02, shrunk)
+    assert limit.value > shrunk
 
 
 def test_gradient_ignores_samples_taken_when_the_window_did_not_bind():

@@ -6,7 +6,7 @@ As in Netflix's concurrency-limits, ``Limit.update(sample)`` learns from every s
 the long-run latency to the recent one (Gradient2), once per sampling window (as concurrency-limits wraps it in a
 ``WindowedLimit``: moved per sample, it overshoots the engine's seats and collapses in turn). Neither adaptive limit
 grows while the engines say they are saturated (their own queues are full): growing then only moves the queue from
-the gateway, where priorities and fair shares hold, into the engine, where they do not.
+the gateway, where priorities and fair shares hold, into the engine, where they do not; the gradient shrinks then.
 """
 
 from __future__ import annotations
@@ -74,11 +74,16 @@ class AIMDLimit:
             self._value = min(self._max, self._value + 1)
 
 
+SATURATED_GRADIENT = 0.75
+
+
 class GradientLimit:
     """Gradient2, windowed: each window of at least ``window_s`` and ``window_samples`` samples (taken while the
     window was what held traffic back) gives one latency, the window's mean; the limit then moves once, toward
     ``limit × gradient + sqrt(limit)`` where gradient = (tolerance × long-run latency + slack) ÷ the window's,
-    clamped to [0.5, 1]. Drops shrink the limit by a tenth, once per window."""
+    clamped to [0.5, 1], and at most 0.75 in a window during which the engines reported saturation (their queue is
+    where the excess waits, out of the gateway's priorities; first-token latency grows only once it is long). Drops
+    shrink the limit by a tenth, once per window."""
 
     def __init__(self, clock: Clock, *, initial: int, minimum: int, maximum: int, tolerance: float = 1.5,
                  smoothing: float = 0.2, long_window: int = 60, window_s: float = 0.5, window_samples: int = 10,
@@ -123,6 +128,8 @@ class GradientLimit:
             if self._long / latency > 2:  # the long view lags a recovery: let it catch up
                 self._long *= 0.95
             gradient = max(0.5, min(1.0, (self._tolerance * self._long + self._slack_s) / latency))
+            if self._saturated:  # the engines queue: shrink, whatever the latency says so far
+                gradient = min(gradient, SATURATED_GRADIENT)
             target = self._value * gradient + (0.0 if self._saturated else math.sqrt(self._value))
             self._value = min(self._max, max(self._min, (1 - self._smoothing) * self._value + self._smoothing * target))
         self._sum, self._count = 0.0, 0
