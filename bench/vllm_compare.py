@@ -38,6 +38,7 @@ import datetime
 import json
 import math
 import os
+import resource
 import signal
 import statistics
 import subprocess
@@ -100,6 +101,11 @@ def main() -> int:
     parser.add_argument("--scenarios", default="constant,poisson,burst")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--vllm-python", default="/opt/vllm-venv/bin/python")
+    parser.add_argument("--engine-cpus", default="1" if (os.cpu_count() or 1) >= 2 else "",
+                        help="CPUs for the vLLM server (taskset list; default 1 on a machine of 2 or more, '' for "
+                             "none): the clients then never take CPU from the engine")
+    parser.add_argument("--client-cpus", default="0" if (os.cpu_count() or 1) >= 2 else "",
+                        help="CPUs for both benchmark clients (default 0)")
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args()
     if not Path(args.vllm_python).exists():
@@ -120,6 +126,8 @@ def main() -> int:
 
 
 def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+    if args.client_cpus:  # this process (its warm-ups) and both clients, which inherit it
+        os.sched_setaffinity(0, cpu_set(args.client_cpus))
     model_dir, words = workdir / "tiny-llama", workdir / "words.txt"
     words.write_text("\n".join(WORDS))
     subprocess.run([args.vllm_python, str(HERE / "tiny_llama.py"), str(model_dir), str(words)], check=True,
@@ -128,8 +136,10 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     base = f"http://127.0.0.1:{port}"
     log_path = workdir / "vllm.log"
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    if args.engine_cpus:
+        env["VLLM_CPU_OMP_THREADS_BIND"] = args.engine_cpus  # its compute threads on the CPUs it is given
     with open(log_path, "wb") as log:
-        vllm = subprocess.Popen([args.vllm_python, "-m", "vllm.entrypoints.openai.api_server", "--model",
+        vllm = subprocess.Popen([*pinned(args.engine_cpus), args.vllm_python, "-m", "vllm.entrypoints.openai.api_server", "--model",
                                  str(model_dir), "--served-model-name", SERVED, "--enforce-eager",
                                  "--no-enable-prefix-caching", "--host",
                                  "127.0.0.1", "--port", str(port)], stdout=log, stderr=subprocess.STDOUT, env=env,
@@ -164,6 +174,7 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         "settings": {"requests": args.requests, "burst_requests": args.burst_requests, "rate_per_s": args.rate,
                      "input_len": args.input_len, "output_len": args.output_len, "rounds": args.rounds,
                      "seed": args.seed, "warmup": args.warmup, "vllm_client_trust_env": args.vllm_trust_env,
+                     "engine_cpus": args.engine_cpus, "client_cpus": args.client_cpus,
                      "endpoint": "/v1/completions", "model": "tiny random Llama (bench/tiny_llama.py)"},
         "vllm_prefix_cache_hits": cache_hits,
         "commands": {"vllm": "vllm bench serve " + " ".join(vllm_argv(args, "constant", "URL", Path("MODEL_DIR"),
@@ -236,8 +247,10 @@ def run_vllm_bench(args: argparse.Namespace, scenario: str, base: str, model_dir
     out.parent.mkdir(parents=True, exist_ok=True)
     path = out.with_suffix(".json")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    cpu0 = children_cpu_s()
     proc = subprocess.run(vllm_argv(args, scenario, base, model_dir, path), capture_output=True, text=True, env=env,
                           timeout=600)
+    cpu_s = children_cpu_s() - cpu0
     if proc.returncode != 0:
         raise RuntimeError(f"vllm bench serve failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     data = json.loads(path.read_text())
@@ -246,11 +259,14 @@ def run_vllm_bench(args: argparse.Namespace, scenario: str, base: str, model_dir
     starts, ttfts = data.get("start_times") or [], data.get("ttfts") or []
     values["send_spread_s"] = max(starts) - min(starts) if starts else None
     values["median_ttft_ms"] = 1e3 * statistics.median(ttfts) if ttfts else None
+    values["client_cpu_s"] = cpu_s
     return values
 
 
 def run_sluice_bench(args: argparse.Namespace, scenario: str, base: str, model_dir: Path, out: Path) -> dict[str, Any]:
+    cpu0 = children_cpu_s()
     proc = subprocess.run(sluice_argv(args, scenario, base, out), capture_output=True, text=True, timeout=600)
+    cpu_s = children_cpu_s() - cpu0
     if proc.returncode != 0:
         raise RuntimeError(f"sluice bench failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     s = json.loads((out / "summary.json").read_text())
@@ -265,7 +281,27 @@ def run_sluice_bench(args: argparse.Namespace, scenario: str, base: str, model_d
     starts = [json.loads(line)["start_s"] for line in (out / "results.jsonl").read_text().splitlines()]
     values["send_spread_s"] = max(starts) - min(starts) if starts else None
     values["median_ttft_ms"] = s["latency_ms"]["ttft"]["p50"] if s["latency_ms"]["ttft"] else None
+    values["client_cpu_s"] = cpu_s
     return values
+
+
+def pinned(cpus: str) -> list[str]:
+    return ["taskset", "-c", cpus] if cpus else []
+
+
+def cpu_set(cpus: str) -> set[int]:
+    """A taskset list ("0", "0,2", "0-3") as a set of CPU numbers."""
+    out: set[int] = set()
+    for part in cpus.split(","):
+        low, _, high = part.partition("-")
+        out.update(range(int(low), int(high or low) + 1))
+    return out
+
+
+def children_cpu_s() -> float:
+    """CPU seconds used so far by this process's finished children (a client's whole run, start-up included)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def compare(rounds: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
@@ -279,9 +315,10 @@ def compare(rounds: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
             per_round = [m["sluice"][key] / m["vllm"][key] if m["vllm"][key] else None for m in measured]
             rows[key] = {"label": label, "vllm": v, "sluice": s, "ratio": s / v if v else None,
                          "ratio_per_round": per_round}
-        for key in ("duration", "total_input_tokens", "completed", "send_spread_s", "median_ttft_ms"):
-            rows[key] = {"label": key, "vllm": statistics.median(m["vllm"][key] for m in measured),
-                         "sluice": statistics.median(m["sluice"][key] for m in measured)}
+        for key in ("duration", "total_input_tokens", "completed", "send_spread_s", "median_ttft_ms", "client_cpu_s"):
+            if all(key in m[client] for m in measured for client in ("vllm", "sluice")):  # older results lack some
+                rows[key] = {"label": key, "vllm": statistics.median(m["vllm"][key] for m in measured),
+                             "sluice": statistics.median(m["sluice"][key] for m in measured)}
         agree = all(rows[m[1]]["ratio"] is not None and abs(rows[m[1]]["ratio"] - 1) <= TOLERANCE
                     for m in METRICS[:AGREE])
         out[scenario] = {"metrics": rows, "within_10pct": agree}
@@ -304,6 +341,9 @@ def markdown(comparison: dict[str, Any]) -> str:
         lines.append(f"| {scenario} | median TTFT (ms); first to last send (s) | {m['median_ttft_ms']['vllm']:.2f}; "
                      f"{m['send_spread_s']['vllm']:.3f} | {m['median_ttft_ms']['sluice']:.2f}; "
                      f"{m['send_spread_s']['sluice']:.3f} | | |")
+        if "client_cpu_s" in m:
+            lines.append(f"| {scenario} | client CPU (s, whole process incl. start-up) | {m['client_cpu_s']['vllm']:.2f} | "
+                         f"{m['client_cpu_s']['sluice']:.2f} | | |")
     verdicts = "; ".join(
         f"{s}: " + ", ".join(f"{label.split(' (')[0]} {'within' if abs(c['metrics'][key]['ratio'] - 1) <= TOLERANCE else 'NOT within'}"
                              for label, key, _ in METRICS[:AGREE])
