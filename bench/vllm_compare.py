@@ -82,6 +82,8 @@ VLLM_BENCH_SERVE = ("import sys, aiohttp; from vllm.benchmarks.serve import add_
 NO_TRUST_ENV = ("_session = aiohttp.ClientSession; "
                 "aiohttp.ClientSession = lambda *a, **kw: _session(*a, **{**kw, 'trust_env': False}); ")
 WARMUP_SEED = -1  # warm-up prompts are none of the measured ones (those have seeds >= --seed >= 0)
+PREFIX_HITS = "vllm:prefix_cache_hits_total"
+SERVER_TTFT = "vllm:time_to_first_token_seconds"  # a histogram: _sum and _count
 AGREE = 3  # the first three metrics are the ones that must agree within the tolerance
 TOLERANCE = 0.10
 
@@ -96,6 +98,9 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=4, help="even: each client goes first as often (default 4)")
     parser.add_argument("--warmup", type=int, default=8,
                         help="requests at once before every measured run (before a burst run: the whole burst)")
+    parser.add_argument("--no-equal-idle", dest="equal_idle", action="store_false",
+                        help="start sluice's client at once after the warm-up (by default it waits as long as vLLM's "
+                             "client takes to start, so the server has idled as long before either run)")
     parser.add_argument("--vllm-trust-env", action="store_true",
                         help="run vLLM's client as shipped: aiohttp's trust_env lookups inside its TTFT")
     parser.add_argument("--scenarios", default="constant,poisson,burst")
@@ -148,6 +153,7 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         wait_healthy(vllm, base, log_path)
         version = subprocess.run([args.vllm_python, "-c", "import vllm; print(vllm.__version__)"],
                                  capture_output=True, text=True).stdout.strip()
+        args.sluice_delay_s = vllm_client_startup_s(args) if args.equal_idle else 0.0
         scenarios = args.scenarios.split(",")
         rounds: dict[str, list[dict[str, Any]]] = {}
         for round_ in range(args.rounds):
@@ -159,8 +165,11 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                 for client in order:
                     tag = f"{name}-{round_}-{client}"
                     warm_up(args, base, warmup_count(args, name))
+                    ttft0 = metric_totals(base, SERVER_TTFT + "_sum", SERVER_TTFT + "_count")
                     measured[client] = (run_vllm_bench if client == "vllm" else run_sluice_bench)(
                         seeded, name, base, model_dir, workdir / tag)
+                    measured[client]["server_mean_ttft_ms"] = server_mean_ttft_ms(
+                        ttft0, metric_totals(base, SERVER_TTFT + "_sum", SERVER_TTFT + "_count"))
                     print(f"[{time.strftime('%H:%M:%S')}] {tag}: {brief(client, measured[client])}", file=sys.stderr)
                 rounds.setdefault(name, []).append(measured)
         cache_hits = prefix_cache_hits(base)
@@ -175,6 +184,7 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                      "input_len": args.input_len, "output_len": args.output_len, "rounds": args.rounds,
                      "seed": args.seed, "warmup": args.warmup, "vllm_client_trust_env": args.vllm_trust_env,
                      "engine_cpus": args.engine_cpus, "client_cpus": args.client_cpus,
+                     "sluice_client_delay_s": args.sluice_delay_s,
                      "endpoint": "/v1/completions", "model": "tiny random Llama (bench/tiny_llama.py)"},
         "vllm_prefix_cache_hits": cache_hits,
         "commands": {"vllm": "vllm bench serve " + " ".join(vllm_argv(args, "constant", "URL", Path("MODEL_DIR"),
@@ -232,15 +242,33 @@ def warm_up(args: argparse.Namespace, base: str, requests: int) -> None:
         raise RuntimeError(f"warm-up: {len(failed)} of {requests} failed, e.g. {failed[0].status} {failed[0].error}")
 
 
-def prefix_cache_hits(base: str) -> float | None:
-    """vLLM's prefix-cache hits (tokens) so far, from its /metrics; None when it does not export them."""
+def metric_totals(base: str, *names: str) -> dict[str, float] | None:
+    """Each named metric from vLLM's /metrics, summed over its label sets; None when it does not answer."""
     try:
         with urllib.request.urlopen(base + "/metrics", timeout=10) as resp:
             lines = resp.read().decode().splitlines()
     except OSError:
         return None
-    hits = [float(line.rsplit(" ", 1)[1]) for line in lines if line.startswith("vllm:prefix_cache_hits_total")]
-    return sum(hits) if hits else None
+    totals = dict.fromkeys(names, 0.0)
+    for line in lines:
+        name = line.split("{", 1)[0].split(" ", 1)[0]
+        if name in totals:
+            totals[name] += float(line.rsplit(" ", 1)[1])
+    return totals
+
+
+def prefix_cache_hits(base: str) -> float | None:
+    """vLLM's prefix-cache hits (tokens) so far."""
+    totals = metric_totals(base, PREFIX_HITS)
+    return None if totals is None else totals[PREFIX_HITS]
+
+
+def server_mean_ttft_ms(before: dict[str, float] | None, after: dict[str, float] | None) -> float | None:
+    """The server's own mean TTFT (a request's arrival to its first token) over the requests between two scrapes."""
+    if before is None or after is None:
+        return None
+    count = after[SERVER_TTFT + "_count"] - before[SERVER_TTFT + "_count"]
+    return 1e3 * (after[SERVER_TTFT + "_sum"] - before[SERVER_TTFT + "_sum"]) / count if count else None
 
 
 def run_vllm_bench(args: argparse.Namespace, scenario: str, base: str, model_dir: Path, out: Path) -> dict[str, Any]:
@@ -264,6 +292,7 @@ def run_vllm_bench(args: argparse.Namespace, scenario: str, base: str, model_dir
 
 
 def run_sluice_bench(args: argparse.Namespace, scenario: str, base: str, model_dir: Path, out: Path) -> dict[str, Any]:
+    time.sleep(args.sluice_delay_s)  # the server idles after the warm-up as long as before vLLM's client's run
     cpu0 = children_cpu_s()
     proc = subprocess.run(sluice_argv(args, scenario, base, out), capture_output=True, text=True, timeout=600)
     cpu_s = children_cpu_s() - cpu0
@@ -283,6 +312,15 @@ def run_sluice_bench(args: argparse.Namespace, scenario: str, base: str, model_d
     values["median_ttft_ms"] = s["latency_ms"]["ttft"]["p50"] if s["latency_ms"]["ttft"] else None
     values["client_cpu_s"] = cpu_s
     return values
+
+
+def vllm_client_startup_s(args: argparse.Namespace) -> float:
+    """How long vLLM's client takes to start (importing vLLM and torch) before it sends: the server's idle time
+    between the warm-up and its run. A burst that follows a warm-up by 0.5 s instead of ~11 s met a faster server
+    (its own TTFT 772 against 1013 ms, in a run without this)."""
+    started = time.monotonic()
+    subprocess.run([args.vllm_python, "-c", "import vllm.benchmarks.serve"], capture_output=True, check=True)
+    return time.monotonic() - started
 
 
 def pinned(cpus: str) -> list[str]:
@@ -315,8 +353,10 @@ def compare(rounds: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
             per_round = [m["sluice"][key] / m["vllm"][key] if m["vllm"][key] else None for m in measured]
             rows[key] = {"label": label, "vllm": v, "sluice": s, "ratio": s / v if v else None,
                          "ratio_per_round": per_round}
-        for key in ("duration", "total_input_tokens", "completed", "send_spread_s", "median_ttft_ms", "client_cpu_s"):
-            if all(key in m[client] for m in measured for client in ("vllm", "sluice")):  # older results lack some
+        for key in ("duration", "total_input_tokens", "completed", "send_spread_s", "median_ttft_ms", "client_cpu_s",
+                    "server_mean_ttft_ms"):
+            if all(m[client].get(key) is not None for m in measured for client in ("vllm", "sluice")):  # not in
+                # older results
                 rows[key] = {"label": key, "vllm": statistics.median(m["vllm"][key] for m in measured),
                              "sluice": statistics.median(m["sluice"][key] for m in measured)}
         agree = all(rows[m[1]]["ratio"] is not None and abs(rows[m[1]]["ratio"] - 1) <= TOLERANCE
@@ -341,6 +381,9 @@ def markdown(comparison: dict[str, Any]) -> str:
         lines.append(f"| {scenario} | median TTFT (ms); first to last send (s) | {m['median_ttft_ms']['vllm']:.2f}; "
                      f"{m['send_spread_s']['vllm']:.3f} | {m['median_ttft_ms']['sluice']:.2f}; "
                      f"{m['send_spread_s']['sluice']:.3f} | | |")
+        if "server_mean_ttft_ms" in m:
+            lines.append(f"| {scenario} | the server's own mean TTFT (ms; arrival to first token, vLLM's /metrics) | "
+                         f"{m['server_mean_ttft_ms']['vllm']:.2f} | {m['server_mean_ttft_ms']['sluice']:.2f} | | |")
         if "client_cpu_s" in m:
             lines.append(f"| {scenario} | client CPU (s, whole process incl. start-up) | {m['client_cpu_s']['vllm']:.2f} | "
                          f"{m['client_cpu_s']['sluice']:.2f} | | |")
