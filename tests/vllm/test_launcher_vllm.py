@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import os
 from pathlib import Path
 
 import httpx
@@ -13,18 +12,10 @@ from sluice.clock import MonotonicClock
 from sluice.config import parse_settings
 from sluice.engines import EngineLauncher, plan_commands
 from sluice.engines.dialects import LaunchSpec
-from tests.conftest import serve_gateway, wait_until
+from tests.conftest import process_alive, serve_gateway, wait_until
 from tests.vllm.engine_process import ENGINE_ENV
 
 pytestmark = pytest.mark.vllm
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 def test_the_launcher_starts_serves_and_stops_a_real_vllm(vllm_python: str, tiny_model: Path, tmp_path: Path):
@@ -41,4 +32,4 @@ def test_the_launcher_starts_serves_and_stops_a_real_vllm(vllm_python: str, tiny
         assert r.status_code == 200, r.text
         assert r.json()["usage"]["completion_tokens"] <= 4
         pid = launcher._children[0].proc.pid
-    assert wait_until(lambda: not alive(pid), timeout_s=30), "vLLM outlived the gateway that launched it"
+    assert wait_until(lambda: not process_alive(pid), timeout_s=30), "vLLM outlived the gateway that launched it"
