@@ -34,3 +34,19 @@ def test_check_config_summarises_a_good_file(tmp_path, capsys):
     good.write_text("models: [{name: m, sim: {}}]\nauth: {mode: open}\n")
     assert main(["check-config", str(good)]) == 0
     assert "1 model(s)" in capsys.readouterr().out
+
+
+def test_tune_gc_freezes_startup_objects_and_collects_young_objects_less_often() -> None:
+    import gc
+
+    from sluice.cli import GC_GEN0_THRESHOLD, tune_gc
+
+    before = gc.get_threshold()
+    gc.unfreeze()
+    try:
+        tune_gc()
+        assert gc.get_freeze_count() > 1000  # the imported modules' objects
+        assert gc.get_threshold() == (GC_GEN0_THRESHOLD, before[1], before[2])
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
