@@ -248,3 +248,28 @@ async def test_redis_store_loads_its_script_again_after_a_flush(redis_server):
     assert d.allowed and d.states[0].remaining == 8
     await admin.aclose()
     await store.close()
+
+
+async def test_a_busy_gateway_loop_is_not_mistaken_for_a_slow_redis(redis_server):
+    """Redis answers the decision after ~10 ms, inside the 20 ms store timeout, but the gateway's loop is blocked
+    from 5 to 85 ms: the answer waits in the socket, and the decision is that answer, not a timeout (no degraded
+    mode). asyncio.timeout would call it a timeout: its timer comes due before the loop reads the socket."""
+    import time
+
+    import redis.asyncio as aioredis
+
+    store = RedisStore.from_url(redis_server.url, timeout_s=0.02)
+    b = bucket(10)
+    await store.acquire([b], [], rid())  # connection open, script loaded
+    blocker = aioredis.from_url(redis_server.url)
+    await blocker.ping()
+    busy = asyncio.create_task(blocker.eval(  # Redis busy for 10 ms: the decision waits behind it
+        "local t0 = redis.call('TIME') repeat local t = redis.call('TIME') "
+        "until (t[1] - t0[1]) * 1000000 + (t[2] - t0[2]) > 10000 return 1", 0))
+    await asyncio.sleep(0.001)
+    asyncio.get_running_loop().call_later(0.005, time.sleep, 0.08)
+    d = await store.acquire([b], [], rid())
+    assert d.allowed and d.states[0].remaining == 8
+    await busy
+    await blocker.aclose()
+    await store.close()

@@ -5,7 +5,8 @@ At most ``MAX_CALLS_IN_FLIGHT`` script calls are on the wire at once; the operat
 together in the next call (at most ``MAX_BATCH`` a call): under load one round trip carries many decisions (each
 still atomic and all-or-nothing), which keeps a shared store cheap per request; at low load a decision costs one
 round trip. Each call is bounded by ``timeout_s`` (so a waiter waits at most for a call ahead of its own and for
-its own). A decision whose caller stopped waiting (its client left, or
+its own), counted as the loop sees it but not while the loop itself was too busy to read the answer
+(``_deadline``). A decision whose caller stopped waiting (its client left, or
 the call timed out) gives back what it took: a granted decision is refunded and released once its reply arrives
 (or, when it had arrived but its caller was cancelled before it could resume, then); a timed-out one releases
 its leases a second later (its charges stay: over-charging is the safe side).
@@ -25,6 +26,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError
 
 from sluice.quota import _wire
+from sluice.quota._deadline import StoreDeadline
 from sluice.quota._model import Bucket, BucketState, Decision, Lease
 
 log = logging.getLogger("sluice.quota")
@@ -131,7 +133,7 @@ class RedisStore:
     async def _send(self, batch: list[_Pending]) -> None:
         try:
             keys, args = _wire.encode((o for p in batch for o in p.ops), (k for p in batch for k in p.keys))
-            async with asyncio.timeout(self._timeout_s):  # not wait_for: its extra task would send a loop turn later
+            async with StoreDeadline(self._timeout_s):  # not wait_for: its extra task would send a loop turn later
                 replies = await self._evalsha(keys, args)
         except Exception as exc:  # noqa: BLE001 - every waiter learns of the failure
             self._next_call()
