@@ -1,5 +1,6 @@
 """Overload: the engine alone, Sluice with a fixed window, Sluice with an adaptive window, and Sluice with engine-side
-priority scheduling, from 0.5x to 3x the engine's capacity, with three tiers of callers.
+priority scheduling (vLLM's, then SGLang's with preemption), from 0.5x to 3x the engine's capacity, with three tiers
+of callers.
 
     python bench/overload.py            # defaults: --speed 2 --max-num-seqs 16 --input-len 256 --output-len 64
                                         #           --loads 0.5,1,2,3 --duration 25 --warmup 5 --adaptive gradient
@@ -7,7 +8,8 @@ priority scheduling, from 0.5x to 3x the engine's capacity, with three tiers of 
 One command starts, on 127.0.0.1 and free ports, and stops by PID at the end (also on error or SIGTERM):
   CPU 0: the engine simulator alone (``sluice sim --max-num-seqs 16 --speed 2``: continuous batching, decode step
          a + b x batch, prefill per token; every answer exactly --output-len tokens via ``ignore_eos``); FCFS
-         scheduling for (a)-(c); for (d) it is stopped and a fresh one started with ``--scheduling-policy priority``;
+         scheduling for (a)-(c); for (d) it is stopped and a fresh one started with ``--scheduling-policy priority``,
+         for (e) one in the sglang dialect with ``--scheduling-policy priority --priority-preemption``;
   CPU 1: the gateway under test (``sluice serve``, one per configuration, started and stopped in turn) and this
          process, the load generator (``sluice.bench.run_load``: open loop, Poisson arrivals, streamed chat).
 All three run under SCHED_FIFO priority 1 (``--sched fifo``; ``nice`` or ``none`` otherwise) so that other load on
@@ -25,7 +27,12 @@ chunk), ``--output-len 32-96`` (answers of varied length), ``--dump-requests DIR
    x (1 + --priority-headroom))}}``, 20 for 16 with a reserve of 0.2: lower tiers stop at floor(20 x 0.8) = 16, the
    engine's seats, and slots 17-20 are kept for premium at all times, so a premium request reaches the engine even
    when lower tiers hold every seat, and the engine, given each request's priority in its convention (vLLM: lower
-   first), runs it first and preempts the least important running sequence for it): an unloaded run (premium only, 0.1x
+   first), runs it first when a seat frees: vLLM never preempts for a seat) and (e) ``engine-preempt`` (the same
+   gateway with ``engine: {dialect: sglang}``, so priorities go out higher first, in front of the simulator in the
+   sglang dialect with SGLang's priority preemption: a waiting request more important than a running one by more
+   than --preempt-threshold takes its seat at once, the preempted one resuming later from its cached prompt; 5 by
+   default, so premium (10) preempts standard (0) and batch (-1), and standard does not preempt batch; SGLang's own
+   default, 10, would let premium preempt batch only): for each, an unloaded run (premium only, 0.1x
    capacity) for the top tier's unloaded TTFT, then Poisson arrivals at each load x capacity for --duration s,
    of which the first --warmup s are not measured. Tenants, by share of the arrivals: premium 15% (tier
    premium, priority 10), std-a 30% and std-b 30% (tier standard, priority 0: the two equal tenants of Jain's
@@ -37,7 +44,9 @@ system took: answered, or still without a first token when they gave up, counted
 rejection rate (429/503, by reason), engine throughput (simulator tokens/s over the window) as a share of its
 maximum, and Jain's index between std-a and std-b on their goodput (and, beside it, on their output tokens/s).
 The gateway's /metrics (window, in flight, queued, saturation, protection mode) are sampled every 0.5 s; the
-simulator's preemptions (``vllm:num_preemptions_total``) are counted over the window.
+simulator's preemptions (``vllm:num_preemptions_total``; in the sglang dialect
+``sglang:num_retracted_requests_total``, where the simulator counts its priority preemptions too) are counted over
+the window. The simulator's metrics are read under vLLM's names whatever its dialect (``SIM_METRIC_ALIASES``).
 
 Output: markdown tables on stdout, everything in bench/results/overload.json, plots in bench/results/overload/
 (overload_ttft.png, overload_goodput.png, overload_window.png, and the library's per-run latency CDF and timeline
@@ -96,9 +105,21 @@ PLOTS = HERE / "results" / "overload"
 DOC_IMG = ROOT / "docs" / "img"
 MODEL = "sluice-sim"
 SIM_CPU, GATEWAY_CPU, LOAD_CPU = "0", "1", "1"
-CONFIGS = ("direct", "fixed", "adaptive", "engine-priority")
+CONFIGS = ("direct", "fixed", "adaptive", "engine-priority", "engine-preempt")
 # the simulator's scheduling policy per configuration (the others: fcfs)
-SIM_POLICY = {"engine-priority": "priority"}
+SIM_POLICY = {"engine-priority": "priority", "engine-preempt": "priority"}
+# the simulator's dialect per configuration, also the gateway's engine dialect (the others: vllm)
+SIM_DIALECT = {"engine-preempt": "sglang"}
+# the simulator's metrics in another dialect -> the vLLM names this script reads
+SIM_METRIC_ALIASES = {
+    "sglang": {
+        "sglang:num_running_reqs": "vllm:num_requests_running",
+        "sglang:num_queue_reqs": "vllm:num_requests_waiting",
+        "sglang:token_usage": "vllm:kv_cache_usage_perc",
+        "sglang:generation_tokens_total": "vllm:generation_tokens_total",
+        "sglang:num_retracted_requests_total": "vllm:num_preemptions_total",
+    },
+}
 
 # tier -> settings (no quota limits at all); tenants -> (tier, share of the arrivals)
 TIERS: dict[str, dict[str, float]] = {
@@ -140,6 +161,20 @@ async def scrape(session: aiohttp.ClientSession, url: str) -> dict[str, float]:
         return parse_prometheus(await resp.text())
 
 
+async def scrape_sim(session: aiohttp.ClientSession, url: str, dialect: str) -> dict[str, float]:
+    """The simulator's /metrics, its dialect's names also under vLLM's."""
+    metrics = await scrape(session, url)
+    for theirs, ours in SIM_METRIC_ALIASES.get(dialect, {}).items():
+        if theirs in metrics:
+            metrics[ours] = metrics[theirs]
+    return metrics
+
+
+def sim_kind(config: str) -> tuple[str, str]:
+    """The simulator a configuration runs on: (scheduling policy, dialect)."""
+    return SIM_POLICY.get(config, "fcfs"), SIM_DIALECT.get(config, "vllm")
+
+
 GATEWAY_GAUGES = ("sluice_admission_limit", "sluice_admission_in_flight", "sluice_admission_queued",
                   "sluice_engine_saturation", "sluice_protection_engaged")
 SIM_GAUGES = ("vllm:num_requests_running", "vllm:num_requests_waiting", "vllm:kv_cache_usage_perc")
@@ -148,8 +183,9 @@ SIM_GAUGES = ("vllm:num_requests_running", "vllm:num_requests_waiting", "vllm:kv
 class Sampler:
     """Reads the simulator's token counter at the window's edges, and both /metrics every SAMPLE_EVERY_S."""
 
-    def __init__(self, sim_url: str, gateway_url: str | None, warmup_s: float, duration_s: float) -> None:
-        self.sim_url, self.gateway_url = sim_url, gateway_url
+    def __init__(self, sim_url: str, gateway_url: str | None, warmup_s: float, duration_s: float,
+                 sim_dialect: str = "vllm") -> None:
+        self.sim_url, self.gateway_url, self.sim_dialect = sim_url, gateway_url, sim_dialect
         self.warmup_s, self.duration_s = warmup_s, duration_s
         self.edges: dict[str, tuple[float, float]] = {}  # "begin"/"end" -> (t_s, generation tokens)
         self.edge_preemptions: dict[str, float] = {}  # "begin"/"end" -> the simulator's preemptions so far
@@ -163,7 +199,7 @@ class Sampler:
                 now = time.monotonic() - t0
                 if next_edge and now >= next_edge[0][1]:
                     try:
-                        sim = await scrape(session, self.sim_url)
+                        sim = await scrape_sim(session, self.sim_url, self.sim_dialect)
                     except (aiohttp.ClientError, asyncio.TimeoutError):
                         continue  # try again at once
                     name, _ = next_edge.pop(0)
@@ -172,7 +208,7 @@ class Sampler:
                     continue
                 row = {"t_s": round(now, 2)}
                 try:
-                    sim = await scrape(session, self.sim_url)
+                    sim = await scrape_sim(session, self.sim_url, self.sim_dialect)
                     row.update({k: sim.get(k, math.nan) for k in SIM_GAUGES})
                     if self.gateway_url:
                         gw = await scrape(session, self.gateway_url)
@@ -194,12 +230,12 @@ class Sampler:
         return (g_end - g_begin) / (t_end - t_begin)
 
 
-async def wait_drained(sim_url: str, timeout_s: float = 90.0) -> float:
+async def wait_drained(sim_url: str, sim_dialect: str, timeout_s: float = 90.0) -> float:
     """Wait until the simulator has nothing running or waiting; return how long that took."""
     started = time.monotonic()
     async with aiohttp.ClientSession() as session:
         while time.monotonic() - started < timeout_s:
-            m = await scrape(session, sim_url)
+            m = await scrape_sim(session, sim_url, sim_dialect)
             if m.get("vllm:num_requests_running", 0) == 0 and m.get("vllm:num_requests_waiting", 0) == 0:
                 return time.monotonic() - started
             await asyncio.sleep(0.2)
@@ -217,10 +253,10 @@ def make_tenants(keys: dict[str, str] | None, args: argparse.Namespace, only: Se
 
 
 async def run_one(base_url: str, sim_url: str, gateway_url: str | None, tenants: tuple[Tenant, ...], rate: float,
-                  duration_s: float, warmup_s: float, seed: int, timeout_s: float, endpoint: str
-                  ) -> tuple[list[RequestResult], Sampler, float]:
+                  duration_s: float, warmup_s: float, seed: int, timeout_s: float, endpoint: str,
+                  sim_dialect: str) -> tuple[list[RequestResult], Sampler, float]:
     shape = RequestShape(base_url, MODEL, endpoint=endpoint, stream=True, ignore_eos=True, timeout_s=timeout_s)
-    sampler = Sampler(sim_url, gateway_url, warmup_s, duration_s)
+    sampler = Sampler(sim_url, gateway_url, warmup_s, duration_s, sim_dialect)
     t0 = time.monotonic()
     sampling = asyncio.create_task(sampler.run(t0, until_cancelled=True))
     record = await run_load(shape, LoadSpec(Poisson(rate), duration_s=duration_s), tenants, seed=seed,
@@ -234,21 +270,22 @@ async def run_one(base_url: str, sim_url: str, gateway_url: str | None, tenants:
     if "end" not in sampler.edges:
         raise RuntimeError("the sampler missed the end of the window")
     await sampler.final_gateway()
-    drained_s = await wait_drained(sim_url)
+    drained_s = await wait_drained(sim_url, sim_dialect)
     return record.results, sampler, drained_s
 
 
-async def measure_capacity(sim_url: str, args: argparse.Namespace) -> dict[str, Any]:
+async def measure_capacity(sim_url: str, sim_dialect: str, args: argparse.Namespace) -> dict[str, Any]:
     tenants = make_tenants(None, args, only=("premium",))
     shape = RequestShape(sim_url, MODEL, endpoint=args.endpoint, stream=True, ignore_eos=True, timeout_s=60)
-    sampler = Sampler(sim_url, None, args.capacity_warmup, args.capacity_warmup + args.capacity_duration)
+    sampler = Sampler(sim_url, None, args.capacity_warmup, args.capacity_warmup + args.capacity_duration,
+                      sim_dialect)
     t0 = time.monotonic()
     sampling = asyncio.create_task(sampler.run(t0, until_cancelled=False))
     users = 2 * args.max_num_seqs
     record = await run_load(shape, LoadSpec(concurrency=users, duration_s=args.capacity_warmup + args.capacity_duration),
                             tenants, seed=args.seed, clock=MonotonicClock())
     await sampling
-    await wait_drained(sim_url)
+    await wait_drained(sim_url, sim_dialect)
     tokens_per_s = sampler.engine_tokens_per_s()
     ok = [r for r in record.results if r.ok and r.start_s >= args.capacity_warmup]
     tpot = sorted(r.tpot_s for r in ok if r.tpot_s is not None)
@@ -422,7 +459,7 @@ def gateway_totals(metrics: dict[str, float]) -> dict[str, Any]:
 
 
 def priority_window(args: argparse.Namespace) -> int:
-    """(d)'s fixed window: the engine's seats and --priority-headroom more (20 for 16 at 0.25)."""
+    """(d) and (e)'s fixed window: the engine's seats and --priority-headroom more (20 for 16 at 0.25)."""
     return math.ceil(args.max_num_seqs * (1 + args.priority_headroom) - 1e-9)
 
 
@@ -432,7 +469,7 @@ def gateway_config(kind: str, args: argparse.Namespace, port: int, sim_url: str,
     extra = ""
     if kind == "fixed":
         window = f"{{kind: fixed, initial: {n}}}"
-    elif kind == "engine-priority":
+    elif kind in ("engine-priority", "engine-preempt"):
         window = f"{{kind: fixed, initial: {priority_window(args)}}}"
         # the top band's share of the window kept at all times: lower bands stop at floor(window x (1 - share))
         extra = (f"priority_to_engine: true, protection: {{reserve_when: always, "
@@ -452,7 +489,7 @@ def gateway_config(kind: str, args: argparse.Namespace, port: int, sim_url: str,
         f"auth: {{mode: api_key}}\n"
         f"models:\n"
         f"  - name: {MODEL}\n"
-        f"    engine: {{dialect: vllm, urls: ['{sim_url}']}}\n"
+        f"    engine: {{dialect: {sim_kind(kind)[1]}, urls: ['{sim_url}']}}\n"
         f"    admission: {{{extra}window: {window}}}\n"
         f"tiers:\n{tiers}\n"
         f"keys:\n{key_lines}\n"
@@ -580,7 +617,7 @@ def plot(result: dict[str, Any], out_dir: Path) -> list[Path]:
 
     configs, runs = result["configs"], result["runs"]
     styles = {"direct": ("tab:red", "o"), "fixed": ("tab:blue", "s"), "adaptive": ("tab:green", "^"),
-              "engine-priority": ("tab:purple", "D")}
+              "engine-priority": ("tab:purple", "D"), "engine-preempt": ("tab:orange", "P")}
     paths = []
 
     fig, axes = plt.subplots(1, len(TIERS), figsize=(14, 4.5), sharey=True)
@@ -683,7 +720,8 @@ def git_commit() -> str:
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description="Sluice under overload: direct vs fixed window vs adaptive window vs engine priority.")
+    p = argparse.ArgumentParser(description="Sluice under overload: direct vs fixed window vs adaptive window vs engine "
+                                            "priority (vLLM's, SGLang's with preemption).")
     p.add_argument("--loads", default="0.5,1,2,3", help="offered loads, in multiples of the engine's capacity")
     p.add_argument("--configs", default=",".join(CONFIGS), help=f"which of {', '.join(CONFIGS)}")
     p.add_argument("--duration", type=float, default=25.0, help="seconds of arrivals per run (default 25)")
@@ -701,6 +739,10 @@ def main() -> int:
     p.add_argument("--adaptive", choices=("gradient", "aimd"), default="gradient")
     p.add_argument("--priority-headroom", type=float, default=0.25,
                    help="engine-priority: the fixed window is max_num_seqs x (1 + this), rounded up (default 0.25)")
+    p.add_argument("--preempt-threshold", type=int, default=5,
+                   help="engine-preempt: the simulator's --priority-preemption-threshold (SGLang's "
+                        "--priority-scheduling-preemption-threshold; default 5: premium preempts standard and batch, "
+                        "standard does not preempt batch; SGLang's default 10: premium preempts batch only)")
     p.add_argument("--priority-reserve", type=float, default=0.2,
                    help="engine-priority: protection.reserve_top_share with reserve_when: always, the window's share "
                         "kept for premium at all times (default 0.2: lower tiers stop at 16 of 20)")
@@ -801,13 +843,18 @@ async def run(args: argparse.Namespace, loads: list[float], configs: list[str], 
               procs: Processes) -> dict[str, Any]:
     nice = {"fifo": ["chrt", "-f", "1"], "nice": ["nice", "-n", "-10"], "none": []}[args.sched]
 
-    async def start_sim(policy: str) -> tuple[Any, str]:
+    async def start_sim(kind: tuple[str, str]) -> tuple[Any, str]:
+        policy, dialect = kind
+        # SGLang's priority preemption comes with its priority scheduling (explicit here, with its threshold)
+        preempt = ["--priority-preemption", "--priority-preemption-threshold", str(args.preempt_threshold)] \
+            if dialect == "sglang" and policy == "priority" else []
         port = free_port()
-        proc = procs.start("sim" if policy == "fcfs" else f"sim-{policy}", SIM_CPU, [
+        name = "-".join(["sim", *([dialect] if dialect != "vllm" else []), *([policy] if policy != "fcfs" else [])])
+        proc = procs.start(name, SIM_CPU, [
             *nice, sys.executable, "-m", "sluice.cli", "sim", "--model", MODEL, "--host", "127.0.0.1", "--port",
             str(port), "--max-num-seqs", str(args.max_num_seqs), "--speed", str(args.speed),
             "--output-len-min", str(args.output_range[0]), "--output-len-max", str(args.output_range[1]),
-            "--seed", str(args.seed), "--scheduling-policy", policy,
+            "--seed", str(args.seed), "--dialect", dialect, "--scheduling-policy", policy, *preempt,
         ])
         url = f"http://127.0.0.1:{port}"
         await asyncio.to_thread(wait_until_up, proc, url + "/health")
@@ -822,12 +869,12 @@ async def run(args: argparse.Namespace, loads: list[float], configs: list[str], 
             proc.popen.kill()
             await asyncio.to_thread(proc.popen.wait)
 
-    sim_policy = SIM_POLICY.get(configs[0], "fcfs")
-    sim, sim_url = await start_sim(sim_policy)
+    kind = sim_kind(configs[0])
+    sim, sim_url = await start_sim(kind)
     load_before = os.getloadavg()
 
-    capacity = await measure_capacity(sim_url, args)
-    capacity["sim_policy"] = sim_policy
+    capacity = await measure_capacity(sim_url, kind[1], args)
+    capacity["sim_policy"], capacity["sim_dialect"] = kind
     log(f"capacity: {capacity['tokens_per_s']:.0f} tokens/s = {capacity['requests_per_s']:.2f} req/s "
         f"(parameters predict {capacity['model_requests_per_s']:.2f}); TPOT p50 {capacity['tpot_p50_ms']:.1f} ms")
     capacity["before"] = dict(capacity)
@@ -850,7 +897,9 @@ async def run(args: argparse.Namespace, loads: list[float], configs: list[str], 
             "tenants": {k: {"tier": t, "share": s} for k, (t, s) in TENANTS.items()},
             "cpus": {"sim": SIM_CPU, "gateway": GATEWAY_CPU, "load_generator": LOAD_CPU}, "seed": args.seed,
             "sched": args.sched,
-            "sim_policy": {c: SIM_POLICY.get(c, "fcfs") for c in configs},
+            "sim_policy": {c: sim_kind(c)[0] for c in configs},
+            "sim_dialect": {c: sim_kind(c)[1] for c in configs},
+            "preempt_threshold": args.preempt_threshold if "engine-preempt" in configs else None,
             "priority_window": priority_window(args),
             "priority_reserve": {
                 "reserve_when": "always", "reserve_top_share": args.priority_reserve,
@@ -864,13 +913,13 @@ async def run(args: argparse.Namespace, loads: list[float], configs: list[str], 
         "loadavg_before": load_before,
     }
     for config in configs:
-        if SIM_POLICY.get(config, "fcfs") != sim_policy:  # a fresh simulator with this configuration's policy
+        if sim_kind(config) != kind:  # a fresh simulator with this configuration's policy and dialect
             if sim.popen.poll() is not None:
                 raise RuntimeError(f"the simulator died during the run:\n{sim.log_tail()}")
             await stop(sim)
-            sim_policy = SIM_POLICY.get(config, "fcfs")
-            sim, sim_url = await start_sim(sim_policy)
-            log(f"simulator restarted with --scheduling-policy {sim_policy} for {config}")
+            kind = sim_kind(config)
+            sim, sim_url = await start_sim(kind)
+            log(f"simulator restarted with --scheduling-policy {kind[0]} --dialect {kind[1]} for {config}")
         gateway = None
         base_url, gateway_url = sim_url, None
         if config != "direct":
@@ -887,7 +936,7 @@ async def run(args: argparse.Namespace, loads: list[float], configs: list[str], 
         tenants = make_tenants(gw_keys, args, only=("premium",))
         results, sampler, drained = await run_one(base_url, sim_url, gateway_url, tenants, UNLOADED_LOAD * cap_rps,
                                                   args.unloaded_duration, 2.0, args.seed, args.timeout,
-                                                  args.endpoint)
+                                                  args.endpoint, kind[1])
         a = analyse(results, sampler, tenants, warmup_s=2.0, duration_s=args.unloaded_duration,
                     slo_ttft_s=slo["ttft_s"], slo_tpot_s=slo["tpot_s"], max_tokens_per_s=capacity["tokens_per_s"])
         result["unloaded"][config] = {"rate_per_s": UNLOADED_LOAD * cap_rps, "analysis": a}
@@ -900,11 +949,11 @@ async def run(args: argparse.Namespace, loads: list[float], configs: list[str], 
             t_run = time.monotonic()
             access_log = workdir / f"{config}.access.log"
             offset = access_log.stat().st_size if gateway and access_log.exists() else 0
-            roles = {"sim": sim, gateway.name if gateway else "": gateway}  # "sim" whatever its policy
+            roles = {"sim": sim, gateway.name if gateway else "": gateway}  # "sim" whatever its policy and dialect
             cpu0 = {name: proc.cpu_s() for name, proc in roles.items() if proc is not None}
             results, sampler, drained = await run_one(base_url, sim_url, gateway_url, tenants, rate, args.duration,
                                                       args.warmup, args.seed + 1 + i, args.timeout,
-                                                      args.endpoint)
+                                                      args.endpoint, kind[1])
             a = analyse(results, sampler, tenants, warmup_s=args.warmup, duration_s=args.duration,
                         slo_ttft_s=slo["ttft_s"], slo_tpot_s=slo["tpot_s"],
                         max_tokens_per_s=capacity["tokens_per_s"])
@@ -945,8 +994,8 @@ async def run(args: argparse.Namespace, loads: list[float], configs: list[str], 
         raise RuntimeError(f"the simulator died during the run:\n{sim.log_tail()}")
     # The engine's maximum is re-measured after the runs; the higher of the two is its maximum, and every run's
     # share is restated against it (a maximum depressed by a noisy moment would flatter every share).
-    after = await measure_capacity(sim_url, args)  # on the last configuration's simulator (no priority fields)
-    after["sim_policy"] = sim_policy
+    after = await measure_capacity(sim_url, kind[1], args)  # on the last configuration's simulator (no priority fields)
+    after["sim_policy"], after["sim_dialect"] = kind
     log(f"capacity after the runs: {after['tokens_per_s']:.0f} tokens/s = {after['requests_per_s']:.2f} req/s")
     capacity["after"] = after
     best = max(capacity["before"]["tokens_per_s"], after["tokens_per_s"])

@@ -88,9 +88,15 @@ class SimSettings(_Frozen):
     decode_per_seq_s: float = Field(0.0002, ge=0)
     speed: float = Field(1.0, gt=0)
     max_waiting: int | None = Field(None, ge=0)
-    # "priority": like vLLM's --scheduling-policy priority, requests carry "priority" (lower runs first) and the waiting
-    # queue is ordered by it; a full KV cache preempts the least important (newest among equals), a full batch none.
+    # "priority": like vLLM's --scheduling-policy priority (SGLang's --enable-priority-scheduling), requests carry
+    # "priority" in the dialect's convention (sglang: higher runs first; vllm, lmdeploy: lower first) and the waiting
+    # queue is ordered by it; a full KV cache preempts the least important (newest among equals).
     scheduling_policy: Literal["fcfs", "priority"] = "fcfs"
+    # under "priority": may a waiting request preempt running ones for a seat, as SGLang does? None: the dialect's own
+    # behaviour (sglang: yes, unless --disable-priority-preemption; vllm, lmdeploy: never, it waits for a seat)
+    priority_preemption: bool | None = None
+    # it preempts only requests less important by more than this (SGLang's --priority-scheduling-preemption-threshold)
+    priority_preemption_threshold: int = Field(10, ge=0)
     output_len_min: int = Field(16, ge=1)
     output_len_max: int = Field(256, ge=1)
     embedding_dim: int = Field(64, ge=1)

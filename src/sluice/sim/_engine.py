@@ -1,8 +1,9 @@
 """The engine model: continuous batching over a paged KV cache, pure and synchronous.
 
-One ``EngineModel`` plays the part of vLLM's scheduler. Time does not pass here: ``schedule()`` plans one
-forward step (and says how long it would take on the GPU), ``commit(step)`` applies its outcome (one new token
-for every sequence that was in the step). The async runner sleeps between the two.
+One ``EngineModel`` plays the part of vLLM's scheduler (and, where the dialect says so, of SGLang's priority
+preemption). Time does not pass here: ``schedule()`` plans one forward step (and says how long it would take on the
+GPU), ``commit(step)`` applies its outcome (one new token for every sequence that was in the step). The async runner
+sleeps between the two.
 
 Rules, as vLLM (v1 scheduler, recompute preemption) applies them:
 
@@ -13,22 +14,63 @@ Rules, as vLLM (v1 scheduler, recompute preemption) applies them:
   free, the most recently admitted running sequence is preempted (under the priority policy: the least important,
   newest among equals): its blocks are freed and it goes back to the waiting queue, keeping its generated
   tokens (it re-prefills prompt + generated later);
-- the priority policy orders the waiting queue by (priority, arrival), lower first; like vLLM's v1 scheduler it
-  never preempts a running sequence to seat a more important one: that one waits for a seat;
-- waiting sequences are admitted in order while seats and blocks allow (not in a step that preempted);
-  their prefill produces their first token in the same step;
+- the priority policy orders the waiting queue by (priority, arrival), lower first (``Sequence.priority`` is
+  always in this convention; ``_serving`` turns an SGLang request's higher-first value around); unless
+  ``priority_preemption`` is on (below), like vLLM's v1 scheduler it never preempts a running sequence to seat a
+  more important one: that one waits for a seat;
+- waiting sequences are admitted in order while seats and blocks allow (not in a step whose decodes overflowed
+  the KV cache); their prefill produces their first token in the same step;
 - step time = (prefill_s_per_token * prefilled tokens + [decode_base_s + decode_per_seq_s * decoding seqs])
   / speed, the bracket only when something decodes.
+
+Priority preemption for a seat (``priority_preemption``, the sglang dialect's default under the priority policy),
+as SGLang does it (sgl-project/sglang, python/sglang/srt/):
+
+- server_args.py: ``--enable-priority-scheduling`` orders the waiting queue by priority, higher first unless
+  ``--schedule-low-priority-values-first``; preemption comes with it unless ``--disable-priority-preemption``
+  (``Scheduler.enable_priority_preemption`` in managers/scheduler.py); ``--priority-scheduling-preemption-threshold``,
+  default 10: "minimum difference in priorities for an incoming request to have to preempt running request(s)".
+- managers/scheduler.py, ``Scheduler._get_new_batch_prefill_raw``: the waiting queue, sorted by (priority, time it
+  entered the queue) (schedule_policy.py, ``SchedulePolicy._sort_by_priority_and_fcfs``), is walked in order;
+  when the seats are taken (``len(can_run_list) >= get_num_allocatable_reqs(running_bs)``: ``max_running_requests``)
+  it calls ``PrefillAdder.preempt_to_schedule(req)`` and stops at the first request that cannot preempt. Short
+  memory alone (``add_one_req`` answering ``NO_TOKEN``) stops the walk without preempting: preemption is for a seat.
+- managers/schedule_policy.py, ``PrefillAdder.preempt_to_schedule``: the running requests, least important first
+  and among equals the one that entered the waiting queue last, are taken while each is less important than the
+  newcomer by strictly more than the threshold (the first that is not ends the search), until the newcomer's
+  tokens fit the KV budget with theirs released; if none qualifies or they do not free enough, nothing is
+  preempted. The victims are released and put back in the waiting queue (``_add_request_to_queue``, which
+  stamps a new queue-entry time: they wait behind the requests of their priority that were already waiting).
+- their KV: ``ScheduleBatch.release_req`` calls ``release_kv_cache(req, tree_cache, is_insert=False)``
+  (mem_cache/common.py; ``RadixCache.cache_finished_req`` in mem_cache/radix_cache.py): what the radix tree
+  already holds of the request stays there, unlocked (evictable, LRU), the rest is freed. The tree holds what
+  ``cache_unfinished_req`` inserted after its last prefill (``process_batch_result_prefill``: "This updates
+  radix so others can match"), i.e. its prompt (and its earlier output, after a re-prefill); tokens decoded
+  since are lost. Re-admitted, ``match_prefix`` finds that prefix unless ``RadixCache.evict`` took it, and only
+  the rest is prefilled again. Evictable tree tokens count as free in ``sglang:token_usage``.
+
+The rule modelled here: a sequence preempted for a seat keeps the full blocks of what its last prefill wrote as a
+cached prefix, held until their room is needed (then freed, the oldest cached first; never the prefix of the
+sequence being admitted) and not counted in ``kv_usage``; re-admitted with it, it prefills only the rest and takes
+only the blocks it lacks. Its victims are chosen as SGLang chooses them, counting the blocks they hold (the
+simulator has no reservation for future tokens, which SGLang's budget counts instead). It goes back to the queue
+with a new entry stamp. Not modelled: SGLang's retraction when a decode finds the KV cache full
+(``ScheduleBatch.retract_decode``, by default the request with the fewest output tokens, not by priority): every
+dialect keeps vLLM's rule above for that, recomputing the whole sequence. Both kinds count in ``num_preemptions``.
 """
 
 from __future__ import annotations
 
 import enum
+import itertools
 from collections import deque
 from dataclasses import dataclass, field
 
 from sluice.config import SimSettings
 from sluice.errors import EngineUnavailableError
+
+# dialects whose engine, under the priority policy, preempts running requests for a seat unless told not to
+SEAT_PREEMPTING_DIALECTS = frozenset({"sglang"})
 
 
 class SeqState(enum.Enum):
@@ -43,18 +85,22 @@ class Sequence:
     """One sequence in the engine: one choice of one request.
 
     ``output_len`` is how many tokens it will generate in all (decided before it is submitted).
-    ``arrival_s`` and ``last_token_s`` are stamped by the runner, for latency metrics.
+    ``arrival_s`` and ``last_token_s`` are stamped by the runner, for latency metrics; ``queued_at`` by the
+    engine, each time it enters the waiting queue as a newcomer.
     """
 
     seq_id: int
     prompt_tokens: int
     output_len: int
-    priority: int = 0  # under the priority policy: lower runs first (vLLM's convention)
+    priority: int = 0  # under the priority policy: lower runs first (vLLM's convention; SGLang's is turned around)
     generated: int = 0
     blocks: int = 0
     state: SeqState = SeqState.WAITING
     num_preemptions: int = 0
     prefilled_once: bool = False  # its prompt is counted in prompt_tokens_total once, not on re-prefills
+    queued_at: int = 0  # orders it among equal priorities (and picks the newest victim)
+    computed_tokens: int = 0  # tokens its last prefill wrote: what a radix cache holds of it
+    cached_blocks: int = 0  # preempted for a seat: blocks of its computed prefix still cached
     arrival_s: float = 0.0
     last_token_s: float | None = None
 
@@ -83,10 +129,17 @@ class EngineModel:
         self.settings = settings
         self.running: list[Sequence] = []  # in admission order: the last one is preempted first
         self.waiting: deque[Sequence] = deque()
-        self.free_blocks = settings.num_kv_blocks
+        self.free_blocks = settings.num_kv_blocks  # held by no one
+        self.cached: dict[Sequence, None] = {}  # waiting sequences whose prefix is cached, oldest first
+        self.cached_blocks = 0  # the blocks those prefixes hold: free for the taking, at the price of the prefix
         self.prompt_tokens_total = 0
         self.generation_tokens_total = 0
         self.num_preemptions = 0
+        self._stamps = itertools.count()
+        preempts = settings.priority_preemption
+        if preempts is None:
+            preempts = settings.dialect in SEAT_PREEMPTING_DIALECTS
+        self._seat_preemption = preempts and self._priority_policy()
 
     # -- state, for metrics and tests -------------------------------------------------------------------
 
@@ -100,7 +153,8 @@ class EngineModel:
 
     @property
     def used_blocks(self) -> int:
-        return self.settings.num_kv_blocks - self.free_blocks
+        """Blocks held by running sequences (a cached prefix counts as free, as SGLang counts evictable tokens)."""
+        return self.settings.num_kv_blocks - self.free_blocks - self.cached_blocks
 
     @property
     def kv_usage(self) -> float:
@@ -132,6 +186,7 @@ class EngineModel:
                 )
         for seq in seqs:
             seq.state = SeqState.WAITING
+            seq.queued_at = next(self._stamps)
             self._enqueue(seq)
 
     def abort(self, seq: Sequence) -> None:
@@ -140,6 +195,7 @@ class EngineModel:
             self.running.remove(seq)
         elif seq.state is SeqState.WAITING:
             self.waiting.remove(seq)
+            self.free_blocks += self._uncache(seq)
         else:
             return
         self._free(seq)
@@ -180,6 +236,7 @@ class EngineModel:
         while i < len(self.running):
             seq = self.running[i]
             need = self.blocks_for(seq.total_tokens + 1) - seq.blocks
+            self._evict(need)
             while need > self.free_blocks:
                 victim = self._victim()
                 if self.running.index(victim) < i:
@@ -194,47 +251,110 @@ class EngineModel:
             i += 1
 
     def _admit(self, step: Step) -> None:
-        while self.waiting and len(self.running) < self.settings.max_num_seqs:
+        while self.waiting:
             seq = self.waiting[0]
-            need = self.blocks_for(seq.total_tokens + 1)
-            if need > self.free_blocks:
+            need = self.blocks_for(seq.total_tokens + 1) - seq.cached_blocks
+            if len(self.running) >= self.settings.max_num_seqs and not self._preempt_for_seat(seq, need, step):
                 break
+            self._evict(need, keep=seq)
+            if need > self.free_blocks:
+                break  # short of memory with a seat free: it waits (SGLang preempts for a seat only)
             self.waiting.popleft()
+            cached_tokens = seq.cached_blocks * self.settings.block_size
+            seq.blocks += self._uncache(seq)
             self._take(seq, need)
             seq.state = SeqState.RUNNING
             self.running.append(seq)
             step.prefill.append(seq)
-            step.prefill_tokens += seq.total_tokens
+            step.prefill_tokens += seq.total_tokens - cached_tokens
+            seq.computed_tokens = seq.total_tokens
+
+    def _preempt_for_seat(self, seq: Sequence, need: int, step: Step) -> bool:
+        """SGLang's ``preempt_to_schedule``: free a seat (and enough blocks) for ``seq`` by preempting running
+        sequences less important than it by more than the threshold, least important and newest first; all
+        or none. Sequences admitted in this step are not candidates."""
+        if not self._seat_preemption:
+            return False
+        victims: list[Sequence] = []
+        room = self.free_blocks + self.cached_blocks - seq.cached_blocks
+        threshold = self.settings.priority_preemption_threshold
+        for candidate in sorted((s for s in self.running if s not in step.prefill), key=self._order, reverse=True):
+            if candidate.priority - seq.priority <= threshold:  # lower runs first: its gap below the newcomer
+                break
+            victims.append(candidate)
+            room += candidate.blocks
+            if room >= need:
+                break
+        if not victims or room < need:
+            return False
+        for victim in victims:
+            self._preempt(victim, step, keep_prefix=True)
+        return True
 
     def _priority_policy(self) -> bool:
         return self.settings.scheduling_policy == "priority"
 
+    @staticmethod
+    def _order(seq: Sequence) -> tuple[int, int]:
+        """The priority policy's order: the waiting queue ascending, victims from the top."""
+        return seq.priority, seq.queued_at
+
     def _enqueue(self, seq: Sequence, *, front: bool = False) -> None:
-        """FCFS: at the back (a preempted sequence at the front). Priority: by (priority, arrival)."""
+        """FCFS: at the back (a preempted sequence at the front). Priority: by (priority, queue stamp)."""
         if not self._priority_policy():
             self.waiting.appendleft(seq) if front else self.waiting.append(seq)
             return
-        key = (seq.priority, seq.seq_id)
-        at = next((i for i, w in enumerate(self.waiting) if (w.priority, w.seq_id) > key), len(self.waiting))
+        key = self._order(seq)
+        at = next((i for i, w in enumerate(self.waiting) if self._order(w) > key), len(self.waiting))
         self.waiting.insert(at, seq)
 
     def _victim(self) -> Sequence:
         """Who gives way when the KV cache is full: the newest running sequence, or under the priority policy the
         least important (newest among equals), as vLLM's scheduler picks it."""
         if self._priority_policy():
-            return max(self.running, key=lambda s: (s.priority, s.seq_id))
+            return max(self.running, key=self._order)
         return self.running[-1]
 
-    def _preempt(self, seq: Sequence, step: Step) -> None:
+    def _preempt(self, seq: Sequence, step: Step, *, keep_prefix: bool = False) -> None:
+        """Back to the waiting queue. For a seat (``keep_prefix``): the full blocks its last prefill wrote stay
+        cached and it is queued as a newcomer, as SGLang does; for KV room: all its blocks go, its place stays."""
         self.running.remove(seq)
         if seq in step.decode:
             step.decode.remove(seq)
+        if keep_prefix:
+            kept = min(seq.blocks, seq.computed_tokens // self.settings.block_size)
+            seq.blocks -= kept
+            self._cache(seq, kept)
+            seq.queued_at = next(self._stamps)
         self._free(seq)
         seq.state = SeqState.WAITING
         seq.num_preemptions += 1
         self._enqueue(seq, front=True)
         self.num_preemptions += 1
         step.preempted.append(seq)
+
+    def _cache(self, seq: Sequence, blocks: int) -> None:
+        if blocks:
+            seq.cached_blocks = blocks
+            self.cached[seq] = None
+            self.cached_blocks += blocks
+
+    def _uncache(self, seq: Sequence) -> int:
+        """Drop a sequence's cached prefix; returns its blocks (for the caller to free or to give back to it)."""
+        blocks, seq.cached_blocks = seq.cached_blocks, 0
+        if blocks:
+            del self.cached[seq]
+            self.cached_blocks -= blocks
+        return blocks
+
+    def _evict(self, need: int, keep: Sequence | None = None) -> None:
+        """Free cached prefixes, oldest first, until ``need`` blocks are free (or none is left but ``keep``'s)."""
+        if need <= self.free_blocks:
+            return
+        for seq in [s for s in self.cached if s is not keep]:
+            self.free_blocks += self._uncache(seq)
+            if need <= self.free_blocks:
+                return
 
     def _duration_s(self, step: Step) -> float:
         s = self.settings

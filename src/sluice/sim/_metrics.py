@@ -7,6 +7,8 @@ Names checked against the engines' sources:
 - vLLM v1: vllm/v1/metrics/loggers.py (labels ``model_name``, ``engine``; ``vllm:kv_cache_usage_perc``
   replaced ``vllm:gpu_cache_usage_perc``; ``vllm:request_success`` has label ``finished_reason``);
 - SGLang: python/sglang/srt/metrics/collector.py and docs/references/production_metrics.md (label ``model_name``);
+  ``sglang:num_retracted_requests_total`` counts SGLang's retractions of decodes on a full KV cache; SGLang has no
+  counter of its priority preemptions (it logs them), the simulator counts both kinds there;
 - LMDeploy: lmdeploy/metrics/loggers.py (labels ``model_name``, ``engine``).
 """
 
@@ -71,6 +73,7 @@ METRIC_NAMES: dict[str, DialectMetricNames] = {
         ttft="sglang:time_to_first_token_seconds",
         e2e="sglang:e2e_request_latency_seconds",
         itl="sglang:inter_token_latency_seconds",
+        preemptions="sglang:num_retracted_requests",
     ),
     "lmdeploy": DialectMetricNames(
         running="lmdeploy:num_requests_running",

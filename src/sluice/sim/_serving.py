@@ -24,6 +24,9 @@ from sluice.sim._tokenizer import count_chat, count_prompt
 
 Write = Callable[[bytes], Awaitable[None]]
 
+# dialects whose requests' "priority" runs higher values first (SGLang's default); the others' lower first (vLLM's)
+HIGHER_FIRST_DIALECTS = frozenset({"sglang"})
+
 
 @dataclass(frozen=True)
 class Job:
@@ -33,7 +36,7 @@ class Job:
     prompt_tokens: int  # for usage: each prompt once
     seq_prompt_tokens: list[int]  # per choice
     outputs: list[PlannedOutput]
-    priority: int = 0  # the request's "priority" (used only under the priority scheduling policy)
+    priority: int = 0  # the request's "priority", lower first (used only under the priority scheduling policy)
 
     @property
     def completion_tokens(self) -> int:
@@ -64,7 +67,7 @@ class Serving:
             for i in range(req.n)
         ]
         header = self._header("chat", req.model, req.wants_usage_chunk())
-        return Job(header, prompt_tokens, [prompt_tokens] * req.n, outputs, _priority(req))
+        return Job(header, prompt_tokens, [prompt_tokens] * req.n, outputs, self._priority(req))
 
     def completion_job(self, req: CompletionRequest) -> Job:
         self.check_model(req.model)
@@ -80,7 +83,7 @@ class Serving:
                     self._sampler.plan(prompt_key=key, seed=req.seed, index=i, cap=cap, ignore_eos=req.ignore_eos)
                 )
         header = self._header("completion", req.model, req.wants_usage_chunk())
-        return Job(header, prompt_total, seq_prompts, outputs, _priority(req))
+        return Job(header, prompt_total, seq_prompts, outputs, self._priority(req))
 
     @contextlib.contextmanager
     def running(self, job: Job) -> Iterator[Generation]:
@@ -142,6 +145,13 @@ class Serving:
         ]
         return self._runner.submit(seqs, [o.finish_reason for o in job.outputs])
 
+    def _priority(self, req: ChatCompletionRequest | CompletionRequest) -> int:
+        """The request's "priority" in the engine model's convention (lower runs first), read in the dialect's."""
+        value = (req.model_extra or {}).get("priority", 0)
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise InvalidRequestError("priority must be an integer.", param="priority")
+        return -value if self._settings.dialect in HIGHER_FIRST_DIALECTS else value
+
     def _output_cap(self, prompt_tokens: int, requested: int | None) -> int:
         limit = self._settings.max_model_len
         if requested is None:
@@ -163,10 +173,3 @@ class Serving:
 
     def _header(self, kind: str, model: str, include_usage: bool) -> ResponseHeader:
         return ResponseHeader.new(kind, created=int(self._clock.wall()), model=model, include_usage=include_usage)
-
-
-def _priority(req: ChatCompletionRequest | CompletionRequest) -> int:
-    value = (req.model_extra or {}).get("priority", 0)
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise InvalidRequestError("priority must be an integer.", param="priority")
-    return value
