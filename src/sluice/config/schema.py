@@ -97,6 +97,9 @@ class SimSettings(_Frozen):
     priority_preemption: bool | None = None
     # it preempts only requests less important by more than this (SGLang's --priority-scheduling-preemption-threshold)
     priority_preemption_threshold: int = Field(10, ge=0)
+    # may one step both prefill new sequences and decode the running ones? None: the dialect's own behaviour (vllm,
+    # lmdeploy: yes; sglang: no, a step that admits anything is prefill only, unless --enable-mixed-chunk)
+    mixed_batches: bool | None = None
     output_len_min: int = Field(16, ge=1)
     output_len_max: int = Field(256, ge=1)
     embedding_dim: int = Field(64, ge=1)

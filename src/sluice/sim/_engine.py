@@ -10,16 +10,18 @@ Rules, as vLLM (v1 scheduler, recompute preemption) applies them:
 - at most ``max_num_seqs`` sequences run; the rest wait in a FIFO queue;
 - a sequence holds ``ceil(tokens / block_size)`` KV blocks, where ``tokens`` is prompt + generated; a step
   reserves room for the token it is about to produce;
-- each step, running sequences decode one token each (oldest first); when a decode needs a block and none is
-  free, the most recently admitted running sequence is preempted (under the priority policy: the least important,
-  newest among equals): its blocks are freed and it goes back to the waiting queue, keeping its generated
-  tokens (it re-prefills prompt + generated later);
+- each step, running sequences decode one token each (oldest first; but see ``mixed_batches`` below); when a
+  decode needs a block and none is free, the most recently admitted running sequence is preempted (under the
+  priority policy: the least important, newest among equals): its blocks are freed and it goes back to the
+  waiting queue, keeping its generated tokens (it re-prefills prompt + generated later);
 - the priority policy orders the waiting queue by (priority, arrival), lower first (``Sequence.priority`` is
   always in this convention; ``_serving`` turns an SGLang request's higher-first value around); unless
   ``priority_preemption`` is on (below), like vLLM's v1 scheduler it never preempts a running sequence to seat a
   more important one: that one waits for a seat;
 - waiting sequences are admitted in order while seats and blocks allow (not in a step whose decodes overflowed
-  the KV cache); their prefill produces their first token in the same step;
+  the KV cache); their prefill produces their first token in the same step. When steps do not mix, admission is
+  tried first, and a step that admits anything is prefill only: the running sequences do not decode (nor take
+  blocks) in it; a step that admits nothing decodes them;
 - step time = (prefill_s_per_token * prefilled tokens + [decode_base_s + decode_per_seq_s * decoding seqs])
   / speed, the bracket only when something decodes.
 
@@ -57,6 +59,26 @@ simulator has no reservation for future tokens, which SGLang's budget counts ins
 with a new entry stamp. Not modelled: SGLang's retraction when a decode finds the KV cache full
 (``ScheduleBatch.retract_decode``, by default the request with the fewest output tokens, not by priority): every
 dialect keeps vLLM's rule above for that, recomputing the whole sequence. Both kinds count in ``num_preemptions``.
+
+Prefill and decode in separate steps (``mixed_batches`` unset in the sglang dialect, or false), as SGLang does by
+default (managers/scheduler.py):
+
+- ``Scheduler.get_next_batch_to_run`` first asks ``get_new_batch_prefill`` (``_get_new_batch_prefill_raw``) for an
+  EXTEND batch from the waiting queue; if it gets one, that is the forward pass ("Run prefill first if possible"),
+  and only otherwise does ``update_running_batch`` run one decode step of the running batch (retracting if the
+  KV cache is short). A prefill batch is thus preferred whenever one can be formed; it is not formed when no seat
+  is free (``batch_is_full``; with priority preemption, unless a seat is freed) or the first request in line does
+  not fit. Off by default and not modelled: ``--prefill-decode-interval`` (0; N decode rounds after each prefill,
+  ``_should_defer_prefill``) and the prefill delayers.
+- The running requests join an EXTEND batch only when ``is_mixed_chunk`` (``chunked_prefill_size`` set and
+  ``--enable-mixed-chunk``, default false in server_args.py): ``new_batch.mix_with_running(running_batch)``;
+  ``mixed_batches: true`` models that.
+- Chunked prefill (``--chunked-prefill-size``) splits a request only when its uncached input exceeds the chunk
+  budget left in the batch (``PrefillAdder.add_one_req``, schedule_policy.py); prompts that fit are prefilled whole.
+  The budget also caps the prompt tokens of one prefill batch: not modelled (nor vLLM's ``max_num_batched_tokens``).
+
+LMDeploy's PyTorch engine does not mix either (``InputsMakerAsync`` builds a forward as prefill or as decode, with
+``prefill_interval`` decode rounds between prefills); TurboMind was not checked, and the lmdeploy dialect mixes.
 """
 
 from __future__ import annotations
@@ -71,6 +93,8 @@ from sluice.errors import EngineUnavailableError
 
 # dialects whose engine, under the priority policy, preempts running requests for a seat unless told not to
 SEAT_PREEMPTING_DIALECTS = frozenset({"sglang"})
+# dialects whose engine, unless told otherwise, runs a step that admits anything as prefill only
+UNMIXED_DIALECTS = frozenset({"sglang"})
 
 
 class SeqState(enum.Enum):
@@ -140,6 +164,8 @@ class EngineModel:
         if preempts is None:
             preempts = settings.dialect in SEAT_PREEMPTING_DIALECTS
         self._seat_preemption = preempts and self._priority_policy()
+        mixed = settings.mixed_batches
+        self._mixed = settings.dialect not in UNMIXED_DIALECTS if mixed is None else mixed
 
     # -- state, for metrics and tests -------------------------------------------------------------------
 
@@ -205,9 +231,14 @@ class EngineModel:
 
     def schedule(self) -> Step:
         step = Step()
-        self._schedule_decodes(step)
-        if not step.preempted:  # the KV cache did not overflow this step
-            self._admit(step)
+        if self._mixed:
+            self._schedule_decodes(step)
+            if not step.preempted:  # the KV cache did not overflow this step
+                self._admit(step)
+        else:
+            self._admit(step)  # a prefill step if anything can be admitted, else a decode step
+            if not step.prefill:
+                self._schedule_decodes(step)
         step.duration_s = self._duration_s(step)
         return step
 
