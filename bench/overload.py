@@ -28,8 +28,11 @@ chunk), ``--output-len 32-96`` (answers of varied length), ``--dump-requests DIR
    engine's seats, and slots 17-20 are kept for premium at all times, so a premium request reaches the engine even
    when lower tiers hold every seat, and the engine, given each request's priority in its convention (vLLM: lower
    first), runs it first when a seat frees: vLLM never preempts for a seat) and (e) ``engine-preempt`` (the same
-   gateway with ``engine: {dialect: sglang}``, so priorities go out higher first, in front of the simulator in the
-   sglang dialect with SGLang's priority preemption: a waiting request more important than a running one by more
+   gateway, but with its own --preempt-headroom 0.5 and --preempt-reserve 0.375, window 24 and lower tiers stopping
+   at 15, and ``engine: {dialect: sglang}``, so priorities go out higher first, in front of the simulator in the
+   sglang dialect with SGLang's priority preemption and, by default, prefill and decode mixed in one step (SGLang's
+   ``--enable-mixed-chunk``; --no-preempt-mixed for its default, prefill-only steps): a waiting request more
+   important than a running one by more
    than --preempt-threshold takes its seat at once, the preempted one resuming later from its cached prompt; 5 by
    default, so premium (10) preempts standard (0) and batch (-1), and standard does not preempt batch; SGLang's own
    default, 10, would let premium preempt batch only): for each, an unloaded run (premium only, 0.1x
@@ -458,9 +461,19 @@ def gateway_totals(metrics: dict[str, float]) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------- gateway
 
 
-def priority_window(args: argparse.Namespace) -> int:
-    """(d) and (e)'s fixed window: the engine's seats and --priority-headroom more (20 for 16 at 0.25)."""
-    return math.ceil(args.max_num_seqs * (1 + args.priority_headroom) - 1e-9)
+def priority_window(args: argparse.Namespace, kind: str = "engine-priority") -> int:
+    """(d)'s fixed window: the engine's seats and --priority-headroom more (20 for 16 at 0.25); (e)'s the same
+    with --preempt-headroom."""
+    headroom = args.preempt_headroom if kind == "engine-preempt" else args.priority_headroom
+    return math.ceil(args.max_num_seqs * (1 + headroom) - 1e-9)
+
+
+def priority_reserve(args: argparse.Namespace, kind: str) -> dict[str, Any]:
+    """(d) and (e)'s reserve for the top band: lower bands stop at floor(window x (1 - share))."""
+    share = args.preempt_reserve if kind == "engine-preempt" else args.priority_reserve
+    window = priority_window(args, kind)
+    return {"window": window, "reserve_when": "always", "reserve_top_share": share,
+            "lower_tiers_stop_at": math.floor(window * (1 - share))}
 
 
 def gateway_config(kind: str, args: argparse.Namespace, port: int, sim_url: str, keys: dict[str, str],
@@ -470,10 +483,10 @@ def gateway_config(kind: str, args: argparse.Namespace, port: int, sim_url: str,
     if kind == "fixed":
         window = f"{{kind: fixed, initial: {n}}}"
     elif kind in ("engine-priority", "engine-preempt"):
-        window = f"{{kind: fixed, initial: {priority_window(args)}}}"
+        window = f"{{kind: fixed, initial: {priority_window(args, kind)}}}"
         # the top band's share of the window kept at all times: lower bands stop at floor(window x (1 - share))
         extra = (f"priority_to_engine: true, protection: {{reserve_when: always, "
-                 f"reserve_top_share: {args.priority_reserve}}}, ")
+                 f"reserve_top_share: {priority_reserve(args, kind)['reserve_top_share']}}}, ")
     elif args.adaptive == "aimd":
         window = (f"{{kind: aimd, initial: {n}, min: {args.window_min}, max: {args.window_max}, "
                   f"latency_threshold_s: {args.aimd_threshold_s}}}")
@@ -739,6 +752,9 @@ def main() -> int:
     p.add_argument("--adaptive", choices=("gradient", "aimd"), default="gradient")
     p.add_argument("--priority-headroom", type=float, default=0.25,
                    help="engine-priority: the fixed window is max_num_seqs x (1 + this), rounded up (default 0.25)")
+    p.add_argument("--preempt-mixed", action=argparse.BooleanOptionalAction, default=True,
+                   help="engine-preempt: the simulator mixes prefill and decode in one step, as SGLang does with "
+                        "--enable-mixed-chunk (default); --no-preempt-mixed: SGLang's default, prefill-only steps")
     p.add_argument("--preempt-threshold", type=int, default=5,
                    help="engine-preempt: the simulator's --priority-preemption-threshold (SGLang's "
                         "--priority-scheduling-preemption-threshold; default 5: premium preempts standard and batch, "
@@ -746,6 +762,11 @@ def main() -> int:
     p.add_argument("--priority-reserve", type=float, default=0.2,
                    help="engine-priority: protection.reserve_top_share with reserve_when: always, the window's share "
                         "kept for premium at all times (default 0.2: lower tiers stop at 16 of 20)")
+    p.add_argument("--preempt-headroom", type=float, default=0.5,
+                   help="engine-preempt: as --priority-headroom, for (e) (default 0.5: window 24 for 16 seats)")
+    p.add_argument("--preempt-reserve", type=float, default=0.375,
+                   help="engine-preempt: as --priority-reserve, for (e) (default 0.375: lower tiers stop at 15 of 24; "
+                        "premium's 9 places reach the engine, which preempts lower tiers for them)")
     p.add_argument("--window-min", type=int, default=4)
     p.add_argument("--window-max", type=int, default=64)
     p.add_argument("--aimd-threshold-s", type=float, default=0.25, help="aimd only: a slower first token is a drop")
@@ -846,7 +867,9 @@ async def run(args: argparse.Namespace, loads: list[float], configs: list[str], 
     async def start_sim(kind: tuple[str, str]) -> tuple[Any, str]:
         policy, dialect = kind
         # SGLang's priority preemption comes with its priority scheduling (explicit here, with its threshold)
-        preempt = ["--priority-preemption", "--priority-preemption-threshold", str(args.preempt_threshold)] \
+        # and its prefill and decode in one step with --enable-mixed-chunk (its default: prefill-only steps)
+        preempt = ["--priority-preemption", "--priority-preemption-threshold", str(args.preempt_threshold),
+                   "--mixed-batches" if args.preempt_mixed else "--no-mixed-batches"] \
             if dialect == "sglang" and policy == "priority" else []
         port = free_port()
         name = "-".join(["sim", *([dialect] if dialect != "vllm" else []), *([policy] if policy != "fcfs" else [])])
@@ -900,10 +923,9 @@ async def run(args: argparse.Namespace, loads: list[float], configs: list[str], 
             "sim_policy": {c: sim_kind(c)[0] for c in configs},
             "sim_dialect": {c: sim_kind(c)[1] for c in configs},
             "preempt_threshold": args.preempt_threshold if "engine-preempt" in configs else None,
-            "priority_window": priority_window(args),
-            "priority_reserve": {
-                "reserve_when": "always", "reserve_top_share": args.priority_reserve,
-                "lower_tiers_stop_at": math.floor(priority_window(args) * (1 - args.priority_reserve))},
+            "preempt_mixed_steps": args.preempt_mixed if "engine-preempt" in configs else None,
+            "priority_window": {c: priority_reserve(args, c) for c in ("engine-priority", "engine-preempt")
+                                if c in configs},
         },
         "capacity": capacity,
         "slo": slo,
