@@ -158,7 +158,7 @@ class RedisStore:
             elif pending.abandoned is not None:
                 pending.abandoned(reply)
 
-    async def _evalsha(self, keys: list[str], args: list[str]) -> Any:
+    async def _evalsha(self, keys: list[str], args: list[bytes]) -> Any:
         """EVALSHA on a pooled connection, loading the script on NOSCRIPT (a restarted or flushed Redis). Straight
         on the connection: redis-py's per-command path (retries, metrics hooks) cost ~180 µs of CPU per call here.
         An interrupted call drops its connection (redis-py does, on any error while sending or reading)."""

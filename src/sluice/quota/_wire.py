@@ -13,14 +13,14 @@ encoding arguments one by one was most of the client's CPU per decision.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Sequence
 from typing import Any
+
+import orjson
 
 from sluice.quota._model import Bucket, Lease
 
 _US = 1_000_000
-_dumps = json.JSONEncoder(separators=(",", ":")).encode
 
 
 def acquire(buckets: Sequence[Bucket], leases: Sequence[Lease], lease_id: str) -> list[Any]:
@@ -50,6 +50,6 @@ def settle(buckets: Sequence[Bucket], deltas: Sequence[int], leases: Sequence[Le
     return ops
 
 
-def encode(ops: Iterable[list[Any]], keys: Iterable[str]) -> tuple[list[str], list[str]]:
+def encode(ops: Iterable[list[Any]], keys: Iterable[str]) -> tuple[list[str], list[bytes]]:
     """KEYS (each distinct key once, in first-seen order) and ARGV (the operations as one JSON array)."""
-    return list(dict.fromkeys(keys)), [_dumps(list(ops))]
+    return list(dict.fromkeys(keys)), [orjson.dumps(list(ops))]
