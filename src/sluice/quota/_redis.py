@@ -160,13 +160,14 @@ class RedisStore:
 
     async def _evalsha(self, keys: list[str], args: list[bytes]) -> Any:
         """EVALSHA on a pooled connection, loading the script on NOSCRIPT (a restarted or flushed Redis). Straight
-        on the connection: redis-py's per-command path (retries, metrics hooks) cost ~180 µs of CPU per call here.
+        on the connection: redis-py's per-command path (retries, metrics hooks) cost ~180 µs of CPU per call here,
+        and its argument packing (an encoder call and type checks per argument) ~8% of a decision's client CPU.
         An interrupted call drops its connection (redis-py does, on any error while sending or reading)."""
         pool = self._client.connection_pool
         conn = await pool.get_connection()
         try:
             for attempt in range(2):
-                await conn.send_command("EVALSHA", self._sha, len(keys), *keys, *args)
+                await conn.send_packed_command(_resp("EVALSHA", self._sha, str(len(keys)), *keys, *args))
                 try:
                     return await conn.read_response()
                 except NoScriptError:
@@ -180,6 +181,15 @@ class RedisStore:
     def _next_call(self) -> None:
         self._calls_in_flight -= 1
         self._kick()
+
+
+def _resp(*args: str | bytes) -> bytes:
+    """One command in Redis' protocol (RESP): an array of bulk strings."""
+    out = [b"*%d\r\n" % len(args)]
+    for arg in args:
+        data = arg.encode() if isinstance(arg, str) else arg
+        out += (b"$%d\r\n" % len(data), data, b"\r\n")
+    return b"".join(out)
 
 
 def _log_failure(future: asyncio.Future[Any]) -> None:
