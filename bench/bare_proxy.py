@@ -2,7 +2,9 @@
 
 An aiohttp.web server and one pooled aiohttp.ClientSession. Every request (any method, any path) is forwarded to
 ``--upstream`` with its body and content type, and the answer is streamed back chunk by chunk as it arrives:
-no auth, no parsing, no logging, no metrics. It runs on uvloop (as the gateway does) unless ``--loop asyncio``.
+no auth, no parsing, no logging, no metrics. It runs on uvloop (as the gateway does) unless ``--loop asyncio``, and
+its garbage collector is tuned as the gateway's is (``sluice.cli.tune_gc``), so that neither side is measured
+with a handicap the other does not have.
 
     python bench/bare_proxy.py --upstream http://127.0.0.1:8001 --port 8002
 """
@@ -14,6 +16,8 @@ import asyncio
 
 import aiohttp
 from aiohttp import web
+
+from sluice.cli import tune_gc
 
 _PASSED_REQUEST_HEADERS = ("content-type", "x-request-id")
 _PASSED_RESPONSE_HEADERS = ("content-type", "cache-control")
@@ -72,7 +76,9 @@ def main() -> None:
         import uvloop
 
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-    web.run_app(make_app(args.upstream), host=args.host, port=args.port, access_log=None, print=None)
+    app = make_app(args.upstream)
+    tune_gc()
+    web.run_app(app, host=args.host, port=args.port, access_log=None, print=None)
 
 
 if __name__ == "__main__":
