@@ -49,7 +49,7 @@ maximum, and Jain's index between std-a and std-b on their goodput (and, beside 
 The gateway's /metrics (window, in flight, queued, saturation, protection mode) are sampled every 0.5 s; the
 simulator's preemptions (``vllm:num_preemptions_total``; in the sglang dialect
 ``sglang:num_retracted_requests_total``, where the simulator counts its priority preemptions too) are counted over
-the window. The simulator's metrics are read under vLLM's names whatever its dialect (``SIM_METRIC_ALIASES``).
+the window. The simulator's metrics are read under vLLM's names whatever its dialect (``sim_metric_aliases``).
 
 Output: markdown tables on stdout, everything in bench/results/overload.json, plots in bench/results/overload/
 (overload_ttft.png, overload_goodput.png, overload_window.png, and the library's per-run latency CDF and timeline
@@ -100,6 +100,7 @@ from sluice.bench import (  # noqa: E402
 )
 from sluice.clock import MonotonicClock  # noqa: E402
 from sluice.identity import generate_key, hash_key  # noqa: E402
+from sluice.sim._metrics import METRIC_NAMES  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -113,16 +114,17 @@ CONFIGS = ("direct", "fixed", "adaptive", "engine-priority", "engine-preempt")
 SIM_POLICY = {"engine-priority": "priority", "engine-preempt": "priority"}
 # the simulator's dialect per configuration, also the gateway's engine dialect (the others: vllm)
 SIM_DIALECT = {"engine-preempt": "sglang"}
-# the simulator's metrics in another dialect -> the vLLM names this script reads
-SIM_METRIC_ALIASES = {
-    "sglang": {
-        "sglang:num_running_reqs": "vllm:num_requests_running",
-        "sglang:num_queue_reqs": "vllm:num_requests_waiting",
-        "sglang:token_usage": "vllm:kv_cache_usage_perc",
-        "sglang:generation_tokens_total": "vllm:generation_tokens_total",
-        "sglang:num_retracted_requests_total": "vllm:num_preemptions_total",
-    },
-}
+# what this script reads of the simulator, named as in its vLLM dialect (counters with their "_total")
+SIM_READ_GAUGES, SIM_READ_COUNTERS = ("running", "waiting", "kv_usage"), ("generation_tokens", "preemptions")
+
+
+def sim_metric_aliases(dialect: str) -> dict[str, str]:
+    """The simulator's metric names in ``dialect`` -> its names in the vLLM dialect, which this script reads."""
+    theirs, ours = METRIC_NAMES[dialect], METRIC_NAMES["vllm"]
+    pairs = [(getattr(theirs, f), getattr(ours, f)) for f in SIM_READ_GAUGES]
+    pairs += [(f"{getattr(theirs, f)}_total", f"{getattr(ours, f)}_total") for f in SIM_READ_COUNTERS
+              if getattr(theirs, f) is not None]
+    return {a: b for a, b in pairs if a != b}
 
 # tier -> settings (no quota limits at all); tenants -> (tier, share of the arrivals)
 TIERS: dict[str, dict[str, float]] = {
@@ -167,7 +169,7 @@ async def scrape(session: aiohttp.ClientSession, url: str) -> dict[str, float]:
 async def scrape_sim(session: aiohttp.ClientSession, url: str, dialect: str) -> dict[str, float]:
     """The simulator's /metrics, its dialect's names also under vLLM's."""
     metrics = await scrape(session, url)
-    for theirs, ours in SIM_METRIC_ALIASES.get(dialect, {}).items():
+    for theirs, ours in sim_metric_aliases(dialect).items():
         if theirs in metrics:
             metrics[ours] = metrics[theirs]
     return metrics

@@ -15,7 +15,7 @@ import pytest
 
 from sluice.config import SimSettings
 from sluice.protocol import SSEParser, sse_data
-from sluice.sim import EngineModel, Sequence, SeqState, SimServer
+from sluice.sim import EngineModel, Sequence, SeqState, SimServer, Step
 
 _ids = itertools.count(1)
 
@@ -35,6 +35,16 @@ def full_batch(engine: EngineModel, *seqs: Sequence) -> None:
     engine.submit(list(seqs))
     engine.commit(engine.schedule())
     assert set(engine.running) == set(seqs)
+
+
+def step_until_prefilled(engine: EngineModel, target: Sequence, max_steps: int = 1000) -> Step:
+    """Run steps until one prefills ``target`` (re-admitted after a preemption); that step, not yet committed."""
+    for _ in range(max_steps):
+        step = engine.schedule()
+        if target in step.prefill:
+            return step
+        engine.commit(step)
+    raise AssertionError("never re-admitted")
 
 
 def run_to_end(engine: EngineModel, max_steps: int = 1000) -> None:
@@ -107,11 +117,7 @@ def test_preempted_sequence_resumes_from_its_cached_prefix_and_finishes() -> Non
     assert low.cached_blocks == 2 and engine.cached_blocks == 2
     assert engine.used_blocks == 2 and engine.kv_usage == pytest.approx(2 / 64)  # a cached prefix counts as free
     engine.commit(step)
-    while True:
-        step = engine.schedule()
-        if low in step.prefill:
-            break
-        engine.commit(step)
+    step = step_until_prefilled(engine, low)
     assert urgent.state is SeqState.FINISHED
     # re-admitted: its prompt's blocks come back from the cache, only the two decoded tokens are prefilled again
     assert step.prefill_tokens == 2 and step.duration_s == pytest.approx(2.0)
@@ -133,11 +139,7 @@ def test_cached_prefix_is_freed_when_its_blocks_are_needed() -> None:
     assert step.preempted == [low] and step.prefill == [urgent]
     assert low.cached_blocks == 0 and engine.cached_blocks == 0 and engine.free_blocks == 1
     engine.commit(step)
-    while True:
-        step = engine.schedule()
-        if low in step.prefill:
-            break
-        engine.commit(step)
+    step = step_until_prefilled(engine, low)
     assert step.prefill_tokens == low.total_tokens == 9  # its prefix was evicted: all of it again
     run_to_end(engine)
     assert low.generated == 6 and engine.free_blocks == 6
