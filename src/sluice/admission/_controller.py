@@ -20,7 +20,7 @@ from typing import Protocol
 from sluice.admission._fair_queue import FairQueue
 from sluice.admission._protection import ProtectionMode
 from sluice.admission._saturation import SaturationDetector
-from sluice.admission._ticket import Outcome, Ticket
+from sluice.admission._ticket import Outcome, Refusal, Ticket
 from sluice.admission._window import Limit, Sample
 from sluice.clock import Clock
 from sluice.errors import OverloadedError
@@ -87,13 +87,15 @@ class PoolController:
         self._start_ticker()
         assert ticket.granted is not None
         try:
-            await ticket.granted
+            refusal = await ticket.granted
         except BaseException:
             if self.queue.remove(ticket):
                 pass  # the client left (or timed out) while waiting: it leaves the queue at once
-            elif ticket.granted.done() and not ticket.granted.cancelled() and ticket.granted.exception() is None:
+            elif ticket.granted.done() and not ticket.granted.cancelled() and ticket.granted.result() is None:
                 self._undo_dispatch(ticket)  # granted in the same instant it was cancelled: give the place back
             raise
+        if refusal is not None:
+            raise self._refusal(refusal.reason, refusal.message)
         now = self._clock.now()
         return Permit(ticket, ticket.in_flight_at_dispatch, now - ticket.arrival_s)
 
@@ -200,7 +202,7 @@ class PoolController:
 
     def _reject(self, ticket: Ticket, reason: str, message: str) -> None:
         if ticket.granted is not None and not ticket.granted.done():
-            ticket.granted.set_exception(self._refusal(reason, message))
+            ticket.granted.set_result(Refusal(reason, message))
 
     def _refusal(self, reason: str, message: str) -> OverloadedError:
         retry = max(1, math.ceil(self._settings.retry_after_s))

@@ -15,6 +15,16 @@ class Outcome(enum.Enum):
     IGNORED = "ignored"  # says nothing about the engine (client error, client gone)
 
 
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """Why a waiting request was turned away. Its future carries this, not the exception: an exception set on
+    the future would hold, through its traceback, the waiting frame that holds the ticket that holds the
+    future, a reference cycle that keeps the request's whole call stack alive until the collector runs."""
+
+    reason: str
+    message: str
+
+
 @dataclass(eq=False, slots=True)
 class Ticket:
     """One request asking to be dispatched to a pool."""
@@ -28,7 +38,7 @@ class Ticket:
     arrival_s: float = 0.0
     seq: int = 0  # arrival order, for "newest gives way first"
     in_flight_at_dispatch: int = 0  # what the window held when it went in (for the limit algorithm's sample)
-    granted: asyncio.Future[None] | None = field(default=None, repr=False)
+    granted: asyncio.Future[Refusal | None] | None = field(default=None, repr=False)  # None: dispatched
 
     @property
     def sheddable(self) -> bool:
