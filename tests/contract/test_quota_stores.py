@@ -273,3 +273,41 @@ async def test_a_busy_gateway_loop_is_not_mistaken_for_a_slow_redis(redis_server
     await busy
     await blocker.aclose()
     await store.close()
+
+
+async def failure_name(store, b) -> str:
+    try:
+        await store.acquire([b], [], rid())
+    except Exception as exc:  # noqa: BLE001 - the test reports which
+        return type(exc).__name__
+    return "answered"
+
+
+async def test_a_failed_call_leaves_no_reference_cycle():
+    """A store failure reaches every waiter of the batch; freeing it must not need the garbage collector (a cycle
+    through its traceback would keep each waiter's stack alive until a collection, at the worst moment: Redis is
+    failing and every request is failing over)."""
+    import gc
+    import socket
+    import types
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    store = RedisStore.from_url(f"redis://127.0.0.1:{port}", timeout_s=1.0)
+    b = bucket(10)
+    gc.collect()
+    gc.disable()
+    try:
+        outcomes = await asyncio.gather(*(failure_name(store, b) for _ in range(3)))
+        gc.set_debug(gc.DEBUG_SAVEALL)
+        gc.collect()
+        ours = [o for o in gc.garbage if isinstance(o, types.FrameType) and o.f_code.co_filename.endswith("_redis.py")]
+        leaked = sorted(o.f_code.co_name for o in ours)
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        gc.enable()
+    await store.close()
+    assert outcomes == ["ConnectionError"] * 3
+    assert leaked == []

@@ -74,7 +74,7 @@ def test_mixed_step_decodes_the_running_while_it_prefills(kw: dict[str, Any]) ->
     step = engine.schedule()
     assert step.decode == [a] and step.prefill == [b]
     assert step.duration_s == pytest.approx(0.001 * 10 + 0.01 + 0.002)
-    assert engine.commit(step) == [a, b] and (a.generated, b.generated) == (2, 1)
+    assert engine.commit(step) == [b, a] and (a.generated, b.generated) == (2, 1)  # the newcomer's token first
 
 
 def test_vllm_told_not_to_mix_runs_prefill_only_steps() -> None:

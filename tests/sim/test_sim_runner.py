@@ -52,6 +52,27 @@ def submit(runner: EngineRunner, prompt: int, output: int) -> tuple[Sequence, Ge
     return s, runner.submit([s], ["stop"])
 
 
+async def test_a_mixed_step_hands_out_the_newcomers_first_token_before_the_decodes(
+        clock: FakeClock, runner: EngineRunner) -> None:
+    a, gen_a = submit(runner, 4, 10)
+    await clock.run_for(0.005)  # a's prefill (4 ms), then its first decode step starts (10 ms)
+    b, gen_b = submit(runner, 4, 10)
+    await clock.run_for(0.010)  # a's decode ends at 14 ms; b's prefill and a's decode share the next step
+    assert (a.generated, b.generated) == (2, 0)
+    await gen_a.changed()  # a's decode, already delivered
+    woken: list[str] = []
+
+    async def watch(name: str, gen: Generation) -> None:
+        await gen.changed()
+        woken.append(name)
+
+    watchers = [asyncio.create_task(watch("a", gen_a)), asyncio.create_task(watch("b", gen_b))]
+    await clock.run_for(0.015)
+    await asyncio.gather(*watchers)
+    assert (a.generated, b.generated) == (3, 1)
+    assert woken == ["b", "a"]  # the first token is written first: it is the one a client waits for
+
+
 async def test_tokens_arrive_after_each_step_duration(clock: FakeClock, runner: EngineRunner) -> None:
     s, gen = submit(runner, 10, 3)
     await clock.run_for(0.009)  # the prefill step takes 10 * 0.001 s

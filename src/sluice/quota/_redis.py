@@ -114,6 +114,8 @@ class RedisStore:
             if abandoned is not None and future.done() and not future.cancelled() and future.exception() is None:
                 abandoned(future.result())
             raise
+        finally:
+            del future  # a failure raised here keeps this frame in its traceback: the frame must not keep the failure
 
     def _send_later(self, keys: list[str], ops: list[list[Any]]) -> None:
         """Queue operations nobody waits for (a give-back); their failure is logged, not raised."""
@@ -138,6 +140,7 @@ class RedisStore:
         except Exception as exc:  # noqa: BLE001 - every waiter learns of the failure
             self._next_call()
             timeout = isinstance(exc, asyncio.TimeoutError)
+            exc.with_traceback(None)  # each waiter raises it in its own frame; this frame holds the batch holding it
             for pending in batch:
                 if timeout and pending.timed_out is not None:
                     pending.timed_out()

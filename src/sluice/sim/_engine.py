@@ -147,6 +147,15 @@ class Step:
     preempted: list[Sequence] = field(default_factory=list)
     duration_s: float = 0.0
 
+    @property
+    def outputs(self) -> tuple[Sequence, ...]:
+        """The sequences that produce a token, in the order the engine hands them out: the newly prefilled first.
+        SGLang's mixed batch is the new requests followed by the running ones (``ScheduleBatch.mix_with_running``
+        appends the running batch), and its results are processed in batch order; vLLM hands out its persistent
+        batch's order, where a new request takes whichever slot is free. The order decides whose answer the
+        server writes first."""
+        return (*self.prefill, *self.decode)
+
 
 class EngineModel:
     def __init__(self, settings: SimSettings) -> None:
@@ -249,16 +258,15 @@ class EngineModel:
             if seq.state is SeqState.RUNNING and not seq.prefilled_once:
                 seq.prefilled_once = True
                 self.prompt_tokens_total += seq.prompt_tokens
-        for group in (step.decode, step.prefill):
-            for seq in group:
-                if seq.state is not SeqState.RUNNING:
-                    continue  # aborted or preempted while the step ran
-                seq.generated += 1
-                advanced.append(seq)
-                if seq.generated >= seq.output_len:
-                    self.running.remove(seq)
-                    self._free(seq)
-                    seq.state = SeqState.FINISHED
+        for seq in step.outputs:
+            if seq.state is not SeqState.RUNNING:
+                continue  # aborted or preempted while the step ran
+            seq.generated += 1
+            advanced.append(seq)
+            if seq.generated >= seq.output_len:
+                self.running.remove(seq)
+                self._free(seq)
+                seq.state = SeqState.FINISHED
         self.generation_tokens_total += len(advanced)
         return advanced
 

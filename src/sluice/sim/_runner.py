@@ -129,7 +129,7 @@ class EngineRunner:
         for _ in range(MAX_BURST_STEPS):
             step = engine.schedule()
             debt_s += step.duration_s
-            advanced.extend((seq, seq.generated + 1) for seq in (*step.decode, *step.prefill))
+            advanced.extend((seq, seq.generated + 1) for seq in step.outputs)
             if debt_s >= self._min_sleep_s:
                 pending = step
                 break
