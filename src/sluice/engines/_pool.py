@@ -102,7 +102,7 @@ class EnginePool:
             raise EngineUnavailableError("Every replica of this model is failing (circuits open); retry shortly.",
                                          code="engine_unavailable", reason="engine_unavailable",
                                          headers={"retry-after": "1"})
-        unreachable: Exception | None = None
+        unreachable = ""  # what the last unreachable replica raised, as text: the exception would hold this frame
         overloaded: SluiceError | None = None
         for replica in self.router.order(usable, affinity):
             replica.breaker.on_send()
@@ -112,7 +112,8 @@ class EnginePool:
             except (aiohttp.ClientConnectionError, asyncio.TimeoutError) as exc:
                 replica.outstanding -= 1
                 replica.breaker.on_failure()
-                unreachable = exc
+                unreachable = f"{type(exc).__name__}: {exc}"
+                exc.__traceback__ = None  # aiohttp's connect failures sit in cycles through their tracebacks
                 continue
             except BaseException:
                 replica.outstanding -= 1
@@ -137,11 +138,11 @@ class EnginePool:
         if overloaded is not None:
             raise overloaded
         raise EngineUnavailableError(
-            f"No engine replica is reachable ({type(unreachable).__name__}: {unreachable}).",
+            f"No engine replica is reachable ({unreachable}).",
             status=502,
             code="engine_unreachable",
             reason="engine_unreachable",
-        ) from unreachable
+        )
 
     def start_health_checks(self, clock: Clock, interval_s: float) -> None:
         """Probe every replica's health endpoint every ``interval_s``: a failed probe counts against its circuit,
@@ -169,7 +170,8 @@ class EnginePool:
         try:
             async with self.session.get(replica.url + path, timeout=aiohttp.ClientTimeout(total=2)) as resp:
                 return resp.status == 200
-        except (aiohttp.ClientError, asyncio.TimeoutError):
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            exc.__traceback__ = None  # aiohttp's connect failures sit in cycles through their tracebacks
             return False
 
     async def close(self) -> None:

@@ -72,6 +72,7 @@ class GatewayApp:
         except SluiceError as exc:
             request.state.record.reason = exc.reason
             response = error_response(exc)
+            exc.__traceback__ = None  # answered: its traceback would tie the request's frames into a cycle with it
         except ClientDisconnected:
             request.state.record.reason = "client_disconnected"
             return

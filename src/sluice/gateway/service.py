@@ -229,6 +229,7 @@ class GatewayService:
                 outcome = Outcome.SUCCESS
         except SluiceError as exc:  # the engine died mid-answer: say so in the stream, and end it cleanly
             outcome, record.reason = Outcome.DROPPED, exc.reason
+            exc.__traceback__ = None  # answered: its traceback would tie this stream's frames into a cycle with it
             yield sse_event(orjson.dumps(exc.body()))
         except BaseException as exc:
             outcome = outcome_of(exc)
