@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import gc
 
 import pytest
 
@@ -20,6 +19,7 @@ from sluice.admission import (
 )
 from sluice.clock import FakeClock
 from sluice.errors import OverloadedError
+from tests.garbage import left_for_the_collector
 
 
 def gate(clock, limit=1, readings=None, protection=False, kv_capacity=None, **settings):
@@ -133,9 +133,7 @@ async def test_a_refused_request_leaves_no_reference_cycle():
     clock = FakeClock()
     g = gate(clock, queue_max_requests=1)
     await g.admit(ticket(clock))
-    gc.collect()
-    gc.disable()
-    try:
+    with left_for_the_collector() as garbage:
         refused = lambda t: refusal_reason(g, t)  # noqa: E731
         (timed_out,) = await waiting(g, ticket(clock, wait_s=1.0), admit=refused)
         await clock.run_for(1.1)
@@ -144,13 +142,7 @@ async def test_a_refused_request_leaves_no_reference_cycle():
         await clock.run_for(1.1)
         reasons = [await t for t in (timed_out, displaced, displacer)]
         del timed_out, displaced, displacer
-        gc.set_debug(gc.DEBUG_SAVEALL)
-        gc.collect()
-        leaked = [type(o).__name__ for o in gc.garbage if isinstance(o, (OverloadedError, Ticket))]
-    finally:
-        gc.set_debug(0)
-        gc.garbage.clear()
-        gc.enable()
+    leaked = [type(o).__name__ for o in garbage if isinstance(o, (OverloadedError, Ticket))]
     assert reasons == ["queue_timeout", "displaced", "queue_timeout"]
     assert leaked == []
 

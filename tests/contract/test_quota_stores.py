@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import math
+import socket
+import types
 import uuid
 
 import pytest
@@ -12,6 +14,7 @@ import redis.exceptions
 from sluice.clock import MonotonicClock
 from sluice.quota import Bucket, FailoverStore, Lease, LimitInfo, MemoryStore
 from sluice.quota._redis import RedisStore
+from tests.garbage import left_for_the_collector
 
 HOUR = 3600.0
 
@@ -287,27 +290,15 @@ async def test_a_failed_call_leaves_no_reference_cycle():
     """A store failure reaches every waiter of the batch; freeing it must not need the garbage collector (a cycle
     through its traceback would keep each waiter's stack alive until a collection, at the worst moment: Redis is
     failing and every request is failing over)."""
-    import gc
-    import socket
-    import types
-
     with socket.socket() as s:  # a port nothing listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     store = RedisStore.from_url(f"redis://127.0.0.1:{port}", timeout_s=1.0)
     b = bucket(10)
-    gc.collect()
-    gc.disable()
-    try:
+    with left_for_the_collector() as garbage:
         outcomes = await asyncio.gather(*(failure_name(store, b) for _ in range(3)))
-        gc.set_debug(gc.DEBUG_SAVEALL)
-        gc.collect()
-        ours = [o for o in gc.garbage if isinstance(o, types.FrameType) and o.f_code.co_filename.endswith("_redis.py")]
-        leaked = sorted(o.f_code.co_name for o in ours)
-    finally:
-        gc.set_debug(0)
-        gc.garbage.clear()
-        gc.enable()
+    leaked = sorted(o.f_code.co_name for o in garbage
+                    if isinstance(o, types.FrameType) and o.f_code.co_filename.endswith("_redis.py"))
     await store.close()
     assert outcomes == ["ConnectionError"] * 3
     assert leaked == []

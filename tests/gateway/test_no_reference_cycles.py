@@ -9,7 +9,6 @@ collector off, then look for Sluice's frames among what only a collection could 
 
 from __future__ import annotations
 
-import gc
 import os
 import socket
 import time
@@ -22,6 +21,7 @@ import pytest
 import sluice
 from sluice.config import SimSettings, parse_settings
 from tests.conftest import LiveSim, serve_gateway
+from tests.garbage import left_for_the_collector
 
 CHAT = "/v1/chat/completions"
 SLUICE_DIR = os.path.dirname(sluice.__file__)
@@ -32,20 +32,12 @@ def frames_left_for_the_collector(send: Callable[[], httpx.Response], times: int
     for _ in range(2):
         send()  # first-time paths (imports, caches, connections) out of the way
     time.sleep(0.2)
-    gc.collect()
-    gc.disable()
-    try:
+    with left_for_the_collector() as garbage:
         for _ in range(times):
             send()
         time.sleep(0.2)  # the gateway's thread settles and logs after the answer is sent
-        gc.set_debug(gc.DEBUG_SAVEALL)
-        gc.collect()
-        return sorted({f"{o.f_code.co_qualname} ({os.path.basename(o.f_code.co_filename)})" for o in gc.garbage
-                       if isinstance(o, FrameType) and o.f_code.co_filename.startswith(SLUICE_DIR)})
-    finally:
-        gc.set_debug(0)
-        gc.garbage.clear()
-        gc.enable()
+    return sorted({f"{o.f_code.co_qualname} ({os.path.basename(o.f_code.co_filename)})" for o in garbage
+                   if isinstance(o, FrameType) and o.f_code.co_filename.startswith(SLUICE_DIR)})
 
 
 @pytest.fixture(scope="module")
