@@ -6,14 +6,16 @@ of callers.
                                         #           --loads 0.5,1,2,3 --duration 25 --warmup 5 --adaptive gradient
 
 One command starts, on 127.0.0.1 and free ports, and stops by PID at the end (also on error or SIGTERM):
-  CPU 0: the engine simulator alone (``sluice sim --max-num-seqs 16 --speed 2``: continuous batching, decode step
+  CPU 0: the engine simulator (``sluice sim --max-num-seqs 16 --speed 2``: continuous batching, decode step
          a + b x batch, prefill per token; every answer exactly --output-len tokens via ``ignore_eos``); FCFS
          scheduling for (a)-(c); for (d) it is stopped and a fresh one started with ``--scheduling-policy priority``,
          for (e) one in the sglang dialect with ``--scheduling-policy priority --priority-preemption``;
-  CPU 1: the gateway under test (``sluice serve``, one per configuration, started and stopped in turn) and this
-         process, the load generator (``sluice.bench.run_load``: open loop, Poisson arrivals, streamed chat).
-All three run under SCHED_FIFO priority 1 (``--sched fifo``; ``nice`` or ``none`` otherwise) so that other load on
-the host does not stretch the simulated engine's steps. Diagnostics: ``--endpoint completions`` (no role-only first
+         and this process, the load generator (``sluice.bench.run_load``: open loop, Poisson arrivals, streamed
+         chat), as in bench/overhead.py;
+  CPU 1: the gateway under test alone (``sluice serve``, one per configuration, started and stopped in turn).
+All three run under SCHED_FIFO (``--sched fifo``; ``nice`` or ``none`` otherwise) so that other load on the host
+does not stretch the simulated engine's steps: the simulator at priority 2, so that it preempts the load generator
+on their CPU at once, the others at 1. Diagnostics: ``--endpoint completions`` (no role-only first
 chunk), ``--output-len 32-96`` (answers of varied length), ``--dump-requests DIR``, ``--render-only``.
 
 1. Capacity: a closed loop of 2 x max_num_seqs users straight at the simulator; the engine's maximum is the
@@ -110,7 +112,8 @@ RESULTS = HERE / "results" / "overload.json"
 PLOTS = HERE / "results" / "overload"
 DOC_IMG = ROOT / "docs" / "img"
 MODEL = "sluice-sim"
-SIM_CPU, GATEWAY_CPU, LOAD_CPU = "0", "1", "1"
+SIM_CPU, GATEWAY_CPU, LOAD_CPU = "0", "1", "0"
+SIM_FIFO_PRIORITY, FIFO_PRIORITY = 2, 1  # the simulator preempts the load generator on their CPU
 CONFIGS = ("direct", "fixed", "adaptive", "engine-priority", "engine-preempt")
 # the simulator's scheduling policy per configuration (the others: fcfs)
 SIM_POLICY = {"engine-priority": "priority", "engine-preempt": "priority"}
@@ -263,9 +266,9 @@ def make_tenants(keys: dict[str, str] | None, args: argparse.Namespace, only: Se
 def collector_paused() -> Iterator[None]:
     """No garbage collection in the load generator during a run (bounded: one run's results, a few MB).
 
-    The load generator shares its CPU with the gateway, both under SCHED_FIFO at the same priority, so neither
-    preempts the other: a collection here (3-5 ms young, 50-100 ms full once the results pile up) stalls the
-    gateway too, and delays the arrivals and first bytes it is measuring.
+    A collection here (3-5 ms young, 50-100 ms full once the results pile up) delays the arrivals it sends and the
+    first bytes it stamps. (When the load generator shared the gateway's CPU under SCHED_FIFO at one priority,
+    it stalled the gateway too.)
     """
     gc.collect()
     gc.disable()
@@ -798,9 +801,9 @@ def main() -> int:
     p.add_argument("--slo-tpot-ms", type=float, default=None,
                    help="goodput's TPOT target (default: 2x the engine's TPOT p50 at capacity, measured first)")
     p.add_argument("--sched", choices=("fifo", "nice", "none"), default="fifo",
-                   help="scheduling of the simulator, the gateway and the load generator: fifo (SCHED_FIFO "
-                        "priority 1, default), nice (-10) or none; so that the host's other load does not stretch "
-                        "the simulated engine's step times or delay the gateway")
+                   help="scheduling of the simulator, the gateway and the load generator: fifo (SCHED_FIFO, "
+                        "default: the simulator at priority 2, the others at 1), nice (-10) or none; so that the "
+                        "host's other load does not stretch the simulated engine's step times or delay the gateway")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--output", type=Path, default=RESULTS)
     p.add_argument("--plots-dir", type=Path, default=PLOTS)
@@ -836,7 +839,7 @@ def main() -> int:
     os.sched_setaffinity(0, {int(LOAD_CPU)})
     try:
         if args.sched == "fifo":
-            os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(1))
+            os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(FIFO_PRIORITY))
         elif args.sched == "nice":
             os.setpriority(os.PRIO_PROCESS, 0, -10)
     except PermissionError:
@@ -886,7 +889,8 @@ def finish(result: dict[str, Any], args: argparse.Namespace) -> None:
 
 async def run(args: argparse.Namespace, loads: list[float], configs: list[str], workdir: Path,
               procs: Processes) -> dict[str, Any]:
-    nice = {"fifo": ["chrt", "-f", "1"], "nice": ["nice", "-n", "-10"], "none": []}[args.sched]
+    def sched(fifo_priority: int = FIFO_PRIORITY) -> list[str]:
+        return {"fifo": ["chrt", "-f", str(fifo_priority)], "nice": ["nice", "-n", "-10"], "none": []}[args.sched]
 
     async def start_sim(kind: tuple[str, str]) -> tuple[Any, str]:
         policy, dialect = kind
@@ -898,8 +902,9 @@ async def run(args: argparse.Namespace, loads: list[float], configs: list[str], 
         port = free_port()
         name = "-".join(["sim", *([dialect] if dialect != "vllm" else []), *([policy] if policy != "fcfs" else [])])
         proc = procs.start(name, SIM_CPU, [
-            *nice, sys.executable, "-m", "sluice.cli", "sim", "--model", MODEL, "--host", "127.0.0.1", "--port",
-            str(port), "--max-num-seqs", str(args.max_num_seqs), "--speed", str(args.speed),
+            *sched(SIM_FIFO_PRIORITY), sys.executable, "-m", "sluice.cli", "sim", "--model", MODEL,
+            "--host", "127.0.0.1", "--port", str(port), "--max-num-seqs", str(args.max_num_seqs),
+            "--speed", str(args.speed),
             "--output-len-min", str(args.output_range[0]), "--output-len-max", str(args.output_range[1]),
             "--seed", str(args.seed), "--dialect", dialect, "--scheduling-policy", policy, *preempt,
         ])
@@ -974,7 +979,7 @@ async def run(args: argparse.Namespace, loads: list[float], configs: list[str], 
             cfg.write_text(gateway_config(config, args, port, sim_url, keys, workdir / f"{config}.access.log"))
             result.setdefault("gateway_configs", {})[config] = cfg.read_text()
             gateway = procs.start(f"gateway-{config}", GATEWAY_CPU, [
-                *nice, sys.executable, "-m", "sluice.cli", "serve", "--config", str(cfg)])
+                *sched(), sys.executable, "-m", "sluice.cli", "serve", "--config", str(cfg)])
             base_url = gateway_url = f"http://127.0.0.1:{port}"
             await asyncio.to_thread(wait_until_up, gateway, base_url + "/health")
         gw_keys = keys if gateway else None
