@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 
 import pytest
 
@@ -134,7 +135,7 @@ async def test_a_refused_request_leaves_no_reference_cycle():
     g = gate(clock, queue_max_requests=1)
     await g.admit(ticket(clock))
     with left_for_the_collector() as garbage:
-        refused = lambda t: refusal_reason(g, t)  # noqa: E731
+        refused = functools.partial(refusal_reason, g)
         (timed_out,) = await waiting(g, ticket(clock, wait_s=1.0), admit=refused)
         await clock.run_for(1.1)
         displaced, displacer = await waiting(g, ticket(clock, priority=-1), ticket(clock, priority=5, wait_s=1.0),

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-import socket
 import types
 import uuid
 
@@ -15,6 +14,7 @@ from sluice.clock import MonotonicClock
 from sluice.quota import Bucket, FailoverStore, Lease, LimitInfo, MemoryStore
 from sluice.quota._redis import RedisStore
 from tests.garbage import left_for_the_collector
+from tests.redis_server import free_port
 
 HOUR = 3600.0
 
@@ -290,10 +290,7 @@ async def test_a_failed_call_leaves_no_reference_cycle():
     """A store failure reaches every waiter of the batch; freeing it must not need the garbage collector (a cycle
     through its traceback would keep each waiter's stack alive until a collection, at the worst moment: Redis is
     failing and every request is failing over)."""
-    with socket.socket() as s:  # a port nothing listens on
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    store = RedisStore.from_url(f"redis://127.0.0.1:{port}", timeout_s=1.0)
+    store = RedisStore.from_url(f"redis://127.0.0.1:{free_port()}", timeout_s=1.0)  # nothing listens there
     b = bucket(10)
     with left_for_the_collector() as garbage:
         outcomes = await asyncio.gather(*(failure_name(store, b) for _ in range(3)))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 
 import httpx
 import pytest
@@ -11,6 +10,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from sluice.config import SimSettings, parse_settings
 from tests.conftest import LiveSim, metric_value, serve_gateway, wait_until
+from tests.redis_server import free_port
 
 CHAT = "/v1/chat/completions"
 LONG = {"messages": [{"role": "user", "content": "go on"}], "max_tokens": 4000, "ignore_eos": True}
@@ -107,12 +107,6 @@ def test_ready_when_the_engine_answers(gateway):
     r = httpx.get(gateway.url + "/ready")
     assert r.status_code == 200
     assert r.json() == {"ready": True, "models": {"public-name": True}}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_unreachable_engine_is_502_and_not_ready():

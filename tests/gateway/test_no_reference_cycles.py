@@ -10,7 +10,6 @@ collector off, then look for Sluice's frames among what only a collection could 
 from __future__ import annotations
 
 import os
-import socket
 import time
 from collections.abc import Callable, Iterator
 from types import FrameType
@@ -22,6 +21,7 @@ import sluice
 from sluice.config import SimSettings, parse_settings
 from tests.conftest import LiveSim, serve_gateway
 from tests.garbage import left_for_the_collector
+from tests.redis_server import free_port
 
 CHAT = "/v1/chat/completions"
 SLUICE_DIR = os.path.dirname(sluice.__file__)
@@ -48,9 +48,7 @@ def sim() -> Iterator[LiveSim]:
 
 @pytest.fixture(scope="module")
 def gateway(sim: LiveSim) -> Iterator[httpx.Client]:
-    with socket.socket() as s:  # a port nothing listens on
-        s.bind(("127.0.0.1", 0))
-        dead = s.getsockname()[1]
+    dead = free_port()  # nothing listens on it
     settings = parse_settings({"auth": {"mode": "open"}, "models": [
         {"name": "m", "engine": {"urls": [sim.url], "served_model": "engine"}},
         {"name": "dead", "engine": {"urls": [f"http://127.0.0.1:{dead}"]}},
