@@ -37,7 +37,11 @@ chunk), ``--output-len 32-96`` (answers of varied length), ``--dump-requests DIR
    important than a running one by more
    than --preempt-threshold takes its seat at once, the preempted one resuming later from its cached prompt; 5 by
    default, so premium (10) preempts standard (0) and batch (-1), and standard does not preempt batch; SGLang's own
-   default, 10, would let premium preempt batch only): for each, an unloaded run (premium only, 0.1x
+   default, 10, would let premium preempt batch only) and (f) ``fixed-preempt`` and (g) ``adaptive-preempt`` ((b)
+   and (c) with ``admission: {preemption: {enabled: true, priority_gap: --preempt-threshold}}``, in front of the
+   vLLM-dialect simulator, FCFS, prefix caching on as in vLLM V1: when premium waits and the window is full, the
+   gateway stops the newest running standard or batch stream, gives premium its place, and resumes the stopped
+   stream later from its token ids, its prefill mostly read back from the prefix cache): for each, an unloaded run (premium only, 0.1x
    capacity) for the top tier's unloaded TTFT, then Poisson arrivals at each load x capacity for --duration s,
    of which the first --warmup s are not measured. Tenants, by share of the arrivals: premium 15% (tier
    premium, priority 10), std-a 30% and std-b 30% (tier standard, priority 0: the two equal tenants of Jain's
@@ -114,7 +118,9 @@ DOC_IMG = ROOT / "docs" / "img"
 MODEL = "sluice-sim"
 SIM_CPU, GATEWAY_CPU, LOAD_CPU = "0", "1", "0"
 SIM_FIFO_PRIORITY, FIFO_PRIORITY = 2, 1  # the simulator preempts the load generator on their CPU
-CONFIGS = ("direct", "fixed", "adaptive", "engine-priority", "engine-preempt")
+CONFIGS = ("direct", "fixed", "adaptive", "engine-priority", "engine-preempt", "fixed-preempt", "adaptive-preempt")
+# configurations where the gateway preempts (admission.preemption) in front of the vLLM-dialect simulator
+GATEWAY_PREEMPT = {"fixed-preempt": "fixed", "adaptive-preempt": "adaptive"}
 # the simulator's scheduling policy per configuration (the others: fcfs)
 SIM_POLICY = {"engine-priority": "priority", "engine-preempt": "priority"}
 # the simulator's dialect per configuration, also the gateway's engine dialect (the others: vllm)
@@ -505,6 +511,9 @@ def gateway_config(kind: str, args: argparse.Namespace, port: int, sim_url: str,
                    access_log: Path) -> str:
     n = args.max_num_seqs
     extra = ""
+    if kind in GATEWAY_PREEMPT:
+        extra = f"preemption: {{enabled: true, priority_gap: {args.preempt_threshold}}}, "
+        kind = GATEWAY_PREEMPT[kind]
     if kind == "fixed":
         window = f"{{kind: fixed, initial: {n}}}"
     elif kind in ("engine-priority", "engine-preempt"):
@@ -655,7 +664,8 @@ def plot(result: dict[str, Any], out_dir: Path) -> list[Path]:
 
     configs, runs = result["configs"], result["runs"]
     styles = {"direct": ("tab:red", "o"), "fixed": ("tab:blue", "s"), "adaptive": ("tab:green", "^"),
-              "engine-priority": ("tab:purple", "D"), "engine-preempt": ("tab:orange", "P")}
+              "engine-priority": ("tab:purple", "D"), "engine-preempt": ("tab:orange", "P"),
+              "fixed-preempt": ("tab:cyan", "X"), "adaptive-preempt": ("tab:olive", "v")}
     paths = []
 
     fig, axes = plt.subplots(1, len(TIERS), figsize=(14, 4.5), sharey=True)
@@ -785,7 +795,8 @@ def main() -> int:
     p.add_argument("--preempt-threshold", type=int, default=5,
                    help="engine-preempt: the simulator's --priority-preemption-threshold (SGLang's "
                         "--priority-scheduling-preemption-threshold; default 5: premium preempts standard and batch, "
-                        "standard does not preempt batch; SGLang's default 10: premium preempts batch only)")
+                        "standard does not preempt batch; SGLang's default 10: premium preempts batch only); "
+                        "fixed-preempt, adaptive-preempt: the gateway's admission.preemption.priority_gap, the same")
     p.add_argument("--priority-reserve", type=float, default=0.2,
                    help="engine-priority: protection.reserve_top_share with reserve_when: always, the window's share "
                         "kept for premium at all times (default 0.2: lower tiers stop at 16 of 20)")

@@ -149,6 +149,7 @@ def test_long_run_finishes_every_sequence_with_all_its_tokens(kw: dict[str, Any]
     assert all(delivered[s.seq_id] == s.output_len for s in seqs)  # one token per step it was in, none twice
     assert engine.generation_tokens_total == sum(s.output_len for s in seqs)
     assert engine.prompt_tokens_total == sum(s.prompt_tokens for s in seqs)
-    assert engine.free_blocks + engine.cached_blocks == engine.settings.num_kv_blocks
+    assert engine.free_blocks == engine.settings.num_kv_blocks  # every block free, some of them cached
+    assert 0 <= engine.cached_blocks <= engine.free_blocks
     assert engine.num_preemptions > 0  # the scenario did exercise preemption
 

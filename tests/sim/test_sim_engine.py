@@ -105,19 +105,22 @@ def test_preemption_when_the_kv_cache_fills() -> None:
     assert engine.generation_tokens_total == 23
 
 
-def test_preempted_sequence_reprefills_prompt_and_generated() -> None:
-    engine = EngineModel(settings(num_kv_blocks=6, prefill_s_per_token=1.0, decode_base_s=0.0))
+@pytest.mark.parametrize(("caching", "still_cached"), [(False, 0), (True, 8)], ids=["no-prefix-caching", "vllm"])
+def test_preempted_sequence_reprefills_prompt_and_generated(caching: bool, still_cached: int) -> None:
+    engine = EngineModel(settings(num_kv_blocks=6, prefill_s_per_token=1.0, decode_base_s=0.0, prefix_caching=caching))
     a, b = seq(6, 10), seq(6, 10)
     engine.submit([a, b])
     while engine.num_preemptions == 0:
         engine.commit(engine.schedule())
     kept = b.total_tokens
+    assert kept == 12 and b.blocks == 0 and engine.cached_blocks == (2 if caching else 0)  # 11 computed: 2 blocks
     while True:
         step = engine.schedule()
         if b in step.prefill:
             break
         engine.commit(step)
-    assert step.prefill_tokens == kept
+    # with vLLM's prefix caching its two full computed blocks were still cached (a never needed their room)
+    assert step.prefill_tokens == kept - still_cached and step.cached_tokens == still_cached
 
 
 def test_abort_frees_blocks_wherever_the_sequence_is() -> None:

@@ -71,7 +71,7 @@ def test_more_important_arrival_preempts_for_a_seat(settings: SimSettings, mixed
     assert step.preempted == [new] and step.prefill == [urgent] and step.decode == ([old] if mixed else [])
     assert engine.running == [old, urgent] and list(engine.waiting) == [new]
     assert new.state is SeqState.WAITING and new.num_preemptions == 1 and engine.num_preemptions == 1
-    assert new.cached_blocks == 2 and new.blocks == 0  # its 8 prompt tokens: two full blocks stay cached
+    assert engine.cached_prefix_blocks(new) == 2 and new.blocks == 0  # its 8 prompt tokens: two full blocks stay cached
 
 
 @pytest.mark.parametrize("gap", [10, 1, 0])
@@ -114,14 +114,15 @@ def test_preempted_sequence_resumes_from_its_cached_prefix_and_finishes() -> Non
     engine.submit([urgent])
     step = engine.schedule()
     assert step.preempted == [low] and step.prefill == [urgent] and step.prefill_tokens == 4
-    assert low.cached_blocks == 2 and engine.cached_blocks == 2
+    assert engine.cached_prefix_blocks(low) == 2 and engine.cached_blocks == 2
     assert engine.used_blocks == 2 and engine.kv_usage == pytest.approx(2 / 64)  # a cached prefix counts as free
     engine.commit(step)
     step = step_until_prefilled(engine, low)
     assert urgent.state is SeqState.FINISHED
     # re-admitted: its prompt's blocks come back from the cache, only the two decoded tokens are prefilled again
     assert step.prefill_tokens == 2 and step.duration_s == pytest.approx(2.0)
-    assert low.cached_blocks == 0 and low.blocks == 3 and engine.cached_blocks == 0 and not engine.cached
+    assert engine.cached_prefix_blocks(low) == 0 and low.blocks == 3
+    assert engine.cached_blocks == 1  # what the finished urgent one computed: its first full block
     run_to_end(engine)
     assert low.state is SeqState.FINISHED and (low.generated, urgent.generated) == (6, 2)
     assert engine.prompt_tokens_total == 8 + 4  # a re-prefill is not counted again
@@ -133,11 +134,11 @@ def test_cached_prefix_is_freed_when_its_blocks_are_needed() -> None:
     engine = EngineModel(sglang(max_num_seqs=1, num_kv_blocks=6))
     low = seq(8, 6, 0)
     full_batch(engine, low)  # 3 of the 6 blocks
-    urgent = seq(18, 2, -20)  # needs 5: the 3 free ones are short, low's and then its cached prefix are not
+    urgent = seq(21, 2, -20)  # needs all 6: the 3 free ones are short, low's and then its cached prefix are not
     engine.submit([urgent])
     step = engine.schedule()
     assert step.preempted == [low] and step.prefill == [urgent]
-    assert low.cached_blocks == 0 and engine.cached_blocks == 0 and engine.free_blocks == 1
+    assert engine.cached_prefix_blocks(low) == 0 and engine.cached_blocks == 0 and engine.free_blocks == 0
     engine.commit(step)
     step = step_until_prefilled(engine, low)
     assert step.prefill_tokens == low.total_tokens == 9  # its prefix was evicted: all of it again

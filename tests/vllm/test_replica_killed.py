@@ -25,7 +25,8 @@ from tests.vllm.engine_process import VllmProcess
 
 pytestmark = pytest.mark.vllm
 
-LONG = {"model": "tiny", "messages": [{"role": "user", "content": "go on"}], "max_tokens": 200, "ignore_eos": True}
+# long enough to be still streaming when the replica is killed half a second in (200 tokens could finish first)
+LONG = {"model": "tiny", "messages": [{"role": "user", "content": "go on"}], "max_tokens": 800, "ignore_eos": True}
 BODY = {"model": "tiny", "messages": [{"role": "user", "content": "go on"}], "max_tokens": 16, "ignore_eos": True}
 
 
@@ -149,7 +150,7 @@ def test_traffic_keeps_flowing_when_a_replica_is_killed(vllm_replicas: list[Vllm
         assert o.finished - killed_at < 30, o
     where = {rid: doc.get("replica") for rid, doc in access_log(probe_log).items()}
     # The long non-streamed request ends well whichever replica it started on (re-run on the live one).
-    assert probes["probe-json"] == "200, 200 tokens", probes
+    assert probes["probe-json"] == "200, 800 tokens", probes
     stream_cut = probes["probe-stream ended at"] > killed_at  # it may have finished before the kill on a quiet machine
     if where.get("probe-stream") == doomed.url and stream_cut:  # its tokens were coming from the killed replica: cut
         assert "[DONE]" not in probes["probe-stream"], probes

@@ -4,6 +4,13 @@ A request is dispatched at once when nothing waits and the window has room; othe
 the window opens for it (highest band first, fairest tenant within a band), its deadline passes, its client leaves,
 or a more important request displaces it. The controller's tick (on the injected clock) senses saturation, moves
 protection mode, expires deadlines and re-opens the gate when the engines drain.
+
+Preemption (``preempt_gap``): an engine like vLLM never takes a running request's seat for a more important one,
+so a top-tier request arriving when lower tiers hold the whole window would wait for one of them to finish. With a
+gap set, the gate takes the place back itself: the least important running request (newest first among equals,
+as vLLM picks its victims) that is at least ``preempt_gap`` below the head of the queue, and whose stream can be
+resumed, is stopped (its ``on_preempt``); its place goes to the queue's head, and the rest of it (``resume``)
+waits at the head of its own band. One waiting request preempts at most one running request.
 """
 
 from __future__ import annotations
@@ -32,6 +39,8 @@ class AdmissionObserver(Protocol):
 
     def admission_waited(self, pool: str, priority: int, seconds: float) -> None: ...
 
+    def admission_preempted(self, pool: str, priority: int) -> None: ...
+
 
 @dataclass(frozen=True, slots=True)
 class GateSettings:
@@ -41,6 +50,7 @@ class GateSettings:
     reserve_top_share: float = 0.2  # of the window, kept for the top band while protection is engaged
     reserve_always: bool = False  # keep it whatever protection mode says
     top_priority: int = 0
+    preempt_gap: int | None = None  # a waiting request this much more important takes a running one's place
     tick_s: float = 0.05
     retry_after_s: float = 1.0
 
@@ -69,7 +79,9 @@ class PoolController:
         self.tokens_in_flight = 0
         self.last_saturation = 0.0
         self._recent: deque[tuple[float, int]] = deque()  # (admitted at, tokens): not yet in the engines' metrics
-        self._seq = itertools.count()
+        self._running: set[Ticket] = set()  # dispatched, not yet released
+        self._preempting = 0  # running requests told to stop, not yet released
+        self._seq = itertools.count(1)
         self._ticker: asyncio.Task[None] | None = None
 
     # -- the gate ---------------------------------------------------------------------------------------
@@ -77,13 +89,16 @@ class PoolController:
     async def admit(self, ticket: Ticket) -> Permit:
         """Wait for a place in the pool's window; raise ``OverloadedError`` (503) when there is none in time."""
         now = self._clock.now()
-        ticket.arrival_s, ticket.seq = now, next(self._seq)
+        ticket.arrival_s = now
+        if not ticket.resumed:  # a resumed request keeps its arrival order (it is not the newest)
+            ticket.seq = next(self._seq)
         if self.protection is not None and self.protection.engaged and ticket.sheddable:
             raise self._refusal("shed", "The engines are overloaded and this request's priority is sheddable.")
         if not self.queue and self._fits(ticket):
             return self._dispatch(ticket)
         self._enqueue(ticket)
         self._pump()  # a more important arrival may go ahead of those waiting, at once
+        self._preempt()
         self._start_ticker()
         assert ticket.granted is not None
         try:
@@ -101,16 +116,18 @@ class PoolController:
 
     def release(self, permit: Permit, outcome: Outcome, latency_s: float | None, output_tokens: int) -> None:
         """Settle a dispatched request: feed the window algorithm, bill the tenant, open the gate."""
-        if permit.released:
+        if not self._settle(permit, output_tokens):
             return
-        permit.released = True
-        ticket = permit.ticket
-        self.in_flight -= 1
-        self.tokens_in_flight -= ticket.tokens
-        self.queue.charge(ticket, 0, output_tokens)
         saturated = self.last_saturation >= 1.0
         self.limit.update(Sample(latency_s, permit.in_flight_at_admit, outcome, saturated))
         self._pump()
+
+    async def resume(self, permit: Permit, output_tokens: int, rest: Ticket) -> Permit:
+        """Give back the place of a request stopped by preemption (no sample for the window algorithm: it was
+        stopped, it did not finish) and wait for a place for its ``rest``, at the head of its band."""
+        self._settle(permit, output_tokens)
+        rest.resumed = True
+        return await self.admit(rest)
 
     @property
     def top_priority(self) -> int:
@@ -140,6 +157,38 @@ class PoolController:
 
     # -- inside -----------------------------------------------------------------------------------------
 
+    def _settle(self, permit: Permit, output_tokens: int) -> bool:
+        if permit.released:
+            return False
+        permit.released = True
+        ticket = permit.ticket
+        self._running.discard(ticket)
+        ticket.on_preempt = None
+        if ticket.preempted:
+            self._preempting -= 1
+        self.in_flight -= 1
+        self.tokens_in_flight -= ticket.tokens
+        self.queue.charge(ticket, 0, output_tokens)
+        return True
+
+    def _preempt(self) -> None:
+        """Stop running requests for the waiting head of the queue's top band, one per waiting request there."""
+        gap = self._settings.preempt_gap
+        head = self.queue.peek() if gap is not None else None
+        if head is None or gap is None:
+            return
+        while self.queue.waiting_at(head.priority) > self._preempting:
+            victims = [t for t in self._running
+                       if t.on_preempt is not None and not t.preempted and t.priority <= head.priority - gap]
+            if not victims:
+                return
+            victim = min(victims, key=lambda t: (t.priority, -t.seq))
+            stop, victim.on_preempt, victim.preempted = victim.on_preempt, None, True
+            self._preempting += 1
+            if self._observer:
+                self._observer.admission_preempted(self.name, victim.priority)
+            stop()
+
     def _fits(self, ticket: Ticket) -> bool:
         if self.in_flight >= self.effective_limit(ticket.priority):
             return False
@@ -162,6 +211,7 @@ class PoolController:
 
     def _dispatch(self, ticket: Ticket) -> Permit:
         ticket.in_flight_at_dispatch = self.in_flight
+        self._running.add(ticket)
         self.in_flight += 1
         self.tokens_in_flight += ticket.tokens
         self._recent.append((self._clock.now(), ticket.tokens))
@@ -170,6 +220,7 @@ class PoolController:
         return Permit(ticket, ticket.in_flight_at_dispatch, now - ticket.arrival_s)
 
     def _undo_dispatch(self, ticket: Ticket) -> None:
+        self._running.discard(ticket)
         self.in_flight -= 1
         self.tokens_in_flight -= ticket.tokens
         self._pump()
@@ -234,6 +285,7 @@ class PoolController:
             else:
                 self._reject(ticket, "shed", "The engines are overloaded and this request's priority is sheddable.")
         self._pump()
+        self._preempt()
         if self._observer:
             self._observer.admission_state(self.name, in_flight=self.in_flight, limit=self.limit.value,
                                            queued=self.queue.depth_by_priority(), saturation=self.last_saturation,

@@ -4,6 +4,9 @@ Fairness is the virtual token counter (VTC, Sheng et al., "Fairness in Serving L
 2024): each tenant has a counter charged with the tokens it is served (prompt, and output weighted higher, both
 divided by the tenant's weight); the next request comes from the backlogged tenant with the lowest counter. A
 tenant that becomes backlogged is lifted to the lowest counter among the backlogged, so idling earns no credit.
+
+A resumed request (the rest of one preempted for a more important request) waits ahead of its whole band: it was
+already being served, its client is reading a half-finished answer, and it is never the one displaced.
 """
 
 from __future__ import annotations
@@ -19,8 +22,12 @@ from sluice.admission._ticket import Ticket
 class _Band:
     queues: dict[str, deque[Ticket]] = field(default_factory=dict)  # backlogged tenants only
     counters: dict[str, float] = field(default_factory=dict)
+    resumed: deque[Ticket] = field(default_factory=deque)
 
     def push(self, ticket: Ticket) -> None:
+        if ticket.resumed:
+            self.resumed.append(ticket)
+            return
         queue = self.queues.get(ticket.tenant)
         if queue is None:
             floor = min((self.counters[t] for t in self.queues), default=None)
@@ -29,10 +36,21 @@ class _Band:
             queue = self.queues[ticket.tenant] = deque()
         queue.append(ticket)
 
-    def next_tenant(self) -> str | None:
-        return min(self.queues, key=lambda t: self.counters[t], default=None)
+    def head(self) -> Ticket | None:
+        if self.resumed:
+            return self.resumed[0]
+        tenant = min(self.queues, key=lambda t: self.counters[t], default=None)
+        return None if tenant is None else self.queues[tenant][0]
+
+    def __len__(self) -> int:
+        return len(self.resumed) + sum(len(q) for q in self.queues.values())
 
     def remove(self, ticket: Ticket) -> bool:
+        if ticket.resumed:
+            if ticket not in self.resumed:
+                return False
+            self.resumed.remove(ticket)
+            return True
         queue = self.queues.get(ticket.tenant)
         if queue is None or ticket not in queue:
             return False
@@ -58,12 +76,12 @@ class FairQueue:
         self.tokens += ticket.tokens
 
     def peek(self) -> Ticket | None:
-        """The request that goes next: the highest band, then the tenant with the lowest counter, oldest first."""
+        """The request that goes next: the highest band, then its resumed requests, then the tenant with the lowest
+        counter, oldest first."""
         for priority in sorted(self._bands, reverse=True):
-            band = self._bands[priority]
-            tenant = band.next_tenant()
-            if tenant is not None:
-                return band.queues[tenant][0]
+            head = self._bands[priority].head()
+            if head is not None:
+                return head
         return None
 
     def remove(self, ticket: Ticket) -> bool:
@@ -90,12 +108,17 @@ class FairQueue:
 
     def __iter__(self) -> Iterator[Ticket]:
         for band in self._bands.values():
+            yield from band.resumed
             for queue in band.queues.values():
                 yield from queue
 
     def depth_by_priority(self) -> dict[int, int]:
         """Waiting requests per band (bands seen once stay listed, at 0 when empty)."""
-        return {p: sum(len(q) for q in band.queues.values()) for p, band in self._bands.items()}
+        return {p: len(band) for p, band in self._bands.items()}
+
+    def waiting_at(self, priority: int) -> int:
+        band = self._bands.get(priority)
+        return len(band) if band else 0
 
     def counter(self, priority: int, tenant: str) -> float:
         band = self._bands.get(priority)

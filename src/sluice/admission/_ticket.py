@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 
@@ -39,6 +40,10 @@ class Ticket:
     seq: int = 0  # arrival order, for "newest gives way first"
     in_flight_at_dispatch: int = 0  # what the window held when it went in (for the limit algorithm's sample)
     granted: asyncio.Future[Refusal | None] | None = field(default=None, repr=False)  # None: dispatched
+    resumed: bool = False  # the rest of a preempted request: it waits at the head of its band
+    # Set while it runs and can be preempted (its stream can be resumed): stops its upstream request.
+    on_preempt: Callable[[], None] | None = field(default=None, repr=False)
+    preempted: bool = False
 
     @property
     def sheddable(self) -> bool:

@@ -100,6 +100,10 @@ class SimSettings(_Frozen):
     # may one step both prefill new sequences and decode the running ones? None: the dialect's own behaviour (vllm,
     # lmdeploy: yes; sglang: no, a step that admits anything is prefill only, unless --enable-mixed-chunk)
     mixed_batches: bool | None = None
+    # automatic prefix caching: freed KV blocks keep their content until evicted (LRU) and an arrival whose tokens
+    # start with cached blocks prefills only the rest. None: the dialect's own default (vllm, sglang: on, as vLLM V1
+    # and SGLang's radix cache; lmdeploy: off, its --enable-prefix-caching)
+    prefix_caching: bool | None = None
     output_len_min: int = Field(16, ge=1)
     output_len_max: int = Field(256, ge=1)
     embedding_dim: int = Field(64, ge=1)
@@ -174,6 +178,14 @@ class ProtectionSettings(_Frozen):
     tighten_factor: float = Field(0.5, gt=0, le=1)  # lower tiers' rate limits are multiplied by this
 
 
+class PreemptionSettings(_Frozen):
+    """Stop a running request for a waiting one at least ``priority_gap`` more important, and resume its stream
+    later from the tokens it had produced (engines that resume from token ids only: vLLM)."""
+
+    enabled: bool = False
+    priority_gap: int = Field(5, ge=1)
+
+
 class AdmissionSettings(_Frozen):
     enabled: bool = True
     window: WindowSettings = WindowSettings()
@@ -186,6 +198,7 @@ class AdmissionSettings(_Frozen):
     protection: ProtectionSettings = ProtectionSettings()
     kv_capacity_tokens: int | None = Field(None, ge=1)  # per replica; a simulator knows its own
     priority_to_engine: bool = False  # the engine runs with priority scheduling: send it each request's priority
+    preemption: PreemptionSettings = PreemptionSettings()
 
     @model_validator(mode="after")
     def _ordered(self) -> AdmissionSettings:

@@ -95,8 +95,9 @@ class EnginePool:
         return self._session
 
     async def post(self, path: str, body: bytes, headers: Mapping[str, str],
-                   affinity: str | None = None) -> UpstreamResponse:
-        """Send ``body`` to the best replica that takes it; raise the translated error if none does."""
+                   affinity: str | None = None, prefer: Replica | None = None) -> UpstreamResponse:
+        """Send ``body`` to the best replica that takes it; raise the translated error if none does. ``prefer``
+        (the replica whose KV cache holds the request's prefix, for a resumed stream) is tried first."""
         usable = [r for r in self.replicas if r.breaker.allows()]
         if not usable:
             raise EngineUnavailableError("Every replica of this model is failing (circuits open); retry shortly.",
@@ -104,7 +105,11 @@ class EnginePool:
                                          headers={"retry-after": "1"})
         unreachable = ""  # what the last unreachable replica raised, as text: the exception would hold this frame
         overloaded: SluiceError | None = None
-        for replica in self.router.order(usable, affinity):
+        order = self.router.order(usable, affinity)
+        if prefer is not None and prefer in order:
+            order.remove(prefer)
+            order.insert(0, prefer)
+        for replica in order:
             replica.breaker.on_send()
             replica.outstanding += 1
             try:

@@ -58,7 +58,8 @@ async def open_gate(model: ModelSettings, replicas: Sequence[Replica], scraper: 
                      queue_max_requests=admission.queue_max_requests, queue_max_tokens=admission.queue_max_tokens,
                      reserve_top_share=admission.protection.reserve_top_share,
                      reserve_always=admission.protection.reserve_when == "always",
-                     top_priority=max(t.priority for t in settings.tiers.values())),
+                     top_priority=max(t.priority for t in settings.tiers.values()),
+                     preempt_gap=admission.preemption.priority_gap if admission.preemption.enabled else None),
         saturation=detector, protection=protection, observer=metrics, output_weight=admission.output_weight,
     )
     gate.start()

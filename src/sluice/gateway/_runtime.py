@@ -12,6 +12,7 @@ from sluice.clock import Clock
 from sluice.config import EngineSettings, ModelSettings, Settings
 from sluice.engines import CircuitBreaker, EnginePool, LoadScraper, Replica, Router
 from sluice.engines.dialects import dialect_for
+from sluice.errors import ConfigError
 from sluice.gateway._gates import open_gate
 from sluice.gateway._live import LiveConfig
 from sluice.gateway._scale_out import ScaleOutHook
@@ -105,9 +106,14 @@ async def _open_route(model: ModelSettings, settings: Settings, clock: Clock, me
     pool.start_health_checks(clock, engine.health_interval_s)
     stack.push_async_callback(pool.close)
     gate = await open_gate(model, replicas, scraper, settings, clock, metrics, stack)
+    dialect = dialect_for(engine.dialect)
+    if model.admission.preemption.enabled and not dialect.resumes_from_token_ids:
+        raise ConfigError(f"model {model.name}: admission.preemption needs an engine that resumes streams from token "
+                          f"ids (vllm); {engine.dialect} does not")
     return ModelRoute(model.name, engine.served_model or model.name, pool, model.context_length, gate=gate,
                       tighten_factor=model.admission.protection.tighten_factor,
-                      priority=dialect_for(engine.dialect).priority if model.admission.priority_to_engine else None,
+                      priority=dialect.priority if model.admission.priority_to_engine else None,
+                      resumable=model.admission.enabled and model.admission.preemption.enabled,
                       affinity=engine.routing == "prefix_affinity",
                       cache_ttl_s=model.cache.ttl_s if model.cache.enabled else None)
 

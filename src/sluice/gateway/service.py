@@ -7,6 +7,7 @@ Routes hand it bytes and headers and get a ``FullReply`` or a ``StreamReply`` ba
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,8 +20,9 @@ from sluice.cache import CacheStore, cache_key
 from sluice.clock import Clock
 from sluice.engines import EnginePool, UpstreamResponse
 from sluice.engines.dialects import PriorityConvention
-from sluice.errors import NotFoundError, SluiceError
+from sluice.errors import EngineUnavailableError, NotFoundError, SluiceError
 from sluice.gateway._flight import NOTHING_RAN, Flight, outcome_of
+from sluice.gateway._resume import Transcript, resumable
 from sluice.identity import Authenticator, Directory, Principal
 from sluice.protocol import (
     ChatCompletionRequest,
@@ -60,6 +62,7 @@ class ModelRoute:
     priority: PriorityConvention | None = None  # how the engine takes priorities, when it schedules by them
     affinity: bool = False  # route by the conversation's prefix (prefix_affinity)
     cache_ttl_s: float | None = None  # answers of deterministic requests are cached this long (None: no cache)
+    resumable: bool = False  # the gate preempts, and streams stopped for it are resumed (gateway/_resume.py)
 
     def tighten_for(self, priority: int) -> float:
         gate = self.gate
@@ -136,12 +139,14 @@ class GatewayService:
                 return FullReply(200, cached, "application/json", {"x-sluice-cache": "hit"})
         reservation = await self.limiter.reserve(principal, route.name, price, route.tighten_for(priority))
         flight = Flight(self, route, record, reservation)
+        upstream_body = _upstream_body(request, body, route, stream, priority)
+        transcript = _transcript(route, stream, upstream_body)
+        if transcript is not None:
+            upstream_body = orjson.dumps({**transcript.original, "return_token_ids": True})
         try:
             await self._admit(flight, principal, priority, price)
             upstream = await route.pool.post(
-                endpoint.path,
-                _upstream_body(request, body, route, stream, priority),
-                {"content-type": "application/json", "x-request-id": record.request_id},
+                endpoint.path, upstream_body, {"content-type": "application/json", "x-request-id": record.request_id},
                 affinity=_prefix(request) if route.affinity else None,
             )
         except BaseException as exc:
@@ -149,7 +154,9 @@ class GatewayService:
             raise
         record.replica = upstream.replica.url
         if stream:
-            chunks = self._relay(upstream, request.wants_usage_chunk(), flight)
+            if transcript is not None and flight.permit is not None:
+                flight.permit.ticket.on_preempt = upstream.close  # the gate may stop it: _relay resumes it
+            chunks = self._relay(upstream, request.wants_usage_chunk(), flight, endpoint.path, transcript)
 
             def abandoned() -> None:  # the client left before the relay began: nothing was forwarded
                 upstream.close()
@@ -181,12 +188,37 @@ class GatewayService:
         gate = flight.route.gate
         if gate is None:
             return
-        tier = self.limiter.policy.tiers.get(principal.tier)
-        weight, max_queue_s = (tier.weight, tier.max_queue_s) if tier else (1.0, 0.0)
+        weight, max_queue_s = self._queueing(principal.tier)
         ticket = ticket_for(priority, principal.tenant, weight, price.prompt_tokens, price.max_output_tokens,
                             self.clock.now() + max_queue_s)
         flight.permit = await gate.admit(ticket)
         flight.record.queue_wait_s = flight.permit.waited_s
+
+    def _queueing(self, tier_name: str | None) -> tuple[float, float]:
+        """The tier's share within its band, and how long its requests may wait."""
+        tier = self.limiter.policy.tiers.get(tier_name or "")
+        return (tier.weight, tier.max_queue_s) if tier else (1.0, 0.0)
+
+    async def _resume(self, flight: Flight, stopped: UpstreamResponse, path: str,
+                      transcript: Transcript) -> UpstreamResponse:
+        """Send the rest of a stream the gate stopped for a more important request, once the gate lets it in
+        again (at the head of its band); its place in the window was given back when it stopped."""
+        stopped.close()
+        route, record, permit = flight.route, flight.record, flight.permit
+        assert route.gate is not None and permit is not None
+        record.preempted = (record.preempted or 0) + 1
+        settled_before = transcript.before
+        next_path, body = transcript.next_request()
+        left = transcript.before - settled_before
+        rest = dataclasses.replace(permit.ticket, granted=None, on_preempt=None, preempted=False,
+                                   deadline_s=self.clock.now() + self._queueing(record.tier)[1],
+                                   prompt_tokens=permit.ticket.prompt_tokens + left)
+        flight.permit = await route.gate.resume(permit, left, rest)
+        upstream = await route.pool.post(next_path or path, body,
+                                         {"content-type": "application/json", "x-request-id": record.request_id},
+                                         prefer=stopped.replica)
+        flight.permit.ticket.on_preempt = upstream.close
+        return upstream
 
     def _route(self, model: str) -> ModelRoute:
         route = self.routes.get(model)
@@ -194,37 +226,58 @@ class GatewayService:
             raise NotFoundError(f"The model `{model}` does not exist or you do not have access to it.", param="model")
         return route
 
-    async def _relay(self, upstream: UpstreamResponse, wants_usage: bool, flight: Flight) -> AsyncIterator[bytes]:
+    async def _relay(self, upstream: UpstreamResponse, wants_usage: bool, flight: Flight, path: str,
+                     transcript: Transcript | None) -> AsyncIterator[bytes]:
         """Pass SSE frames through as they arrive. Only a frame carrying usage is parsed: its usage is kept, and
         the usage-only frame is dropped if the client did not ask for it. Closing this generator early (client
-        gone) closes the upstream, aborting the request there, and charges what was generated so far."""
+        gone) closes the upstream, aborting the request there, and charges what was generated so far. A
+        resumable stream (``transcript``) has every frame rewritten by it, and is continued if the gate stops it."""
         route, record = flight.route, flight.record
-        parser = SSEParser()
         usage: Any = None
         generated = 0  # data frames: about one token each, the charge when the stream is cut before its usage
         finished = False
         outcome = Outcome.IGNORED
         try:
-            async for chunk in upstream.chunks():
-                frames = parser.feed(chunk)
-                if not frames:
-                    continue
-                if record.ttft_s is None and any(map(_has_generated_text, frames)):
-                    record.ttft_s = self.clock.now() - record.started_s
-                out = []
-                for frame in frames:
-                    if b'"usage":{' in frame or b'"usage": {' in frame:
-                        doc = _json_object(sse_data(frame) or b"")
-                        usage = doc.get("usage")
-                        if not doc.get("choices") and not wants_usage:
+            while True:
+                parser = SSEParser()
+                try:
+                    async for chunk in upstream.chunks():
+                        frames = parser.feed(chunk)
+                        if not frames:
                             continue
-                    elif frame.startswith(b"data: [DONE]"):
-                        finished = True
-                    else:
-                        generated += 1
-                    out.append(frame)
-                if out:
-                    yield route.rename(b"".join(out))
+                        if transcript is not None:
+                            frames = [transcript.rewrite(frame) for frame in frames]
+                            if not transcript.resumable and flight.permit is not None:
+                                flight.permit.ticket.on_preempt = None
+                        if record.ttft_s is None and any(map(_has_generated_text, frames)):
+                            record.ttft_s = self.clock.now() - record.started_s
+                        out = []
+                        for frame in frames:
+                            if b'"usage":{' in frame or b'"usage": {' in frame:
+                                doc = _json_object(sse_data(frame) or b"")
+                                usage = doc.get("usage")
+                                if not doc.get("choices") and not wants_usage:
+                                    continue
+                            elif frame.startswith(b"data: [DONE]"):
+                                finished = True
+                            else:
+                                generated += 1
+                            out.append(frame)
+                        if out:
+                            yield route.rename(b"".join(out))
+                except SluiceError:
+                    if not _stopped(flight):
+                        raise
+                if finished or transcript is None or not _stopped(flight):
+                    break
+                if transcript.finished:  # stopped between its last token and its [DONE]: end it here
+                    yield route.rename(transcript.ending(wants_usage))
+                    finished = True
+                    break
+                if not transcript.resumable:  # what made it so was read in the same instant it was stopped
+                    raise EngineUnavailableError("The request was stopped for a more important one, and could not "
+                                                 "be resumed.", reason="preempted")
+                upstream = await self._resume(flight, upstream, path, transcript)
             if finished:
                 outcome = Outcome.SUCCESS
         except SluiceError as exc:  # the engine died mid-answer: say so in the stream, and end it cleanly
@@ -264,6 +317,21 @@ def _upstream_body(request: Any, body: bytes, route: ModelRoute, stream: bool, p
         del doc["priority"]
     doc.update(changes)
     return orjson.dumps(doc)
+
+
+def _transcript(route: ModelRoute, stream: bool, upstream_body: bytes) -> Transcript | None:
+    """A transcript for a stream the gate may stop and the gateway resume; None when it may not be."""
+    if not route.resumable or route.gate is None or not stream:
+        return None
+    doc = _json_object(upstream_body)
+    if not resumable(doc):
+        return None
+    return Transcript(doc, client_wants_ids=doc.get("return_token_ids") is True)
+
+
+def _stopped(flight: Flight) -> bool:
+    """Whether the gate stopped this request (preempted it for a more important one)."""
+    return flight.permit is not None and flight.permit.ticket.preempted
 
 
 def _has_generated_text(frame: bytes) -> bool:

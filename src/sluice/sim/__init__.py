@@ -13,7 +13,7 @@ from sluice.sim._engine import EngineModel, Sequence, SeqState, Step
 from sluice.sim._metrics import METRIC_NAMES, SimMetrics
 from sluice.sim._runner import EngineRunner, Generation
 from sluice.sim._server import SimServer, serve_sim
-from sluice.sim._tokenizer import count_chat, count_prompt, count_text
+from sluice.sim._tokenizer import chat_ids, count_chat, count_prompt, count_text, prompt_ids, text_ids
 
 __all__ = [
     "METRIC_NAMES",
@@ -25,8 +25,11 @@ __all__ = [
     "SimMetrics",
     "SimServer",
     "Step",
+    "chat_ids",
     "count_chat",
     "count_prompt",
     "count_text",
+    "prompt_ids",
     "serve_sim",
+    "text_ids",
 ]

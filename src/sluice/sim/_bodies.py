@@ -1,4 +1,17 @@
-"""Response bodies shaped as vLLM's OpenAI server writes them (chat, completions, their stream chunks, errors)."""
+"""Response bodies shaped as vLLM's OpenAI server writes them (chat, completions, their stream chunks, errors).
+
+With ``return_token_ids`` (``ResponseHeader.return_token_ids``) they carry token ids where vLLM 0.32 puts them
+(vllm/entrypoints/openai/{chat_completion,completion}/serving.py and protocol.py beside them):
+
+- chat, whole: ``prompt_token_ids`` at the top level, ``token_ids`` in each choice;
+- chat, streamed: ``prompt_token_ids`` at the top level of each choice's opening ``role`` chunk, ``token_ids`` (the
+  chunk's tokens) in every later choice;
+- completions, whole: ``token_ids`` and ``prompt_token_ids`` in each choice;
+- completions, streamed: in each choice, ``prompt_token_ids`` (on that choice's first chunk, ``null`` after:
+  vLLM sets the field on every chunk) and ``token_ids``.
+
+Without it nothing is added (vLLM would write those fields as ``null``; the simulator keeps its smaller bodies).
+"""
 
 from __future__ import annotations
 
@@ -28,6 +41,17 @@ def error_body(exc: SluiceError) -> bytes:
     return orjson.dumps({"error": {"message": exc.message, "type": kind, "param": None, "code": exc.status}})
 
 
+Ids = tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class TokenIds:
+    """A response's token ids, per choice: the prompt it answers, the tokens it generated."""
+
+    prompts: list[Ids]
+    outputs: list[Ids]
+
+
 def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
     return {
         "prompt_tokens": prompt_tokens,
@@ -45,18 +69,25 @@ class ResponseHeader:
     created: int
     model: str
     include_usage: bool = False
+    return_token_ids: bool = False
 
     @classmethod
-    def new(cls, kind: str, *, created: int, model: str, include_usage: bool = False) -> ResponseHeader:
+    def new(
+        cls, kind: str, *, created: int, model: str, include_usage: bool = False, return_token_ids: bool = False
+    ) -> ResponseHeader:
         prefix = "chatcmpl-" if kind == "chat" else "cmpl-"
-        return cls(kind, prefix + uuid.uuid4().hex, created, model, include_usage)
+        return cls(kind, prefix + uuid.uuid4().hex, created, model, include_usage, return_token_ids)
 
     def _base(self, obj: str) -> dict[str, Any]:
         return {"id": self.id, "object": obj, "created": self.created, "model": self.model}
 
     # -- whole responses --------------------------------------------------------------------------------
 
-    def full(self, texts: list[str], reasons: list[str], prompt_tokens: int, completion_tokens: int) -> bytes:
+    def full(
+        self, texts: list[str], reasons: list[str], prompt_tokens: int, completion_tokens: int,
+        ids: TokenIds | None = None,
+    ) -> bytes:
+        """The whole response; ``ids`` (per choice) are written only under ``return_token_ids``."""
         if self.kind == "chat":
             body = self._base("chat.completion")
             body["choices"] = [
@@ -76,21 +107,41 @@ class ResponseHeader:
                 for i, (text, reason) in enumerate(zip(texts, reasons, strict=True))
             ]
         body["usage"] = usage(prompt_tokens, completion_tokens)
+        if self.return_token_ids and ids is not None:
+            for choice, output in zip(body["choices"], ids.outputs, strict=True):
+                choice["token_ids"] = output
+            if self.kind == "chat":
+                body["prompt_token_ids"] = ids.prompts[0]
+            else:
+                for choice, prompt in zip(body["choices"], ids.prompts, strict=True):
+                    choice["prompt_token_ids"] = prompt
         return orjson.dumps(body)
 
     # -- stream chunks (each already framed as an SSE event) ---------------------------------------------
 
-    def role_chunk(self, index: int) -> bytes:
-        return self._chunk({"index": index, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
-                            "finish_reason": None})
+    def role_chunk(self, index: int, prompt_ids: Ids | None = None) -> bytes:
+        """A chat choice's opening chunk; under ``return_token_ids`` it carries the prompt's ids."""
+        choice = {"index": index, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
+                  "finish_reason": None}
+        if self.return_token_ids:
+            return self._chunk(choice, {"prompt_token_ids": prompt_ids})
+        return self._chunk(choice)
 
-    def token_chunk(self, index: int, text: str, finish_reason: str | None) -> bytes:
+    def token_chunk(
+        self, index: int, text: str, finish_reason: str | None, token_id: int = 0, prompt_ids: Ids | None = None
+    ) -> bytes:
+        """One token of a choice; under ``return_token_ids`` it carries its id (and a completion's first chunk, the
+        prompt's ids)."""
         if self.kind == "chat":
             choice: dict[str, Any] = {"index": index, "delta": {"content": text}, "logprobs": None,
                                       "finish_reason": finish_reason}
         else:
             choice = {"index": index, "text": text, "logprobs": None, "finish_reason": finish_reason,
                       "stop_reason": None}
+            if self.return_token_ids:
+                choice["prompt_token_ids"] = prompt_ids
+        if self.return_token_ids:
+            choice["token_ids"] = (token_id,)
         return self._chunk(choice)
 
     def usage_chunk(self, prompt_tokens: int, completion_tokens: int) -> bytes:
@@ -99,11 +150,13 @@ class ResponseHeader:
         body["usage"] = usage(prompt_tokens, completion_tokens)
         return sse_event(orjson.dumps(body))
 
-    def _chunk(self, choice: dict[str, Any]) -> bytes:
+    def _chunk(self, choice: dict[str, Any], extra: dict[str, Any] | None = None) -> bytes:
         body = self._base(self._chunk_object())
         body["choices"] = [choice]
         if self.include_usage:
             body["usage"] = None
+        if extra:
+            body.update(extra)
         return sse_event(orjson.dumps(body))
 
     def _chunk_object(self) -> str:

@@ -13,7 +13,8 @@ Rules, as vLLM (v1 scheduler, recompute preemption) applies them:
 - each step, running sequences decode one token each (oldest first; but see ``mixed_batches`` below); when a
   decode needs a block and none is free, the most recently admitted running sequence is preempted (under the
   priority policy: the least important, newest among equals): its blocks are freed and it goes back to the
-  waiting queue, keeping its generated tokens (it re-prefills prompt + generated later);
+  waiting queue, keeping its generated tokens (it re-prefills prompt + generated later, less what the prefix
+  cache, below, still holds of it);
 - the priority policy orders the waiting queue by (priority, arrival), lower first (``Sequence.priority`` is
   always in this convention; ``_serving`` turns an SGLang request's higher-first value around); unless
   ``priority_preemption`` is on (below), like vLLM's v1 scheduler it never preempts a running sequence to seat a
@@ -51,14 +52,42 @@ as SGLang does it (sgl-project/sglang, python/sglang/srt/):
   since are lost. Re-admitted, ``match_prefix`` finds that prefix unless ``RadixCache.evict`` took it, and only
   the rest is prefilled again. Evictable tree tokens count as free in ``sglang:token_usage``.
 
-The rule modelled here: a sequence preempted for a seat keeps the full blocks of what its last prefill wrote as a
-cached prefix, held until their room is needed (then freed, the oldest cached first; never the prefix of the
-sequence being admitted) and not counted in ``kv_usage``; re-admitted with it, it prefills only the rest and takes
-only the blocks it lacks. Its victims are chosen as SGLang chooses them, counting the blocks they hold (the
-simulator has no reservation for future tokens, which SGLang's budget counts instead). It goes back to the queue
-with a new entry stamp. Not modelled: SGLang's retraction when a decode finds the KV cache full
-(``ScheduleBatch.retract_decode``, by default the request with the fewest output tokens, not by priority): every
-dialect keeps vLLM's rule above for that, recomputing the whole sequence. Both kinds count in ``num_preemptions``.
+The rule modelled here: a sequence preempted for a seat gives its blocks back through the prefix cache (below):
+unless prefix caching is off, what its last prefill wrote stays cached, free but evictable, until the room is
+needed; re-admitted while it is there, it prefills only the rest and takes only the blocks it lacks. Its victims are chosen as SGLang chooses
+them, counting the blocks they hold (the simulator has no reservation for future tokens, which SGLang's budget
+counts instead). It goes back to the queue with a new entry stamp. Not modelled: SGLang's retraction when a
+decode finds the KV cache full (``ScheduleBatch.retract_decode``, by default the request with the fewest output
+tokens, not by priority): every dialect keeps vLLM's rule above for the victim. Both kinds count in
+``num_preemptions``.
+
+Automatic prefix caching (``prefix_caching``; unset: on in the vllm and sglang dialects, as vLLM V1 and SGLang's
+radix cache are by default, off in lmdeploy, whose ``enable_prefix_caching`` defaults to false). The blocks and
+their order are vLLM's (``_prefix_cache`` cites its sources):
+
+- a sequence's tokens are its ``token_ids`` (prompt, then what it generates); each full block of them has a chained
+  hash; a block is *computed* once a step has written its KV (``computed_tokens``: after a step, every token but
+  the last generated one);
+- when a sequence finishes, is aborted (its client left) or is preempted, its blocks become free; those of its
+  full computed blocks stay cached (free but evictable, counted free in ``kv_usage`` as vLLM and SGLang count
+  them), its last block first in line for eviction. Preempted in the sglang dialect, only what its last prefill
+  wrote is kept: the radix tree gets a running request's decoded tokens only at its next prefill or when it
+  finishes (``cache_unfinished_req`` after a prefill, ``release_kv_cache(..., is_insert=False)`` on preemption);
+- admitting a sequence, the longest run of its first blocks found in the cache is taken back (at most
+  ``total_tokens - 1`` tokens: the last token is always computed, vLLM's ``max_cache_hit_length``); it prefills
+  only the rest and takes only the blocks it lacks, from empty blocks first, then by evicting the least recently
+  freed cached block;
+- a block in use by a running sequence is not matched by another (vLLM shares it, SGLang's tree too): only free
+  blocks are found, and two sequences running with the same prefix each hold a copy (when both are freed, the
+  second copy becomes an empty block). Every dialect matches whole blocks (SGLang's radix tree matches token by
+  token with its default page size of 1);
+- counters, as vLLM's ``PrefixCacheStats`` (vllm/v1/metrics/stats.py) counts at admission: tokens queried and hit,
+  for sequences never preempted (a re-admission counts apart in vLLM and is not exported); SGLang's gauge: the
+  hit rate of the last prefill step (``cache_hit_rate`` in managers/scheduler_metrics_mixin.py; SGLang also sets it
+  to 0 when it logs decode statistics, not modelled).
+
+Without prefix caching, freed blocks keep nothing and every admission prefills the whole sequence (SGLang's
+``--disable-radix-cache`` frees a preempted request's KV too).
 
 Prefill and decode in separate steps (``mixed_batches`` unset in the sglang dialect, or false), as SGLang does by
 default (managers/scheduler.py):
@@ -90,11 +119,16 @@ from dataclasses import dataclass, field
 
 from sluice.config import SimSettings
 from sluice.errors import EngineUnavailableError
+from sluice.sim._prefix_cache import PrefixCache, block_hashes
 
 # dialects whose engine, under the priority policy, preempts running requests for a seat unless told not to
 SEAT_PREEMPTING_DIALECTS = frozenset({"sglang"})
 # dialects whose engine, unless told otherwise, runs a step that admits anything as prefill only
 UNMIXED_DIALECTS = frozenset({"sglang"})
+# dialects whose engine caches prefixes unless told not to (vLLM V1's --enable-prefix-caching, SGLang's radix cache)
+PREFIX_CACHING_DIALECTS = frozenset({"vllm", "sglang"})
+# dialects whose cache is a radix tree that gets a running request's tokens only at a prefill (SGLang's)
+RADIX_DIALECTS = frozenset({"sglang"})
 
 
 class SeqState(enum.Enum):
@@ -108,25 +142,34 @@ class SeqState(enum.Enum):
 class Sequence:
     """One sequence in the engine: one choice of one request.
 
-    ``output_len`` is how many tokens it will generate in all (decided before it is submitted).
-    ``arrival_s`` and ``last_token_s`` are stamped by the runner, for latency metrics; ``queued_at`` by the
-    engine, each time it enters the waiting queue as a newcomer.
+    ``output_len`` is how many tokens it will generate in all (decided before it is submitted); ``token_ids``,
+    when given, are its prompt's ids followed by the ``output_len`` ids it will generate: what the prefix cache
+    matches (without them, its content is its own). ``arrival_s`` and ``last_token_s`` are stamped by the runner,
+    for latency metrics; ``queued_at`` by the engine, each time it enters the waiting queue as a newcomer.
     """
 
     seq_id: int
     prompt_tokens: int
     output_len: int
     priority: int = 0  # under the priority policy: lower runs first (vLLM's convention; SGLang's is turned around)
+    token_ids: tuple[int, ...] | None = None
     generated: int = 0
     blocks: int = 0
     state: SeqState = SeqState.WAITING
     num_preemptions: int = 0
     prefilled_once: bool = False  # its prompt is counted in prompt_tokens_total once, not on re-prefills
     queued_at: int = 0  # orders it among equal priorities (and picks the newest victim)
-    computed_tokens: int = 0  # tokens its last prefill wrote: what a radix cache holds of it
-    cached_blocks: int = 0  # preempted for a seat: blocks of its computed prefix still cached
+    computed_tokens: int = 0  # tokens whose KV a step has written
+    prefilled_tokens: int = 0  # its tokens at its last prefill: what SGLang's radix tree holds of it while it runs
+    block_hashes: list[int] = field(default_factory=list, repr=False)  # of its full blocks, computed as needed
     arrival_s: float = 0.0
     last_token_s: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.token_ids is not None:
+            self.token_ids = tuple(self.token_ids)
+            if len(self.token_ids) != self.prompt_tokens + self.output_len:
+                raise ValueError("token_ids must hold the prompt's ids and the output_len ids it will generate")
 
     @property
     def total_tokens(self) -> int:
@@ -143,7 +186,8 @@ class Step:
 
     decode: list[Sequence] = field(default_factory=list)
     prefill: list[Sequence] = field(default_factory=list)
-    prefill_tokens: int = 0
+    prefill_tokens: int = 0  # computed in this step
+    cached_tokens: int = 0  # the admitted sequences' tokens found in the prefix cache (not computed)
     preempted: list[Sequence] = field(default_factory=list)
     duration_s: float = 0.0
 
@@ -162,12 +206,14 @@ class EngineModel:
         self.settings = settings
         self.running: list[Sequence] = []  # in admission order: the last one is preempted first
         self.waiting: deque[Sequence] = deque()
-        self.free_blocks = settings.num_kv_blocks  # held by no one
-        self.cached: dict[Sequence, None] = {}  # waiting sequences whose prefix is cached, oldest first
-        self.cached_blocks = 0  # the blocks those prefixes hold: free for the taking, at the price of the prefix
+        self.free_blocks = settings.num_kv_blocks  # held by no running sequence: empty, or cached (evictable)
+        self.cache = PrefixCache()  # which of the free blocks hold a known prefix
         self.prompt_tokens_total = 0
         self.generation_tokens_total = 0
         self.num_preemptions = 0
+        self.prefix_cache_queries_total = 0  # tokens looked up in the prefix cache (sequences never preempted)
+        self.prefix_cache_hits_total = 0  # of which found there
+        self.last_cache_hit_rate = 0.0  # of the last step that admitted anything: cached / (cached + prefilled)
         self._stamps = itertools.count()
         preempts = settings.priority_preemption
         if preempts is None:
@@ -175,6 +221,9 @@ class EngineModel:
         self._seat_preemption = preempts and self._priority_policy()
         mixed = settings.mixed_batches
         self._mixed = settings.dialect not in UNMIXED_DIALECTS if mixed is None else mixed
+        caching = settings.prefix_caching
+        self._caching = settings.dialect in PREFIX_CACHING_DIALECTS if caching is None else caching
+        self._radix = settings.dialect in RADIX_DIALECTS
 
     # -- state, for metrics and tests -------------------------------------------------------------------
 
@@ -187,9 +236,19 @@ class EngineModel:
         return len(self.waiting)
 
     @property
+    def prefix_caching(self) -> bool:
+        """Whether this engine caches prefixes (the setting, or the dialect's default)."""
+        return self._caching
+
+    @property
+    def cached_blocks(self) -> int:
+        """Free blocks that still hold a cached prefix (evictable)."""
+        return len(self.cache)
+
+    @property
     def used_blocks(self) -> int:
-        """Blocks held by running sequences (a cached prefix counts as free, as SGLang counts evictable tokens)."""
-        return self.settings.num_kv_blocks - self.free_blocks - self.cached_blocks
+        """Blocks held by running sequences (a cached block counts as free, as vLLM and SGLang count it)."""
+        return self.settings.num_kv_blocks - self.free_blocks
 
     @property
     def kv_usage(self) -> float:
@@ -201,6 +260,13 @@ class EngineModel:
 
     def blocks_for(self, tokens: int) -> int:
         return -(-tokens // self.settings.block_size)
+
+    def cached_prefix_blocks(self, seq: Sequence) -> int:
+        """How many of ``seq``'s first blocks the prefix cache holds now (what admitting it would reuse)."""
+        if not self._caching:
+            return 0
+        most = (seq.total_tokens - 1) // self.settings.block_size  # its last token is always computed
+        return self.cache.match(block_hashes(seq, most, self.settings.block_size))
 
     # -- requests ---------------------------------------------------------------------------------------
 
@@ -228,12 +294,11 @@ class EngineModel:
         """Remove a sequence wherever it is and free its blocks (no-op once it is done)."""
         if seq.state is SeqState.RUNNING:
             self.running.remove(seq)
+            self._release(seq, seq.computed_tokens)
         elif seq.state is SeqState.WAITING:
-            self.waiting.remove(seq)
-            self.free_blocks += self._uncache(seq)
+            self.waiting.remove(seq)  # it holds no block; what the cache keeps of it stays there
         else:
             return
-        self._free(seq)
         seq.state = SeqState.ABORTED
 
     # -- stepping ---------------------------------------------------------------------------------------
@@ -261,11 +326,12 @@ class EngineModel:
         for seq in step.outputs:
             if seq.state is not SeqState.RUNNING:
                 continue  # aborted or preempted while the step ran
+            seq.computed_tokens = seq.total_tokens  # the step wrote their KV; the new token's is not written yet
             seq.generated += 1
             advanced.append(seq)
             if seq.generated >= seq.output_len:
                 self.running.remove(seq)
-                self._free(seq)
+                self._release(seq, seq.computed_tokens)
                 seq.state = SeqState.FINISHED
         self.generation_tokens_total += len(advanced)
         return advanced
@@ -275,7 +341,6 @@ class EngineModel:
         while i < len(self.running):
             seq = self.running[i]
             need = self.blocks_for(seq.total_tokens + 1) - seq.blocks
-            self._evict(need)
             while need > self.free_blocks:
                 victim = self._victim()
                 if self.running.index(victim) < i:
@@ -292,21 +357,30 @@ class EngineModel:
     def _admit(self, step: Step) -> None:
         while self.waiting:
             seq = self.waiting[0]
-            need = self.blocks_for(seq.total_tokens + 1) - seq.cached_blocks
+            need = self.blocks_for(seq.total_tokens + 1)  # cached blocks included: they are free blocks
             if len(self.running) >= self.settings.max_num_seqs and not self._preempt_for_seat(seq, need, step):
                 break
-            self._evict(need, keep=seq)
             if need > self.free_blocks:
                 break  # short of memory with a seat free: it waits (SGLang preempts for a seat only)
             self.waiting.popleft()
-            cached_tokens = seq.cached_blocks * self.settings.block_size
-            seq.blocks += self._uncache(seq)
-            self._take(seq, need)
+            hit = self.cached_prefix_blocks(seq)
+            self.cache.take(block_hashes(seq, hit, self.settings.block_size))
+            self.free_blocks -= hit
+            seq.blocks = hit
+            self._take(seq, need - hit)
             seq.state = SeqState.RUNNING
             self.running.append(seq)
             step.prefill.append(seq)
-            step.prefill_tokens += seq.total_tokens - cached_tokens
-            seq.computed_tokens = seq.total_tokens
+            cached = hit * self.settings.block_size
+            step.prefill_tokens += seq.total_tokens - cached
+            step.cached_tokens += cached
+            seq.computed_tokens = cached
+            seq.prefilled_tokens = seq.total_tokens
+            if self._caching and not seq.num_preemptions:
+                self.prefix_cache_queries_total += seq.total_tokens
+                self.prefix_cache_hits_total += cached
+        if step.prefill:
+            self.last_cache_hit_rate = step.cached_tokens / (step.cached_tokens + step.prefill_tokens)
 
     def _preempt_for_seat(self, seq: Sequence, need: int, step: Step) -> bool:
         """SGLang's ``preempt_to_schedule``: free a seat (and enough blocks) for ``seq`` by preempting running
@@ -315,7 +389,7 @@ class EngineModel:
         if not self._seat_preemption:
             return False
         victims: list[Sequence] = []
-        room = self.free_blocks + self.cached_blocks - seq.cached_blocks
+        room = self.free_blocks
         threshold = self.settings.priority_preemption_threshold
         for candidate in sorted((s for s in self.running if s not in step.prefill), key=self._order, reverse=True):
             if candidate.priority - seq.priority <= threshold:  # lower runs first: its gap below the newcomer
@@ -327,7 +401,7 @@ class EngineModel:
         if not victims or room < need:
             return False
         for victim in victims:
-            self._preempt(victim, step, keep_prefix=True)
+            self._preempt(victim, step, for_seat=True)
         return True
 
     def _priority_policy(self) -> bool:
@@ -354,46 +428,21 @@ class EngineModel:
             return max(self.running, key=self._order)
         return self.running[-1]
 
-    def _preempt(self, seq: Sequence, step: Step, *, keep_prefix: bool = False) -> None:
-        """Back to the waiting queue. For a seat (``keep_prefix``): the full blocks its last prefill wrote stay
-        cached and it is queued as a newcomer, as SGLang does; for KV room: all its blocks go, its place stays."""
+    def _preempt(self, seq: Sequence, step: Step, *, for_seat: bool = False) -> None:
+        """Back to the waiting queue, its blocks freed through the prefix cache. For a seat it is queued as a
+        newcomer, as SGLang does; for KV room it keeps its place, as vLLM does."""
         self.running.remove(seq)
         if seq in step.decode:
             step.decode.remove(seq)
-        if keep_prefix:
-            kept = min(seq.blocks, seq.computed_tokens // self.settings.block_size)
-            seq.blocks -= kept
-            self._cache(seq, kept)
+        if for_seat:
             seq.queued_at = next(self._stamps)
-        self._free(seq)
+        kept = min(seq.computed_tokens, seq.prefilled_tokens) if self._radix else seq.computed_tokens
+        self._release(seq, kept)
         seq.state = SeqState.WAITING
         seq.num_preemptions += 1
         self._enqueue(seq, front=True)
         self.num_preemptions += 1
         step.preempted.append(seq)
-
-    def _cache(self, seq: Sequence, blocks: int) -> None:
-        if blocks:
-            seq.cached_blocks = blocks
-            self.cached[seq] = None
-            self.cached_blocks += blocks
-
-    def _uncache(self, seq: Sequence) -> int:
-        """Drop a sequence's cached prefix; returns its blocks (for the caller to free or to give back to it)."""
-        blocks, seq.cached_blocks = seq.cached_blocks, 0
-        if blocks:
-            del self.cached[seq]
-            self.cached_blocks -= blocks
-        return blocks
-
-    def _evict(self, need: int, keep: Sequence | None = None) -> None:
-        """Free cached prefixes, oldest first, until ``need`` blocks are free (or none is left but ``keep``'s)."""
-        if need <= self.free_blocks:
-            return
-        for seq in [s for s in self.cached if s is not keep]:
-            self.free_blocks += self._uncache(seq)
-            if need <= self.free_blocks:
-                return
 
     def _duration_s(self, step: Step) -> float:
         s = self.settings
@@ -403,9 +452,17 @@ class EngineModel:
         return t / s.speed
 
     def _take(self, seq: Sequence, blocks: int) -> None:
+        """Give ``seq`` that many free blocks: empty ones first, then the least recently freed cached ones."""
+        empty = self.free_blocks - len(self.cache)
+        if blocks > empty:
+            self.cache.evict(blocks - empty)
         self.free_blocks -= blocks
         seq.blocks += blocks
 
-    def _free(self, seq: Sequence) -> None:
+    def _release(self, seq: Sequence, computed_tokens: int) -> None:
+        """Free all of ``seq``'s blocks; those full of computed tokens keep their content in the prefix cache."""
+        if self._caching:
+            keep = min(seq.blocks, computed_tokens // self.settings.block_size)
+            self.cache.put(block_hashes(seq, keep, self.settings.block_size))
         self.free_blocks += seq.blocks
         seq.blocks = 0

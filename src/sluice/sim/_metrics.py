@@ -5,10 +5,13 @@ counter are fed by the runner (``StepObserver``).
 
 Names checked against the engines' sources:
 - vLLM v1: vllm/v1/metrics/loggers.py (labels ``model_name``, ``engine``; ``vllm:kv_cache_usage_perc``
-  replaced ``vllm:gpu_cache_usage_perc``; ``vllm:request_success`` has label ``finished_reason``);
+  replaced ``vllm:gpu_cache_usage_perc``; ``vllm:request_success`` has label ``finished_reason``;
+  ``vllm:prefix_cache_queries`` and ``vllm:prefix_cache_hits`` count tokens looked up in and found in the prefix
+  cache, exported whether or not caching is on);
 - SGLang: python/sglang/srt/metrics/collector.py and docs/references/production_metrics.md (label ``model_name``);
   ``sglang:num_retracted_requests_total`` counts SGLang's retractions of decodes on a full KV cache; SGLang has no
-  counter of its priority preemptions (it logs them), the simulator counts both kinds there;
+  counter of its priority preemptions (it logs them), the simulator counts both kinds there; the gauge
+  ``sglang:cache_hit_rate`` is the prefix cache's hit rate in the last prefill batch;
 - LMDeploy: lmdeploy/metrics/loggers.py (labels ``model_name``, ``engine``).
 """
 
@@ -47,6 +50,9 @@ class DialectMetricNames:
     itl: str | None = None
     preemptions: str | None = None
     success: str | None = None
+    prefix_cache_queries: str | None = None  # tokens looked up in the prefix cache
+    prefix_cache_hits: str | None = None  # tokens found there
+    cache_hit_rate: str | None = None  # gauge: of the last prefill step
     engine_label: bool = False  # vLLM and LMDeploy add engine="0"
 
 
@@ -62,6 +68,8 @@ METRIC_NAMES: dict[str, DialectMetricNames] = {
         itl="vllm:inter_token_latency_seconds",
         preemptions="vllm:num_preemptions",
         success="vllm:request_success",
+        prefix_cache_queries="vllm:prefix_cache_queries",
+        prefix_cache_hits="vllm:prefix_cache_hits",
         engine_label=True,
     ),
     "sglang": DialectMetricNames(
@@ -74,6 +82,7 @@ METRIC_NAMES: dict[str, DialectMetricNames] = {
         e2e="sglang:e2e_request_latency_seconds",
         itl="sglang:inter_token_latency_seconds",
         preemptions="sglang:num_retracted_requests",
+        cache_hit_rate="sglang:cache_hit_rate",
     ),
     "lmdeploy": DialectMetricNames(
         running="lmdeploy:num_requests_running",
@@ -100,11 +109,14 @@ class _EngineStateCollector:
     def collect(self) -> Iterator[Metric]:
         e, n = self._engine, self._names
         keys, values = list(self._labels), list(self._labels.values())
-        for name, doc, value in (
+        gauges = [
             (n.running, "Number of requests in model execution batches.", e.num_running),
             (n.waiting, "Number of requests waiting to be processed.", e.num_waiting),
             (n.kv_usage, "KV-cache usage. 1 means 100 percent usage.", e.kv_usage),
-        ):
+        ]
+        if n.cache_hit_rate:
+            gauges.append((n.cache_hit_rate, "The prefix cache hit rate.", e.last_cache_hit_rate))
+        for name, doc, value in gauges:
             g = GaugeMetricFamily(name, doc, labels=keys)
             g.add_metric(values, float(value))
             yield g
@@ -114,6 +126,13 @@ class _EngineStateCollector:
         ]
         if n.preemptions:
             counters.append((n.preemptions, "Cumulative number of preemption from the engine.", e.num_preemptions))
+        if n.prefix_cache_queries and n.prefix_cache_hits:
+            counters += [
+                (n.prefix_cache_queries, "Prefix cache queries, in terms of number of queried tokens.",
+                 e.prefix_cache_queries_total),
+                (n.prefix_cache_hits, "Prefix cache hits, in terms of number of cached tokens.",
+                 e.prefix_cache_hits_total),
+            ]
         for name, doc, value in counters:
             c = CounterMetricFamily(name, doc, labels=keys)
             c.add_metric(values, float(value))

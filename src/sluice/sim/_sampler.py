@@ -1,4 +1,5 @@
-"""What each choice will say: its length, its finish reason and its words, drawn once, deterministically.
+"""What each choice will say: its length, its finish reason and its words (and their token ids), drawn once,
+deterministically.
 
 The random stream of a choice is keyed by the request's ``seed`` and the prompt (same seed + same prompt = same
 text), or, without a seed, by the simulator's ``seed`` and a per-request counter (a reproducible run).
@@ -12,13 +13,14 @@ import random
 from dataclasses import dataclass
 
 from sluice.config import SimSettings
-from sluice.sim._tokenizer import VOCABULARY
+from sluice.sim._tokenizer import GENERATED_ID_BASE, VOCABULARY, generated_word
 
 
 @dataclass(frozen=True)
 class PlannedOutput:
     words: tuple[str, ...]  # one per token
     finish_reason: str  # "stop" or "length"
+    token_ids: tuple[int, ...] = ()  # one per token: the ids of ``words``
 
 
 class Sampler:
@@ -39,4 +41,6 @@ class Sampler:
             length, reason = cap, "length"
         else:
             length, reason = natural, "stop"
-        return PlannedOutput(words=tuple(rng.choices(VOCABULARY, k=length)), finish_reason=reason)
+        # the same draws as ``rng.choices(VOCABULARY, k=length)``: the same words for the same seed as before ids
+        ids = tuple(GENERATED_ID_BASE + i for i in rng.choices(range(len(VOCABULARY)), k=length))
+        return PlannedOutput(words=tuple(map(generated_word, ids)), finish_reason=reason, token_ids=ids)

@@ -1,7 +1,9 @@
 """Chat and text completions on the simulated engine: size the request, plan each choice, run it, answer.
 
 Every choice (``n``) of every prompt is its own sequence in the engine, as in vLLM; ``usage.prompt_tokens``
-counts each prompt once and ``completion_tokens`` sums over the choices.
+counts each prompt once and ``completion_tokens`` sums over the choices. A sequence carries its token ids (its
+prompt's, then those it will generate) when the engine caches prefixes or the request asks for
+``return_token_ids``; otherwise the prompt is only counted.
 """
 
 from __future__ import annotations
@@ -16,11 +18,11 @@ from sluice.clock import Clock
 from sluice.config import SimSettings
 from sluice.errors import EngineUnavailableError, InvalidRequestError, NotFoundError
 from sluice.protocol import DONE, ChatCompletionRequest, CompletionRequest
-from sluice.sim._bodies import ResponseHeader
+from sluice.sim._bodies import Ids, ResponseHeader, TokenIds
 from sluice.sim._engine import Sequence
 from sluice.sim._runner import EngineRunner, Generation
 from sluice.sim._sampler import PlannedOutput, Sampler
-from sluice.sim._tokenizer import count_chat, count_prompt
+from sluice.sim._tokenizer import chat_ids, count_chat, count_prompt, prompt_ids
 
 Write = Callable[[bytes], Awaitable[None]]
 
@@ -30,13 +32,20 @@ HIGHER_FIRST_DIALECTS = frozenset({"sglang"})
 
 @dataclass(frozen=True)
 class Job:
-    """A request made ready for the engine: one planned output (and its prompt length) per choice."""
+    """A request made ready for the engine: one planned output (and its prompt length, and ids) per choice."""
 
     header: ResponseHeader
     prompt_tokens: int  # for usage: each prompt once
     seq_prompt_tokens: list[int]  # per choice
     outputs: list[PlannedOutput]
     priority: int = 0  # the request's "priority", lower first (used only under the priority scheduling policy)
+    seq_prompt_ids: list[Ids] | None = None  # per choice, when the engine or the response needs them
+
+    @property
+    def token_ids(self) -> TokenIds | None:
+        if self.seq_prompt_ids is None:
+            return None
+        return TokenIds(self.seq_prompt_ids, [o.token_ids for o in self.outputs])
 
     @property
     def completion_tokens(self) -> int:
@@ -52,6 +61,7 @@ class Serving:
         self._runner = runner
         self._sampler = sampler
         self._clock = clock
+        self._caching = runner.engine.prefix_caching  # sequences then need their token ids
 
     def check_model(self, model: str) -> None:
         if model != self._model_name:
@@ -59,31 +69,36 @@ class Serving:
 
     def chat_job(self, req: ChatCompletionRequest) -> Job:
         self.check_model(req.model)
-        prompt_tokens = count_chat(req.messages)
+        header = self._header("chat", req, req.wants_usage_chunk())
+        ids = chat_ids(req.messages) if self._caching or header.return_token_ids else None
+        prompt_tokens = count_chat(req.messages) if ids is None else len(ids)
         cap = self._output_cap(prompt_tokens, req.output_cap())
         key = orjson.dumps([[m.role, m.text()] for m in req.messages]).decode()
         outputs = [
             self._sampler.plan(prompt_key=key, seed=req.seed, index=i, cap=cap, ignore_eos=req.ignore_eos)
             for i in range(req.n)
         ]
-        header = self._header("chat", req.model, req.wants_usage_chunk())
-        return Job(header, prompt_tokens, [prompt_tokens] * req.n, outputs, self._priority(req))
+        seq_ids = None if ids is None else [ids] * req.n
+        return Job(header, prompt_tokens, [prompt_tokens] * req.n, outputs, self._priority(req), seq_ids)
 
     def completion_job(self, req: CompletionRequest) -> Job:
         self.check_model(req.model)
-        prompt_total, seq_prompts, outputs = 0, [], []
+        header = self._header("completion", req, req.wants_usage_chunk())
+        with_ids = self._caching or header.return_token_ids
+        prompt_total, seq_prompts, seq_ids, outputs = 0, [], [], []
         for prompt in req.prompts():
-            tokens = count_prompt(prompt)
+            ids = prompt_ids(prompt) if with_ids else ()
+            tokens = len(ids) if with_ids else count_prompt(prompt)
             cap = self._output_cap(tokens, req.output_cap())
             key = prompt if isinstance(prompt, str) else orjson.dumps(prompt).decode()
             prompt_total += tokens
             for i in range(req.n):
                 seq_prompts.append(tokens)
+                seq_ids.append(ids)
                 outputs.append(
                     self._sampler.plan(prompt_key=key, seed=req.seed, index=i, cap=cap, ignore_eos=req.ignore_eos)
                 )
-        header = self._header("completion", req.model, req.wants_usage_chunk())
-        return Job(header, prompt_total, seq_prompts, outputs, self._priority(req))
+        return Job(header, prompt_total, seq_prompts, outputs, self._priority(req), seq_ids if with_ids else None)
 
     @contextlib.contextmanager
     def running(self, job: Job) -> Iterator[Generation]:
@@ -112,12 +127,13 @@ class Serving:
             raise EngineUnavailableError("The engine stopped before the request finished.", reason="engine_stopped")
         texts = ["".join(o.words) for o in job.outputs]
         reasons = [o.finish_reason for o in job.outputs]
-        return job.header.full(texts, reasons, job.prompt_tokens, job.completion_tokens)
+        return job.header.full(texts, reasons, job.prompt_tokens, job.completion_tokens, job.token_ids)
 
     async def stream(self, job: Job, gen: Generation, write: Write) -> None:
         """Write the SSE stream: one chunk per token, the usage chunk if asked for, then ``[DONE]``. A chat
         choice's opening ``role`` chunk goes out with its first token, as vLLM sends it."""
         header, outputs = job.header, job.outputs
+        prompts = job.seq_prompt_ids or [()] * len(outputs)
         sent = [0] * len(outputs)
         done = False
         while not done:
@@ -125,11 +141,14 @@ class Serving:
             done = gen.done  # read before writing: tokens may arrive while the write awaits
             parts = []
             for i, seq in enumerate(gen.seqs):
-                words, reason = outputs[i].words, outputs[i].finish_reason
+                out, reason = outputs[i], outputs[i].finish_reason
                 if header.kind == "chat" and sent[i] == 0 and seq.generated > 0:
-                    parts.append(header.role_chunk(i))
+                    parts.append(header.role_chunk(i, prompts[i]))
                 for k in range(sent[i], seq.generated):
-                    parts.append(header.token_chunk(i, words[k], reason if k == len(words) - 1 else None))
+                    token_id = out.token_ids[k]
+                    first = None if k or header.kind == "chat" else prompts[i]  # a completion's first chunk
+                    end = reason if k == len(out.words) - 1 else None
+                    parts.append(header.token_chunk(i, out.words[k], end, token_id, first))
                 sent[i] = seq.generated
             if parts:
                 await write(b"".join(parts))
@@ -139,9 +158,11 @@ class Serving:
         await write(tail + DONE)
 
     def _submit(self, job: Job) -> Generation:
+        prompts = job.seq_prompt_ids if self._caching and job.seq_prompt_ids else [None] * len(job.outputs)
         seqs = [
-            Sequence(seq_id=self._runner.new_seq_id(), prompt_tokens=p, output_len=len(o.words), priority=job.priority)
-            for p, o in zip(job.seq_prompt_tokens, job.outputs, strict=True)
+            Sequence(seq_id=self._runner.new_seq_id(), prompt_tokens=n, output_len=len(o.words), priority=job.priority,
+                     token_ids=None if ids is None else ids + o.token_ids)
+            for n, ids, o in zip(job.seq_prompt_tokens, prompts, job.outputs, strict=True)
         ]
         return self._runner.submit(seqs, [o.finish_reason for o in job.outputs])
 
@@ -151,6 +172,14 @@ class Serving:
         if not isinstance(value, int) or isinstance(value, bool):
             raise InvalidRequestError("priority must be an integer.", param="priority")
         return -value if self._settings.dialect in HIGHER_FIRST_DIALECTS else value
+
+    @staticmethod
+    def _return_token_ids(req: ChatCompletionRequest | CompletionRequest) -> bool:
+        """vLLM's ``return_token_ids`` (``bool | None``), read from the fields the protocol does not type."""
+        value = (req.model_extra or {}).get("return_token_ids")
+        if value is not None and not isinstance(value, bool):
+            raise InvalidRequestError("return_token_ids must be a boolean.", param="return_token_ids")
+        return bool(value)
 
     def _output_cap(self, prompt_tokens: int, requested: int | None) -> int:
         limit = self._settings.max_model_len
@@ -171,5 +200,6 @@ class Serving:
             )
         return requested
 
-    def _header(self, kind: str, model: str, include_usage: bool) -> ResponseHeader:
-        return ResponseHeader.new(kind, created=int(self._clock.wall()), model=model, include_usage=include_usage)
+    def _header(self, kind: str, req: ChatCompletionRequest | CompletionRequest, include_usage: bool) -> ResponseHeader:
+        return ResponseHeader.new(kind, created=int(self._clock.wall()), model=req.model, include_usage=include_usage,
+                                  return_token_ids=self._return_token_ids(req))

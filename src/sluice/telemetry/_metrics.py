@@ -102,6 +102,9 @@ class GatewayMetrics:
         self.admission_wait = Histogram("sluice_admission_wait_seconds",
                                         "Time requests waited in the admission queue, by priority band.",
                                         ["model", "priority"], buckets=LATENCY_BUCKETS_S, registry=r)
+        self.preemptions = Counter("sluice_admission_preemptions",
+                                   "Running requests stopped for a more important one (their streams resume later), "
+                                   "by the stopped request's priority band.", ["model", "priority"], registry=r)
         self._children: dict[tuple[Any, ...], Any] = {}
         self._replica_health: _ReplicaHealth | None = None
         self._tenants: set[str] = set()
@@ -128,6 +131,9 @@ class GatewayMetrics:
 
     def admission_waited(self, pool: str, priority: int, seconds: float) -> None:
         self._child(self.admission_wait, pool, str(priority)).observe(seconds)
+
+    def admission_preempted(self, pool: str, priority: int) -> None:
+        self._child(self.preemptions, pool, str(priority)).inc()
 
     def protection_changed(self, pool: str, engaged: bool) -> None:
         self._child(self.protection_transitions, pool, "engaged" if engaged else "relaxed").inc()

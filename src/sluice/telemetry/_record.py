@@ -24,6 +24,7 @@ class RequestRecord:
     cache: str | None = None  # "hit" or "miss", for a cacheable request
     queue_wait_s: float | None = None
     ttft_s: float | None = None
+    preempted: int | None = None  # times the gate stopped it for a more important request (its stream resumed)
     tokens_in: int | None = None
     tokens_out: int | None = None
     duration_s: float | None = None

@@ -83,6 +83,9 @@ class EngineDialect:
     priority: PriorityConvention
     overload: OverloadSignature
     _argv: Callable[[LaunchSpec], list[str]] = field(repr=False)
+    # streams carry token ids on request (``return_token_ids``) and a completions prompt may be token ids, so a
+    # stopped stream can be continued exactly (what Sluice's preemption needs)
+    resumes_from_token_ids: bool = False
 
     def launch_argv(self, spec: LaunchSpec) -> list[str]:
         """The command line that starts this engine's OpenAI-compatible server as ``spec`` says."""

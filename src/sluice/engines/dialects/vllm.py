@@ -13,6 +13,10 @@ Sources (vllm-project/vllm):
   package): either way Sluice strips it there.
 - flags: vllm/engine/arg_utils.py (``--tensor-parallel-size``, ``--gpu-memory-utilization``,
   ``--max-model-len``, ``--served-model-name``).
+- resuming: ``return_token_ids`` (chat and completions) puts ``prompt_token_ids`` on a stream's first chunk (chat:
+  top level; completions: in the choice) and ``token_ids`` on every choice chunk
+  (vllm/entrypoints/openai/chat_completion/serving.py, completion/serving.py); a completions ``prompt`` may be a
+  list of token ids, taken as is.
 - overload: vLLM queues rather than refuses; a 503 comes from a dead or sleeping engine, a 429 only from
   proxies in front of it.
 """
@@ -55,4 +59,5 @@ VLLM = EngineDialect(
     priority=PriorityConvention(higher_first=False, needs_flag="--scheduling-policy priority"),
     overload=OverloadSignature(statuses=frozenset({429, 503})),
     _argv=launch_argv,
+    resumes_from_token_ids=True,
 )
