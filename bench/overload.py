@@ -38,7 +38,8 @@ chunk), ``--output-len 32-96`` (answers of varied length), ``--dump-requests DIR
    than --preempt-threshold takes its seat at once, the preempted one resuming later from its cached prompt; 5 by
    default, so premium (10) preempts standard (0) and batch (-1), and standard does not preempt batch; SGLang's own
    default, 10, would let premium preempt batch only) and (f) ``fixed-preempt`` and (g) ``adaptive-preempt`` ((b)
-   and (c) with ``admission: {preemption: {enabled: true, priority_gap: --preempt-threshold}}``, in front of the
+   and (c) with ``admission: {preemption: {enabled: true, priority_gap: --preempt-threshold}}``, (g)'s window at
+   most max_num_seqs (past the engine's seats, premium would wait in the engine's queue), in front of the
    vLLM-dialect simulator, FCFS, prefix caching on as in vLLM V1: when premium waits and the window is full, the
    gateway stops the newest running standard or batch stream, gives premium its place, and resumes the stopped
    stream later from its token ids, its prefill mostly read back from the prefix cache): for each, an unloaded run (premium only, 0.1x
@@ -511,9 +512,11 @@ def gateway_config(kind: str, args: argparse.Namespace, port: int, sim_url: str,
                    access_log: Path) -> str:
     n = args.max_num_seqs
     extra = ""
+    window_max = args.window_max
     if kind in GATEWAY_PREEMPT:
         extra = f"preemption: {{enabled: true, priority_gap: {args.preempt_threshold}}}, "
         kind = GATEWAY_PREEMPT[kind]
+        window_max = n  # a window past the engine's seats would send premium to wait in the engine's queue
     if kind == "fixed":
         window = f"{{kind: fixed, initial: {n}}}"
     elif kind in ("engine-priority", "engine-preempt"):
@@ -522,10 +525,10 @@ def gateway_config(kind: str, args: argparse.Namespace, port: int, sim_url: str,
         extra = (f"priority_to_engine: true, protection: {{reserve_when: always, "
                  f"reserve_top_share: {priority_reserve(args, kind)['reserve_top_share']}}}, ")
     elif args.adaptive == "aimd":
-        window = (f"{{kind: aimd, initial: {n}, min: {args.window_min}, max: {args.window_max}, "
+        window = (f"{{kind: aimd, initial: {n}, min: {args.window_min}, max: {window_max}, "
                   f"latency_threshold_s: {args.aimd_threshold_s}}}")
     else:
-        window = f"{{kind: gradient, initial: {n}, min: {args.window_min}, max: {args.window_max}}}"
+        window = f"{{kind: gradient, initial: {n}, min: {args.window_min}, max: {window_max}}}"
     tiers = "\n".join(f"  {name}: {{priority: {int(t['priority'])}, max_queue_s: {t['max_queue_s']}}}"
                       for name, t in TIERS.items())
     key_lines = "\n".join(

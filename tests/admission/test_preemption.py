@@ -22,8 +22,8 @@ class Stops:
     def __init__(self) -> None:
         self.stopped: list[str] = []
 
-    def arm(self, permit, name: str) -> None:
-        permit.ticket.on_preempt = lambda: self.stopped.append(name)
+    def arm(self, g, permit, name: str) -> None:
+        g.arm(permit, lambda: self.stopped.append(name))
 
 
 async def running(g, clock, stops, *specs):
@@ -31,7 +31,7 @@ async def running(g, clock, stops, *specs):
     permits = {}
     for name, priority in specs:
         permits[name] = await g.admit(ticket(clock, priority=priority))
-        stops.arm(permits[name], name)
+        stops.arm(g, permits[name], name)
     return permits
 
 
@@ -77,6 +77,17 @@ async def test_only_requests_far_enough_below_and_resumable_are_stopped():
     (task,) = await waiting(g, ticket(clock, priority=10))
     await clock.run_for(0.2)
     assert stops.stopped == [] and not task.done()
+
+
+async def test_a_waiting_request_preempts_as_soon_as_a_running_one_becomes_preemptible():
+    clock = FakeClock()
+    g = gate(clock, limit=1, preempt_gap=5, tick_s=10.0)  # no tick in between: arming itself looks again
+    stops = Stops()
+    permit = await g.admit(ticket(clock, priority=0))  # admitted, its upstream request not yet answered
+    await waiting(g, ticket(clock, priority=10))
+    assert stops.stopped == []
+    stops.arm(g, permit, "low")
+    assert stops.stopped == ["low"]
 
 
 async def test_without_a_gap_nothing_is_preempted():

@@ -20,7 +20,7 @@ import contextlib
 import itertools
 import math
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -121,6 +121,15 @@ class PoolController:
         saturated = self.last_saturation >= 1.0
         self.limit.update(Sample(latency_s, permit.in_flight_at_admit, outcome, saturated))
         self._pump()
+
+    def arm(self, permit: Permit, stop: Callable[[], None] | None) -> None:
+        """Make a running request preemptible (``stop`` ends its upstream request), or not (None). A request
+        waiting for a place may have found nothing to preempt when it arrived: it looks again now."""
+        if permit.released:
+            return
+        permit.ticket.on_preempt = stop
+        if stop is not None and self.queue:
+            self._preempt()
 
     async def resume(self, permit: Permit, output_tokens: int, rest: Ticket) -> Permit:
         """Give back the place of a request stopped by preemption (no sample for the window algorithm: it was

@@ -154,8 +154,8 @@ class GatewayService:
             raise
         record.replica = upstream.replica.url
         if stream:
-            if transcript is not None and flight.permit is not None:
-                flight.permit.ticket.on_preempt = upstream.close  # the gate may stop it: _relay resumes it
+            if transcript is not None and flight.permit is not None and route.gate is not None:
+                route.gate.arm(flight.permit, upstream.close)  # the gate may stop it: _relay resumes it
             chunks = self._relay(upstream, request.wants_usage_chunk(), flight, endpoint.path, transcript)
 
             def abandoned() -> None:  # the client left before the relay began: nothing was forwarded
@@ -217,7 +217,7 @@ class GatewayService:
         upstream = await route.pool.post(next_path or path, body,
                                          {"content-type": "application/json", "x-request-id": record.request_id},
                                          prefer=stopped.replica)
-        flight.permit.ticket.on_preempt = upstream.close
+        route.gate.arm(flight.permit, upstream.close)
         return upstream
 
     def _route(self, model: str) -> ModelRoute:
@@ -247,8 +247,8 @@ class GatewayService:
                             continue
                         if transcript is not None:
                             frames = [transcript.rewrite(frame) for frame in frames]
-                            if not transcript.resumable and flight.permit is not None:
-                                flight.permit.ticket.on_preempt = None
+                            if not transcript.resumable and flight.permit is not None and route.gate is not None:
+                                route.gate.arm(flight.permit, None)
                         if record.ttft_s is None and any(map(_has_generated_text, frames)):
                             record.ttft_s = self.clock.now() - record.started_s
                         out = []
