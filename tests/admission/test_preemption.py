@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 
-from sluice.admission import Outcome
+from sluice.admission import FixedLimit, Outcome
 from sluice.clock import FakeClock
 from tests.admission.test_controller import gate, ticket, waiting
 
@@ -88,6 +88,16 @@ async def test_a_waiting_request_preempts_as_soon_as_a_running_one_becomes_preem
     assert stops.stopped == []
     stops.arm(g, permit, "low")
     assert stops.stopped == ["low"]
+
+
+async def test_when_the_window_shrank_below_what_runs_enough_are_stopped_to_seat_the_waiting():
+    clock = FakeClock()
+    g = gate(clock, limit=3, preempt_gap=5)
+    stops = Stops()
+    await running(g, clock, stops, ("a", 0), ("b", 0), ("c", 0))
+    g.limit = FixedLimit(2)  # an adaptive window came down by one
+    await waiting(g, ticket(clock, priority=10))
+    assert stops.stopped == ["c", "b"]  # one place to give back, one for the waiting request
 
 
 async def test_without_a_gap_nothing_is_preempted():

@@ -181,12 +181,14 @@ class PoolController:
         return True
 
     def _preempt(self) -> None:
-        """Stop running requests for the waiting head of the queue's top band, one per waiting request there."""
+        """Stop running requests for the waiting requests of the queue's top band: one place for each, counting
+        the places the window must shed first when it shrank below what is in flight."""
         gap = self._settings.preempt_gap
         head = self.queue.peek() if gap is not None else None
         if head is None or gap is None:
             return
-        while self.queue.waiting_at(head.priority) > self._preempting:
+        needed = self.in_flight + self.queue.waiting_at(head.priority) - self.effective_limit(head.priority)
+        while needed > self._preempting:
             victims = [t for t in self._running
                        if t.on_preempt is not None and not t.preempted and t.priority <= head.priority - gap]
             if not victims:
