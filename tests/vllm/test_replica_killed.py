@@ -152,8 +152,9 @@ def test_traffic_keeps_flowing_when_a_replica_is_killed(vllm_replicas: list[Vllm
     # The long non-streamed request ends well whichever replica it started on (re-run on the live one).
     assert probes["probe-json"] == "200, 800 tokens", probes
     stream_cut = probes["probe-stream ended at"] > killed_at  # it may have finished before the kill on a quiet machine
-    if where.get("probe-stream") == doomed.url and stream_cut:  # its tokens were coming from the killed replica: cut
-        assert "[DONE]" not in probes["probe-stream"], probes
+    if where.get("probe-stream") == doomed.url and stream_cut:  # its tokens were coming from the killed replica:
+        # cut, unless vLLM had already generated all of it (its API server sometimes sends a whole answer at once)
+        assert "[DONE]" not in probes["probe-stream"] or probes["probe-stream"].startswith("200, 802 events"), probes
     else:
         assert "[DONE]" in probes["probe-stream"], probes
     assert probes["probe-stream s"] < 60 and probes["probe-json s"] < 60, probes
