@@ -15,22 +15,18 @@ the simulator.)
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
 import orjson
 import pytest
 
-from sluice.config import SimSettings
 from sluice.protocol import ChatMessage, SSEParser, sse_data
 from sluice.sim import SimServer, chat_ids, count_chat, count_prompt, count_text, prompt_ids, text_ids
 from sluice.sim._sampler import Sampler
 from sluice.sim._tokenizer import GENERATED_ID_BASE, TEXT_ID_BASE, TEXT_ID_SPAN, VOCABULARY, generated_word
+from tests.sim.test_sim_http import FAST, MESSAGES, MODEL, http, post, server  # noqa: F401 - fixtures
 
-MODEL = "sim-model"
-FAST = SimSettings(speed=1e9, max_model_len=256, output_len_min=5, output_len_max=40, num_kv_blocks=1024)
-MESSAGES = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hello, how are you?"}]
 PROMPT = "Once upon a time,"
 
 
@@ -78,24 +74,6 @@ def test_generated_ids_map_back_to_their_words() -> None:
 
 
 # -- over HTTP --------------------------------------------------------------------------------------------
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
-
-
-@pytest.fixture
-async def server() -> AsyncIterator[SimServer]:
-    srv = await SimServer.start(FAST, model_name=MODEL)
-    yield srv
-    await srv.stop()
-
-
-async def post(http: aiohttp.ClientSession, url: str, body: dict[str, Any]) -> tuple[int, Any]:
-    async with http.post(url, json=body) as resp:
-        return resp.status, orjson.loads(await resp.read())
 
 
 async def stream(http: aiohttp.ClientSession, url: str, body: dict[str, Any]) -> list[Any]:

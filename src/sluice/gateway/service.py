@@ -228,14 +228,11 @@ class GatewayService:
 
     async def _relay(self, upstream: UpstreamResponse, wants_usage: bool, flight: Flight, path: str,
                      transcript: Transcript | None) -> AsyncIterator[bytes]:
-        """Pass SSE frames through as they arrive. Only a frame carrying usage is parsed: its usage is kept, and
-        the usage-only frame is dropped if the client did not ask for it. Closing this generator early (client
-        gone) closes the upstream, aborting the request there, and charges what was generated so far. A
+        """Pass SSE frames through as they arrive (``_Tally`` reads what they say). Closing this generator early
+        (client gone) closes the upstream, aborting the request there, and charges what was generated so far. A
         resumable stream (``transcript``) has every frame rewritten by it, and is continued if the gate stops it."""
         route, record = flight.route, flight.record
-        usage: Any = None
-        generated = 0  # data frames: about one token each, the charge when the stream is cut before its usage
-        finished = False
+        tally = _Tally(wants_usage)
         outcome = Outcome.IGNORED
         try:
             while True:
@@ -243,42 +240,26 @@ class GatewayService:
                 try:
                     async for chunk in upstream.chunks():
                         frames = parser.feed(chunk)
-                        if not frames:
-                            continue
-                        if transcript is not None:
-                            frames = [transcript.rewrite(frame) for frame in frames]
-                            if not transcript.resumable and flight.permit is not None and route.gate is not None:
-                                route.gate.arm(flight.permit, None)
+                        if transcript is not None and frames:
+                            frames = _rewritten(frames, transcript, flight)
                         if record.ttft_s is None and any(map(_has_generated_text, frames)):
                             record.ttft_s = self.clock.now() - record.started_s
-                        out = []
-                        for frame in frames:
-                            if b'"usage":{' in frame or b'"usage": {' in frame:
-                                doc = _json_object(sse_data(frame) or b"")
-                                usage = doc.get("usage")
-                                if not doc.get("choices") and not wants_usage:
-                                    continue
-                            elif frame.startswith(b"data: [DONE]"):
-                                finished = True
-                            else:
-                                generated += 1
-                            out.append(frame)
-                        if out:
+                        if out := tally.take(frames):
                             yield route.rename(b"".join(out))
                 except SluiceError:
                     if not _stopped(flight):
                         raise
-                if finished or transcript is None or not _stopped(flight):
+                if tally.finished or transcript is None or not _stopped(flight):
                     break
                 if transcript.finished:  # stopped between its last token and its [DONE]: end it here
                     yield route.rename(transcript.ending(wants_usage))
-                    finished = True
+                    tally.finished = True
                     break
                 if not transcript.resumable:  # what made it so was read in the same instant it was stopped
                     raise EngineUnavailableError("The request was stopped for a more important one, and could not "
                                                  "be resumed.", reason="preempted")
                 upstream = await self._resume(flight, upstream, path, transcript)
-            if finished:
+            if tally.finished:
                 outcome = Outcome.SUCCESS
         except SluiceError as exc:  # the engine died mid-answer: say so in the stream, and end it cleanly
             outcome, record.reason = Outcome.DROPPED, exc.reason
@@ -289,11 +270,47 @@ class GatewayService:
             raise
         finally:
             upstream.close()
-            if not finished:
+            if not tally.finished:
                 record.reason = record.reason or "client_disconnected"
-            if not isinstance(usage, dict):
-                usage = {"completion_tokens": generated}
+            usage = tally.usage if isinstance(tally.usage, dict) else {"completion_tokens": tally.generated}
             flight.finish(usage, outcome)
+
+
+@dataclass(slots=True)
+class _Tally:
+    """What a relayed stream has said so far. Only a frame carrying usage is parsed: its usage is kept, and the
+    usage-only frame is dropped if the client did not ask for it."""
+
+    wants_usage: bool
+    usage: Any = None
+    generated: int = 0  # data frames: about one token each, the charge when the stream is cut before its usage
+    finished: bool = False  # [DONE] came
+
+    def take(self, frames: list[bytes]) -> list[bytes]:
+        """The frames that go on to the client."""
+        out = []
+        for frame in frames:
+            if b'"usage":{' in frame or b'"usage": {' in frame:
+                doc = _json_object(sse_data(frame) or b"")
+                self.usage = doc.get("usage")
+                if not doc.get("choices") and not self.wants_usage:
+                    continue
+            elif frame.startswith(b"data: [DONE]"):
+                self.finished = True
+            else:
+                self.generated += 1
+            out.append(frame)
+        return out
+
+
+def _rewritten(frames: list[bytes], transcript: Transcript, flight: Flight) -> list[bytes]:
+    """A resumable stream's frames as the client gets them; once they show it cannot be resumed, the gate may no
+    longer stop it."""
+    frames = [transcript.rewrite(frame) for frame in frames]
+    gate = flight.route.gate
+    if not transcript.resumable and flight.permit is not None and gate is not None:
+        gate.arm(flight.permit, None)
+    return frames
 
 
 def _upstream_body(request: Any, body: bytes, route: ModelRoute, stream: bool, priority: int) -> bytes:
