@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import collections
 
 import httpx
 
 from sluice.clock import FakeClock
 from sluice.config import SimSettings, parse_settings
-from sluice.engines import BreakerState, CircuitBreaker, Replica, Router
+from sluice.engines import BreakerState, CircuitBreaker, EnginePool, Replica, Router
 from tests.conftest import LiveSim, serve_gateway
 from tests.redis_server import free_port
 
@@ -75,6 +76,37 @@ def test_circuit_opens_after_failures_then_half_opens_for_one_trial():
     breaker.on_send()
     breaker.on_success()
     assert breaker.state is BreakerState.CLOSED and breaker.allows()
+
+
+async def test_a_half_open_trial_withdrawn_before_its_answer_lets_the_next_one_go():
+    """A trial request whose client left (or which the gate stopped) before the replica answered says nothing about
+    the replica: the half-open circuit must not wait forever for that trial's verdict."""
+    accepted = asyncio.Event()
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.set()
+        await reader.read()  # never answers
+        writer.close()
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    clock = FakeClock()
+    replica = Replica(f"http://127.0.0.1:{port}", breaker=CircuitBreaker(clock, failures=1, open_s=10))
+    pool = EnginePool([replica])
+    try:
+        replica.breaker.on_failure()
+        clock.advance(10)
+        assert replica.breaker.state is BreakerState.HALF_OPEN
+        trial = asyncio.ensure_future(pool.post("/v1/completions", b"{}", {"content-type": "application/json"}))
+        await asyncio.wait_for(accepted.wait(), 5)
+        assert not replica.breaker.allows()  # its one trial is out
+        trial.cancel()
+        await asyncio.gather(trial, return_exceptions=True)
+        assert replica.breaker.allows() and replica.outstanding == 0
+    finally:
+        await pool.close()
+        server.close()
+        await server.wait_closed()
 
 
 def test_an_overloaded_replica_is_retried_on_another_and_a_dead_one_skipped():

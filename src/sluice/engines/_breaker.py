@@ -40,6 +40,11 @@ class CircuitBreaker:
         if self.state is BreakerState.HALF_OPEN:
             self._trial_out = True
 
+    def on_abandon(self) -> None:
+        """The request sent was withdrawn before it was answered (its client left, or the gate stopped it): it
+        says nothing about the replica, and a half-open circuit may send its trial again."""
+        self._trial_out = False
+
     def on_success(self) -> None:
         self._failures = 0
         self._opened_at = None

@@ -122,6 +122,7 @@ class EnginePool:
                 continue
             except BaseException:
                 replica.outstanding -= 1
+                replica.breaker.on_abandon()
                 raise
             if resp.status < 400:
                 replica.breaker.on_success()
