@@ -10,6 +10,7 @@ import re
 import httpx
 import orjson
 import pytest
+from aiohttp import web
 
 from sluice.config import parse_settings
 from sluice.errors import ConfigError
@@ -124,3 +125,101 @@ async def test_preemption_needs_an_engine_that_resumes_from_token_ids():
     with pytest.raises(ConfigError, match="preemption"):
         async with open_service(parse_settings(config), MonotonicClock(), GatewayMetrics()):
             pass
+
+
+class HoldingEngine:
+    """A vLLM-shaped engine that holds its answer (headers included) to the first request for ``hold``, as a
+    busy engine does between its steps, and answers everything else at once with a short stream carrying token
+    ids. It records every request body and whether a held request was withdrawn."""
+
+    def __init__(self) -> None:
+        self.bodies: list[dict] = []
+        self.withdrawn = asyncio.Event()
+        self._runner: web.AppRunner | None = None
+        self.url = ""
+
+    async def __aenter__(self) -> HoldingEngine:
+        app = web.Application()
+        app.router.add_post("/v1/chat/completions", self.chat)
+        app.router.add_get("/health", self.health)
+        self._runner = web.AppRunner(app, handler_cancellation=True)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        self.url = f"http://127.0.0.1:{self._runner.addresses[0][1]}"
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._runner is not None
+        await self._runner.cleanup()
+
+    async def health(self, request: web.Request) -> web.Response:
+        return web.Response()
+
+    async def chat(self, request: web.Request) -> web.StreamResponse:
+        body = orjson.loads(await request.read())
+        self.bodies.append(body)
+        if body["messages"][0]["content"] == "hold" and len(self.bodies) == 1:
+            try:
+                await asyncio.Event().wait()  # until the gateway withdraws it
+            except asyncio.CancelledError:
+                self.withdrawn.set()
+                raise
+        resp = web.StreamResponse(headers={"content-type": "text/event-stream"})
+        await resp.prepare(request)
+        head = {"id": f"chatcmpl-{len(self.bodies)}", "object": "chat.completion.chunk", "created": 1, "model": "m"}
+        words = ["one", " two", " three"]
+        chunks = [{**head, "prompt_token_ids": [1, 2], "choices": [
+            {"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]}]
+        chunks += [{**head, "choices": [{"index": 0, "delta": {"content": w}, "token_ids": [10 + i],
+                                         "finish_reason": "length" if i == len(words) - 1 else None}]}
+                   for i, w in enumerate(words)]
+        chunks.append({**head, "choices": [], "usage": {"prompt_tokens": 2, "completion_tokens": 3,
+                                                        "total_tokens": 5}})
+        for chunk in chunks:
+            await resp.write(b"data: " + orjson.dumps(chunk) + b"\n\n")
+        await resp.write(b"data: [DONE]\n\n")
+        return resp
+
+
+async def test_a_stream_the_engine_has_not_answered_yet_gives_its_place_and_is_sent_again():
+    """A standard stream just sent (the engine has not answered, not even its headers) is the cheapest place to
+    take back: nothing was generated. The premium request gets it at once, and the standard request is sent
+    again, whole, when a place frees; its client sees one ordinary answer."""
+    async with HoldingEngine() as engine:
+        config = parse_settings({
+            "models": [{"name": "m", "engine": {"urls": [engine.url]},
+                        "admission": {"window": {"kind": "fixed", "initial": 1}, "watch_load": False,
+                                      "preemption": {"enabled": True}}}],
+            "tiers": {"premium": {"priority": 10, "max_queue_s": 5.0},
+                      "standard": {"priority": 0, "max_queue_s": 30}},
+            "keys": [{"id": "p", "hash": hash_key(PREMIUM), "tier": "premium"},
+                     {"id": "s", "hash": hash_key(STANDARD), "tier": "standard"}],
+        })
+        held = {"model": "m", "messages": [{"role": "user", "content": "hold"}], "stream": True}
+        with serve_gateway(config) as gw:
+            async with httpx.AsyncClient(base_url=gw.url, timeout=30) as http:
+                standard = asyncio.ensure_future(http.post("/v1/chat/completions", json=held, headers=auth(STANDARD)))
+                assert await wait_for_async(lambda: len(engine.bodies) == 1)
+                premium = await http.post("/v1/chat/completions", json={**SHORT, "stream": True},
+                                          headers=auth(PREMIUM))
+                assert premium.status_code == 200 and premium.text.endswith("data: [DONE]\n\n")
+                await asyncio.wait_for(engine.withdrawn.wait(), 5)
+                answer = await standard
+            metrics = httpx.get(gw.url + "/metrics").text
+    assert answer.status_code == 200
+    events = [orjson.loads(line[6:]) for line in answer.text.splitlines()
+              if line.startswith("data: ") and line != "data: [DONE]"]
+    assert "".join(map(_content, events)) == "one two three" and answer.text.endswith("data: [DONE]\n\n")
+    assert all("token_ids" not in c for e in events for c in e["choices"]) and "prompt_token_ids" not in answer.text
+    held_again, = [b for b in engine.bodies[1:] if b["messages"][0]["content"] == "hold"]
+    assert held_again == engine.bodies[0] and held_again["return_token_ids"] is True  # sent again whole
+    assert 'sluice_admission_preemptions_total{model="m",priority="0"} 1.0' in metrics
+
+
+async def wait_for_async(predicate, timeout_s: float = 5.0) -> bool:
+    for _ in range(int(timeout_s / 0.01)):
+        if predicate():
+            return True
+        await asyncio.sleep(0.01)
+    return predicate()

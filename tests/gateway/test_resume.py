@@ -107,10 +107,10 @@ def test_a_client_that_asked_for_token_ids_keeps_them():
     assert seen(t.rewrite(chat_chunk(" a", [10])))["choices"][0]["token_ids"] == [10]
 
 
-def test_stopped_before_any_chunk_the_original_is_sent_again():
+def test_stopped_before_any_chunk_the_original_is_sent_again_still_asking_for_token_ids():
     t = Transcript(CHAT, client_wants_ids=False)
     path, body = t.next_request()
-    assert path is None and orjson.loads(body) == CHAT
+    assert path is None and orjson.loads(body) == {**CHAT, "return_token_ids": True} == orjson.loads(t.first_request())
 
 
 def test_a_parser_at_work_on_the_engine_side_makes_it_not_resumable():

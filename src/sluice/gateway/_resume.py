@@ -108,12 +108,16 @@ class Transcript:
             doc["prompt_token_ids"] = prompt_ids
         return sse_event(orjson.dumps(doc))
 
+    def first_request(self) -> bytes:
+        """The body the engine gets first: the original, asking for the token ids."""
+        return orjson.dumps({**self.original, "return_token_ids": True})
+
     def next_request(self) -> tuple[str | None, bytes]:
         """The rest, as (path, body): a completions request from the token ids, or (``None``: the original
-        path) the original body again when no chunk had arrived yet (nothing was generated, nothing is lost)."""
+        path) the first request again when no chunk had arrived yet (nothing was generated, nothing is lost)."""
         self.pending.clear()
         if self.prompt_ids is None:
-            return None, orjson.dumps(self.original)
+            return None, self.first_request()
         self.before = len(self.settled)
         self.translating = True
         body = {k: v for k, v in self.original.items() if k in _CARRIED or k == "priority"}

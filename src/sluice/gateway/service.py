@@ -18,7 +18,7 @@ from pydantic import BaseModel
 from sluice.admission import Outcome, PoolController, ticket_for
 from sluice.cache import CacheStore, cache_key
 from sluice.clock import Clock
-from sluice.engines import EnginePool, UpstreamResponse
+from sluice.engines import EnginePool, Replica, UpstreamResponse
 from sluice.engines.dialects import PriorityConvention
 from sluice.errors import EngineUnavailableError, NotFoundError, SluiceError
 from sluice.gateway._flight import NOTHING_RAN, Flight, outcome_of
@@ -142,20 +142,16 @@ class GatewayService:
         upstream_body = _upstream_body(request, body, route, stream, priority)
         transcript = _transcript(route, stream, upstream_body)
         if transcript is not None:
-            upstream_body = orjson.dumps({**transcript.original, "return_token_ids": True})
+            upstream_body = transcript.first_request()
         try:
             await self._admit(flight, principal, priority, price)
-            upstream = await route.pool.post(
-                endpoint.path, upstream_body, {"content-type": "application/json", "x-request-id": record.request_id},
-                affinity=_prefix(request) if route.affinity else None,
-            )
+            upstream = await self._send(flight, endpoint.path, upstream_body, transcript,
+                                        affinity=_prefix(request) if route.affinity else None)
         except BaseException as exc:
             flight.finish(NOTHING_RAN, outcome_of(exc))
             raise
         record.replica = upstream.replica.url
         if stream:
-            if transcript is not None and flight.permit is not None and route.gate is not None:
-                route.gate.arm(flight.permit, upstream.close)  # the gate may stop it: _relay resumes it
             chunks = self._relay(upstream, request.wants_usage_chunk(), flight, endpoint.path, transcript)
 
             def abandoned() -> None:  # the client left before the relay began: nothing was forwarded
@@ -199,26 +195,46 @@ class GatewayService:
         tier = self.limiter.policy.tiers.get(tier_name or "")
         return (tier.weight, tier.max_queue_s) if tier else (1.0, 0.0)
 
-    async def _resume(self, flight: Flight, stopped: UpstreamResponse, path: str,
-                      transcript: Transcript) -> UpstreamResponse:
-        """Send the rest of a stream the gate stopped for a more important request, once the gate lets it in
-        again (at the head of its band); its place in the window was given back when it stopped."""
-        stopped.close()
+    async def _send(self, flight: Flight, path: str, body: bytes, transcript: Transcript | None, *,
+                    affinity: str | None = None, prefer: Replica | None = None) -> UpstreamResponse:
+        """Send a request to the pool. A resumable stream may be stopped by the gate from the moment it is sent
+        (``_relay`` resumes it once it answered); stopped before the engine answered, nothing was generated, and
+        it is sent again when the gate lets it in again."""
+        route, record = flight.route, flight.record
+        headers = {"content-type": "application/json", "x-request-id": record.request_id}
+        gate = route.gate
+        if transcript is None or gate is None or flight.permit is None:
+            return await route.pool.post(path, body, headers, affinity=affinity, prefer=prefer)
+        while True:
+            sending = asyncio.ensure_future(route.pool.post(path, body, headers, affinity=affinity, prefer=prefer))
+            gate.arm(flight.permit, sending.cancel)
+            try:
+                upstream = await sending
+            except asyncio.CancelledError:
+                if not _stopped(flight) or _cancelled():
+                    raise
+            else:
+                if not _stopped(flight):
+                    gate.arm(flight.permit, upstream.close)
+                    return upstream
+                upstream.close()  # answered in the instant it was stopped
+            next_path, body = await self._requeue(flight, transcript)
+            path = next_path or path
+
+    async def _requeue(self, flight: Flight, transcript: Transcript) -> tuple[str | None, bytes]:
+        """Give back the place of a stream the gate stopped for a more important request (its upstream closed),
+        wait for a place again, at the head of its band, and return the rest to send (as ``next_request``)."""
         route, record, permit = flight.route, flight.record, flight.permit
         assert route.gate is not None and permit is not None
         record.preempted = (record.preempted or 0) + 1
         settled_before = transcript.before
-        next_path, body = transcript.next_request()
+        rest_path, body = transcript.next_request()
         left = transcript.before - settled_before
         rest = dataclasses.replace(permit.ticket, granted=None, on_preempt=None, preempted=False,
                                    deadline_s=self.clock.now() + self._queueing(record.tier)[1],
                                    prompt_tokens=permit.ticket.prompt_tokens + left)
         flight.permit = await route.gate.resume(permit, left, rest)
-        upstream = await route.pool.post(next_path or path, body,
-                                         {"content-type": "application/json", "x-request-id": record.request_id},
-                                         prefer=stopped.replica)
-        route.gate.arm(flight.permit, upstream.close)
-        return upstream
+        return rest_path, body
 
     def _route(self, model: str) -> ModelRoute:
         route = self.routes.get(model)
@@ -258,7 +274,9 @@ class GatewayService:
                 if not transcript.resumable:  # what made it so was read in the same instant it was stopped
                     raise EngineUnavailableError("The request was stopped for a more important one, and could not "
                                                  "be resumed.", reason="preempted")
-                upstream = await self._resume(flight, upstream, path, transcript)
+                upstream.close()
+                rest_path, body = await self._requeue(flight, transcript)
+                upstream = await self._send(flight, rest_path or path, body, transcript, prefer=upstream.replica)
             if tally.finished:
                 outcome = Outcome.SUCCESS
         except SluiceError as exc:  # the engine died mid-answer: say so in the stream, and end it cleanly
@@ -349,6 +367,12 @@ def _transcript(route: ModelRoute, stream: bool, upstream_body: bytes) -> Transc
 def _stopped(flight: Flight) -> bool:
     """Whether the gate stopped this request (preempted it for a more important one)."""
     return flight.permit is not None and flight.permit.ticket.preempted
+
+
+def _cancelled() -> bool:
+    """Whether this request's own task is being cancelled (its client left), not only what it awaited."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
 
 
 def _has_generated_text(frame: bytes) -> bool:
