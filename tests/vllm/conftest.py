@@ -55,7 +55,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """The test that kills the second replica runs first of the vLLM tests; the others need only the first. Two
     vLLM servers on two cores starve each other and the tests' own process for seconds at a time (measured: a
     10 ms sleep in the client woke 0.7-3 s late, and answers arrived whole, headers included, 1.7-3 s after they
-    were asked for; with one server they stream from the first 30-50 ms)."""
+    were asked for; with one server their headers came in 25-50 ms and their tokens streamed, in four tries of
+    four, though the client still stalled up to 0.9 s at times)."""
     first = next((n for n, item in enumerate(items) if item.nodeid.startswith("tests/vllm/")), None)
     if first is None:
         return
