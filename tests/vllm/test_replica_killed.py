@@ -153,7 +153,7 @@ def test_traffic_keeps_flowing_when_a_replica_is_killed(vllm_replicas: list[Vllm
     assert probes["probe-json"] == "200, 800 tokens", probes
     stream_cut = probes["probe-stream ended at"] > killed_at  # it may have finished before the kill on a quiet machine
     if where.get("probe-stream") == doomed.url and stream_cut:  # its tokens were coming from the killed replica:
-        # cut, unless vLLM had already generated all of it (its API server sometimes sends a whole answer at once)
+        # cut, unless vLLM had already generated all of it (a starved API server may send a whole answer at once)
         assert "[DONE]" not in probes["probe-stream"] or probes["probe-stream"].startswith("200, 802 events"), probes
     else:
         assert "[DONE]" in probes["probe-stream"], probes
