@@ -82,10 +82,11 @@ class VllmProcess:
         raise RuntimeError(f"vLLM did not answer {VLLM.health_path} within {timeout_s:.0f} s:\n{self.log_tail()}")
 
     def _pin(self) -> None:
-        """Give the API server a CPU of its own, apart from the engine core and its worker. On two CPUs the
-        engine core spins on the one the worker does not compute on, and the API server (and whatever else runs
-        there, the tests included) then waited for it: answers came whole 1.5-1.7 s late in five tries of six, a
-        10 ms sleep in the client woke up to 1.7 s late. Pinned, six of six streamed from 40-60 ms."""
+        """Give the API server a CPU of its own, apart from the engine core and its worker. Unpinned, on two
+        CPUs (the worker bound to the first by vLLM), the API server and whatever else shared the other CPU with
+        the engine core, the tests included, were starved while it generated (by all appearances the engine
+        core busy-waits on its worker): answers came whole 1.5-1.7 s late in five tries of six, and a 10 ms sleep
+        in the client woke up to 1.7 s late. Pinned, six of six streamed from 40-60 ms."""
         cpus = sorted(os.sched_getaffinity(0))
         if len(cpus) < 2:
             return
