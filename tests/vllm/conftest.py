@@ -48,7 +48,11 @@ def vllm_replicas(vllm_python: str, tiny_model: Path) -> Iterator[list[VllmProce
 
 @pytest.fixture(scope="session")
 def vllm_server(vllm_replicas: list[VllmProcess]) -> VllmProcess:
-    return vllm_replicas[0]
+    """The first replica, pinned (``VllmProcess.pin``): by the time a test asks for it, the second has been
+    killed (the test that kills it runs first)."""
+    server = vllm_replicas[0]
+    server.pin()
+    return server
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

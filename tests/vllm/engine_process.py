@@ -74,19 +74,20 @@ class VllmProcess:
             try:
                 if httpx.get(self.url + VLLM.health_path, timeout=2).status_code == 200:
                     self.ready_after_s = time.monotonic() - self.started_at
-                    self._pin()
                     return
             except httpx.HTTPError:
                 pass
             time.sleep(0.5)
         raise RuntimeError(f"vLLM did not answer {VLLM.health_path} within {timeout_s:.0f} s:\n{self.log_tail()}")
 
-    def _pin(self) -> None:
-        """Give the API server a CPU of its own, apart from the engine core and its worker. Unpinned, on two
-        CPUs (the worker bound to the first by vLLM), the API server and whatever else shared the other CPU with
-        the engine core, the tests included, were starved while it generated (by all appearances the engine
-        core busy-waits on its worker): answers came whole 1.5-1.7 s late in five tries of six, and a 10 ms sleep
-        in the client woke up to 1.7 s late. Pinned, six of six streamed from 40-60 ms."""
+    def pin(self) -> None:
+        """Give the API server a CPU of its own, apart from the engine core and its worker (for a server alone on
+        the machine). Unpinned, on two CPUs (the worker bound to the first by vLLM), the API server and whatever
+        else shared the other CPU with the engine core, the tests included, were starved while it generated (by
+        all appearances the engine core busy-waits on its worker): answers came whole 1.5-1.7 s late in five tries
+        of six, and a 10 ms sleep in the client woke up to 1.7 s late. Pinned, six of six streamed from 40-60 ms.
+        Not for two servers at once: with both engines on one CPU one served nothing for a minute, and with
+        mirrored CPUs each API server starved beside the other's engine."""
         cpus = sorted(os.sched_getaffinity(0))
         if len(cpus) < 2:
             return
