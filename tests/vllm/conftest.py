@@ -48,8 +48,8 @@ def vllm_replicas(vllm_python: str, tiny_model: Path) -> Iterator[list[VllmProce
 
 @pytest.fixture(scope="session")
 def vllm_server(vllm_replicas: list[VllmProcess]) -> VllmProcess:
-    """The first replica, pinned (``VllmProcess.pin``): by the time a test asks for it, the second has been
-    killed (the test that kills it runs first)."""
+    """The first replica, pinned (``VllmProcess.pin``): in a full run the second has been killed by then (the
+    test that kills it runs first); run alone, a test has both, the second unpinned."""
     server = vllm_replicas[0]
     server.pin()
     return server
