@@ -42,8 +42,9 @@ chunk), ``--output-len 32-96`` (answers of varied length), ``--dump-requests DIR
    most max_num_seqs (past the engine's seats, premium would wait in the engine's queue), in front of the
    vLLM-dialect simulator, FCFS, prefix caching on as in vLLM V1: when premium waits and the window is full, the
    gateway stops the newest running standard or batch stream, gives premium its place, and resumes the stopped
-   stream later from its token ids, its prefill mostly read back from the prefix cache): for each, an unloaded run (premium only, 0.1x
-   capacity) for the top tier's unloaded TTFT, then Poisson arrivals at each load x capacity for --duration s,
+   stream later from its token ids, its prefill mostly read back from the prefix cache): for each, an unloaded
+   run (premium only, 0.1x capacity, --unloaded-duration s) for the top tier's unloaded TTFT, then Poisson arrivals
+   at each load x capacity for --duration s,
    of which the first --warmup s are not measured. Tenants, by share of the arrivals: premium 15% (tier
    premium, priority 10), std-a 30% and std-b 30% (tier standard, priority 0: the two equal tenants of Jain's
    index), batch 25% (tier batch, priority -1, sheddable). Quota: none (no limit can interfere).

@@ -8,8 +8,8 @@ protection mode, expires deadlines and re-opens the gate when the engines drain.
 Preemption (``preempt_gap``): an engine like vLLM never takes a running request's seat for a more important one,
 so a top-tier request arriving when lower tiers hold the whole window would wait for one of them to finish. With a
 gap set, the gate takes the place back itself: the least important running request (newest first among equals,
-as vLLM picks its victims) that is at least ``preempt_gap`` below the head of the queue, and whose stream can be
-resumed, is stopped (its ``on_preempt``); its place goes to the queue's head, and the rest of it (``resume``)
+as vLLM picks its victims) that is at least ``preempt_gap`` below the head of the queue, and that is armed (a
+stream that can be resumed, from the moment it is sent), is stopped (its ``on_preempt``); its place goes to the queue's head, and the rest of it (``resume``)
 waits at the head of its own band. One waiting request preempts at most one running request.
 """
 
@@ -184,8 +184,10 @@ class PoolController:
         """Stop running requests for the waiting requests of the queue's top band: one place for each, counting
         the places the window must shed first when it shrank below what is in flight."""
         gap = self._settings.preempt_gap
-        head = self.queue.peek() if gap is not None else None
-        if head is None or gap is None:
+        if gap is None:
+            return
+        head = self.queue.peek()
+        if head is None:
             return
         needed = self.in_flight + self.queue.waiting_at(head.priority) - self.effective_limit(head.priority)
         while needed > self._preempting:

@@ -218,12 +218,12 @@ class GatewayService:
                     gate.arm(flight.permit, upstream.close)
                     return upstream
                 upstream.close()  # answered in the instant it was stopped
-            next_path, body = await self._requeue(flight, transcript)
-            path = next_path or path
+            path, body = await self._requeue(flight, transcript, path)
 
-    async def _requeue(self, flight: Flight, transcript: Transcript) -> tuple[str | None, bytes]:
+    async def _requeue(self, flight: Flight, transcript: Transcript, path: str) -> tuple[str, bytes]:
         """Give back the place of a stream the gate stopped for a more important request (its upstream closed),
-        wait for a place again, at the head of its band, and return the rest to send (as ``next_request``)."""
+        wait for a place again, at the head of its band, and return the rest to send: (path, body), ``path`` again
+        when nothing had been generated."""
         route, record, permit = flight.route, flight.record, flight.permit
         assert route.gate is not None and permit is not None
         record.preempted = (record.preempted or 0) + 1
@@ -234,7 +234,7 @@ class GatewayService:
                                    deadline_s=self.clock.now() + self._queueing(record.tier)[1],
                                    prompt_tokens=permit.ticket.prompt_tokens + left)
         flight.permit = await route.gate.resume(permit, left, rest)
-        return rest_path, body
+        return rest_path or path, body
 
     def _route(self, model: str) -> ModelRoute:
         route = self.routes.get(model)
@@ -275,8 +275,8 @@ class GatewayService:
                     raise EngineUnavailableError("The request was stopped for a more important one, and could not "
                                                  "be resumed.", reason="preempted")
                 upstream.close()
-                rest_path, body = await self._requeue(flight, transcript)
-                upstream = await self._send(flight, rest_path or path, body, transcript, prefer=upstream.replica)
+                rest_path, body = await self._requeue(flight, transcript, path)
+                upstream = await self._send(flight, rest_path, body, transcript, prefer=upstream.replica)
             if tally.finished:
                 outcome = Outcome.SUCCESS
         except SluiceError as exc:  # the engine died mid-answer: say so in the stream, and end it cleanly
