@@ -10,19 +10,22 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-import uvicorn
 
-from sluice.config import Settings
+from sluice.config import ServerSettings, Settings
+from sluice.gateway.server import gateway_server
 
 
 class LiveServer:
-    """An ASGI app served by uvicorn in a background thread (its own event loop), like `sluice serve` does."""
+    """An ASGI app served in a background thread (its own event loop) through the code `sluice serve` uses, with
+    its HTTP limits (``server``'s, on 127.0.0.1 and a free port)."""
 
-    def __init__(self, app: Any, start_timeout_s: float = 30.0) -> None:
+    def __init__(self, app: Any, start_timeout_s: float = 30.0, server: ServerSettings | None = None) -> None:
         self.app = app
         self.start_timeout_s = start_timeout_s
-        config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", access_log=False, lifespan="on")
-        self.server = uvicorn.Server(config)
+        settings = (server or ServerSettings()).model_copy(update={"host": "127.0.0.1", "port": 0})
+        from sluice.gateway._asgi import GatewayApp
+
+        self.server = gateway_server(app, settings, app.state.metrics if isinstance(app, GatewayApp) else None)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
     def __enter__(self) -> LiveServer:
@@ -45,7 +48,8 @@ def serve_gateway(settings: Settings, config_path: Any = None, launcher: Any = N
                   start_timeout_s: float = 30.0) -> LiveServer:
     from sluice.gateway.app import create_app
 
-    return LiveServer(create_app(settings, config_path=config_path, launcher=launcher), start_timeout_s)
+    return LiveServer(create_app(settings, config_path=config_path, launcher=launcher), start_timeout_s,
+                      settings.server)
 
 
 @pytest.fixture(scope="session")

@@ -157,6 +157,7 @@ def _add_model_flags(parser: argparse.ArgumentParser, model: type[SimSettings]) 
 # the collector ran ~100 times a second under load and walked the ~80,000 objects of the imported modules on every
 # full collection: 10-12% of a gateway's CPU (bench/limiter.py's gateways, measured with gc.callbacks).
 GC_GEN0_THRESHOLD = 10_000
+STARTUP_FAILURE = 3  # uvicorn's exit status when the server could not start
 
 
 def tune_gc() -> None:
@@ -169,9 +170,8 @@ def tune_gc() -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
     from sluice.gateway.app import create_app
+    from sluice.gateway.server import gateway_server
 
     config_path = args.config or config_path_from_env()
     settings = load_settings(config_path)
@@ -184,18 +184,13 @@ def _serve(args: argparse.Namespace) -> int:
         if launcher is None:
             return 0
     app = create_app(settings, config_path=config_path, launcher=launcher)
+    server = gateway_server(app, settings.server, app.state.metrics)
     tune_gc()
-    uvicorn.run(
-        app,
-        host=settings.server.host,
-        port=settings.server.port,
-        loop="uvloop",
-        http="httptools",
-        access_log=False,
-        log_level="warning",
-        timeout_graceful_shutdown=5,
-    )
-    return 0
+    try:
+        server.run()
+    except KeyboardInterrupt:  # uvicorn re-raises the Ctrl-C it handled: the gateway stopped cleanly
+        pass
+    return 0 if server.started else STARTUP_FAILURE
 
 
 def _launch_plan(args: argparse.Namespace, settings: Settings, embedded: bool) -> tuple[Settings, EngineLauncher | None]:

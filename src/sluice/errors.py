@@ -10,11 +10,15 @@ HTTP boundary turns any of them into ``{"error": {"message", "type", "param", "c
     ├── AuthenticationError      401     missing or wrong API key
     ├── PermissionDeniedError    403
     ├── NotFoundError            404     unknown model or route
+    ├── RequestTimeoutError      408     request head or body not received in time (server.*_timeout_s)
     ├── PayloadTooLargeError     413     body over server.max_body_bytes
     ├── RateLimitError           429     a quota refused the request
+    ├── HeaderTooLargeError      431     request head over server.max_header_bytes or server.max_headers
     ├── UpstreamError            4xx     an engine refused the request; its status and message are relayed
     ├── EngineUnavailableError   502/503 no engine could serve the request (unreachable, overloaded, failed)
-    └── OverloadedError          503     admission held it back: queue timeout, queue full, displaced, shed
+    ├── OverloadedError          503     admission held it back: queue timeout, queue full, displaced, shed;
+    │                                    or the connection cap was reached (too_many_connections)
+    └── StateUnavailableError    503     the shared state store (Redis) is down, unreachable or too slow
 """
 
 from __future__ import annotations
@@ -85,11 +89,25 @@ class NotFoundError(SluiceError):
     reason = "not_found"
 
 
+class RequestTimeoutError(SluiceError):
+    status = 408
+    type = "invalid_request_error"
+    code = "request_timeout"
+    reason = "request_timeout"
+
+
 class PayloadTooLargeError(SluiceError):
     status = 413
     type = "invalid_request_error"
     code = "request_too_large"
     reason = "payload_too_large"
+
+
+class HeaderTooLargeError(SluiceError):
+    status = 431
+    type = "invalid_request_error"
+    code = "request_header_fields_too_large"
+    reason = "header_too_large"
 
 
 class RateLimitError(SluiceError):
@@ -124,3 +142,13 @@ class OverloadedError(SluiceError):
     type = "server_error"
     code = "overloaded"
     reason = "overloaded"
+
+
+class StateUnavailableError(SluiceError):
+    """The shared state store (Redis) did not answer: down, unreachable, or slower than ``quota.store_timeout_s``.
+    Raised by ``sluice.state`` only, which translates every Redis, OS and timeout error into it once."""
+
+    status = 503
+    type = "state_unavailable"
+    code = "state_unavailable"
+    reason = "state_unavailable"

@@ -8,9 +8,9 @@ import types
 import uuid
 
 import pytest
-import redis.exceptions
 
 from sluice.clock import MonotonicClock
+from sluice.errors import StateUnavailableError
 from sluice.quota import Bucket, FailoverStore, Lease, LimitInfo, MemoryStore
 from sluice.quota._redis import RedisStore
 from tests.garbage import left_for_the_collector
@@ -30,7 +30,7 @@ async def store(request):
     if kind == "redis":
         yield shared
     else:
-        yield FailoverStore(shared, MonotonicClock(), replicas=1, retry_s=1.0, errors=(redis.exceptions.RedisError,))
+        yield FailoverStore(shared, MonotonicClock(), replicas=1)
     await shared.close()
 
 
@@ -211,29 +211,28 @@ async def test_a_grant_whose_caller_is_cancelled_before_it_resumes_is_given_back
     await store.close()
 
 
-async def test_a_timed_out_decision_releases_its_permit_after_the_call_has_run(redis_server, monkeypatch):
-    """A call that times out may still run in Redis, after a release sent at once on another connection would
-    have: the release waits, so the permit it took does not stay held until its lease expires."""
+async def test_a_timed_out_decision_that_runs_later_is_voided_refunded_and_released(redis_server):
+    """A call that times out may still run in Redis later (here: Redis busy for 0.3 s, the call waiting in its
+    socket). The store voids it: once Redis answers again, the decision is refunded and its permit released,
+    whichever of the two runs first."""
     import redis.asyncio as aioredis
 
-    import sluice.quota._redis as redis_store
-
-    monkeypatch.setattr(redis_store, "RELEASE_AFTER_TIMEOUT_S", 0.6)
-    store = RedisStore.from_url(redis_server.url, timeout_s=0.05)
+    store = RedisStore.from_url(redis_server.url, timeout_s=0.05, retry_s=0.1)
     await store.acquire([], [lease(1)], rid())  # its connection is open before Redis gets busy
     blocker = aioredis.from_url(redis_server.url)
     busy = asyncio.create_task(blocker.eval(  # Redis busy for 0.3 s: calls sent meanwhile wait in their sockets
         "local t0 = redis.call('TIME') repeat local t = redis.call('TIME') "
         "until (t[1] - t0[1]) * 1000000 + (t[2] - t0[2]) > 300000 return 1", 0))
     await asyncio.sleep(0.05)
-    l1 = lease(1)
-    with pytest.raises(asyncio.TimeoutError):
-        await store.acquire([], [l1], rid())
+    b, l1 = bucket(10), lease(1)
+    with pytest.raises(StateUnavailableError):
+        await store.acquire([b], [l1], rid())
     await busy
+    await store.give_back.drained()  # the void, sent once the state layer's probe saw Redis answer again
     check = RedisStore.from_url(redis_server.url, timeout_s=2.0)
-    assert not (await check.acquire([], [l1], rid())).allowed  # the timed-out call ran after all: it holds the permit
-    await asyncio.sleep(0.8)
-    assert (await check.acquire([], [l1], rid())).allowed  # and its delayed release gave it back
+    d = await check.acquire([b], [l1], rid())
+    assert d.allowed, "the timed-out decision still holds the only permit"
+    assert d.states[0].remaining == 9, "the timed-out decision kept its charge"
     for client in (check, store):
         await client.close()
     await blocker.aclose()
@@ -295,7 +294,80 @@ async def test_a_failed_call_leaves_no_reference_cycle():
     with left_for_the_collector() as garbage:
         outcomes = await asyncio.gather(*(failure_name(store, b) for _ in range(3)))
     leaked = sorted(o.f_code.co_name for o in garbage
-                    if isinstance(o, types.FrameType) and o.f_code.co_filename.endswith("_redis.py"))
+                    if isinstance(o, types.FrameType) and o.f_code.co_filename.endswith(("_redis.py", "state.py")))
     await store.close()
-    assert outcomes == ["ConnectionError"] * 3
+    assert outcomes == ["StateUnavailableError"] * 3
     assert leaked == []
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Every operation is idempotent or fenced by its decision's id (lua/quota.lua; the memory store mirrors it).
+
+
+async def test_an_acquire_run_again_after_its_grant_charges_nothing_twice(store):
+    """As after a lost connection: the same decision sent again answers granted, and takes nothing more."""
+    b, l1 = bucket(10), lease(1)
+    holder = rid()
+    assert (await store.acquire([b], [l1], holder)).allowed
+    again = await store.acquire([b], [l1], holder)
+    assert again.allowed and again.states[0].remaining == 9
+    assert (await store.acquire([b], [], rid())).states[0].remaining == 8  # one charge for the two runs
+    await store.settle([], [], [l1], holder)
+    assert (await store.acquire([], [l1], rid())).allowed  # and one permit, released by one settlement
+
+
+async def test_a_void_refunds_and_releases_a_granted_decision(store):
+    b, l1 = bucket(10, cost=3), lease(1)
+    holder = rid()
+    assert (await store.acquire([b], [l1], holder)).allowed
+    await store.void([b], [l1], holder)
+    d = await store.acquire([b], [l1], rid())
+    assert d.allowed and d.states[0].remaining == 7  # 10 - this one's 3: the voided 3 came back
+
+
+async def test_a_void_before_its_acquire_makes_the_acquire_take_nothing(store):
+    """The caller gave up before its acquire reached the store (it waited in a paused Redis): the void lands first,
+    and the acquire, when it runs, is refused as voided and takes nothing."""
+    b, l1 = bucket(10), lease(1)
+    late = rid()
+    await store.void([b], [l1], late)
+    d = await store.acquire([b], [l1], late)
+    assert not d.allowed and d.voided
+    other = await store.acquire([b], [l1], rid())
+    assert other.allowed and other.states[0].remaining == 9
+
+
+async def test_a_settlement_applies_once(store):
+    """A settlement sent again (it timed out, yet ran) refunds once."""
+    b = bucket(100, cost=80)
+    holder = rid()
+    assert (await store.acquire([b], [], holder)).allowed
+    await store.settle([b], [-50], [], holder)
+    await store.settle([b], [-50], [], holder)
+    assert (await store.acquire([bucket(100, cost=0, key=b.key)], [], rid())).states[0].remaining == 70
+
+
+async def test_a_voided_decision_is_not_settled_and_a_settled_one_not_voided(store):
+    b, l1 = bucket(100, cost=10), lease(2)
+    voided, settled = rid(), rid()
+    assert (await store.acquire([b], [l1], voided)).allowed
+    assert (await store.acquire([b], [l1], settled)).allowed
+    await store.void([b], [l1], voided)
+    await store.settle([b], [-10], [l1], voided)  # would refund a second time
+    await store.settle([b], [+5], [l1], settled)
+    await store.void([b], [l1], settled)  # would refund the settled charge
+    d = await store.acquire([bucket(100, cost=0, key=b.key)], [], rid())
+    assert d.states[0].remaining == 100 - 10 - 5
+
+
+async def test_a_renewal_takes_a_lost_permit_again_but_not_a_settled_one(store):
+    held, done = lease(1, ttl_s=0.2), lease(1, ttl_s=0.2)
+    holder, finished = rid(), rid()
+    assert (await store.acquire([], [held], holder)).allowed
+    assert (await store.acquire([], [done], finished)).allowed
+    await store.settle([], [], [done], finished)
+    await asyncio.sleep(0.3)  # the holder's permit expired (as if Redis had lost it)
+    await store.renew([held], holder)
+    await store.renew([done], finished)  # a renewal that comes after the settlement
+    assert not (await store.acquire([], [held], rid())).allowed, "the renewal did not take the permit again"
+    assert (await store.acquire([], [done], rid())).allowed, "a renewal took a settled permit again"

@@ -21,6 +21,7 @@ class LuaRedis:
     def __init__(self, clock: FakeClock) -> None:
         self.clock = clock
         self.strings: dict[str, str] = {}
+        self.expires: dict[str, float] = {}  # string key -> wall-clock second it expires at (SET ... PX)
         self.zsets: dict[str, dict[str, float]] = {}
         self.lua = lupa.LuaRuntime(unpack_returned_tuples=True)
         self.lua.execute("redis = {}")
@@ -40,15 +41,20 @@ class LuaRedis:
             now_us = round(self.clock.wall() * 1_000_000)
             return self.lua.table_from([str(now_us // 1_000_000), str(now_us % 1_000_000)])
         if cmd == "GET":
+            if self.expires.get(args[0], float("inf")) <= self.clock.wall():
+                self.strings.pop(args[0], None)
             return self.strings.get(args[0], False)
         if cmd == "SET":
             self.strings[args[0]] = str(args[1])
+            self.expires.pop(args[0], None)
+            if len(args) == 4 and str(args[2]).upper() == "PX":
+                self.expires[args[0]] = self.clock.wall() + float(args[3]) / 1000
             return "OK"
         if cmd == "DEL":
             self.strings.pop(args[0], None)
             return 1
         if cmd == "PEXPIRE":
-            return 1  # expiry only saves memory: an expired bucket is a full one, which GET's default says
+            return 1  # a lease set's expiry only saves memory: its members carry their own deadlines
         zset = self.zsets.setdefault(args[0], {})
         if cmd == "ZREMRANGEBYSCORE":
             hi = float(args[2])

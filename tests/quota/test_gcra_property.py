@@ -61,13 +61,13 @@ async def test_memory_store_matches_the_reference(capacity, interval_ms, ops):
     store = MemoryStore(clock)
     info = LimitInfo("tokens", "t", capacity, capacity * interval_ms / 1000)
     got = []
-    for op, dt_ms, n in ops:
+    for i, (op, dt_ms, n) in enumerate(ops):  # each operation its own decision (an id is fenced once used)
         clock.advance(dt_ms / 1000)
         bucket = Bucket("k", interval_ms / 1000, capacity, abs(n), info)
         if op == "charge":
-            got.append((await store.acquire([bucket], [], "r")).allowed)
+            got.append((await store.acquire([bucket], [], f"r{i}")).allowed)
         else:
-            await store.settle([bucket], [n], [], "r")
+            await store.settle([bucket], [n], [], f"r{i}")
     assert got == run_reference(capacity, interval_ms, ops)
 
 
@@ -78,12 +78,13 @@ def test_lua_script_matches_the_reference(capacity, interval_ms, ops):
     redis = LuaRedis(clock)
     info = LimitInfo("tokens", "t", capacity, capacity * interval_ms / 1000)
     got = []
-    for op, dt_ms, n in ops:
+    for i, (op, dt_ms, n) in enumerate(ops):  # each operation its own decision (an id is fenced once used)
         clock.advance(dt_ms / 1000)
         bucket = Bucket("k", interval_ms / 1000, capacity, abs(n), info)
+        marker = _wire.marker_key(["k"], f"r{i}")
         if op == "charge":
-            reply = redis.run([_wire.acquire([bucket], [], "r")], ["k"])
+            reply = redis.run([_wire.acquire([bucket], [], f"r{i}", marker, 60_000)], ["k", marker])
             got.append(bool(reply[0][0]))
         else:
-            redis.run([_wire.adjust([bucket], [n])], ["k"])
+            redis.run([_wire.settle([bucket], [n], [], f"r{i}", marker, 60_000)], ["k", marker])
     assert got == run_reference(capacity, interval_ms, ops)

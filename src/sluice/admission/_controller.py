@@ -227,10 +227,23 @@ class PoolController:
         self._running.add(ticket)
         self.in_flight += 1
         self.tokens_in_flight += ticket.tokens
-        self._recent.append((self._clock.now(), ticket.tokens))
+        self._note_dispatch(ticket.tokens)
         self.queue.charge(ticket, ticket.prompt_tokens, 0)
         now = self._clock.now()
         return Permit(ticket, ticket.in_flight_at_dispatch, now - ticket.arrival_s)
+
+    def _note_dispatch(self, tokens: int) -> None:
+        """Remember what was dispatched since the engines' KV use was last read (their metrics do not show it
+        yet): only when KV room is checked, and only while a reading still trusted could predate it, so that what
+        is kept does not grow with the requests served."""
+        detector = self._saturation
+        if detector is None or detector.kv_capacity_tokens is None:
+            return
+        now = self._clock.now()
+        horizon = now - detector.stale_after_s  # any reading _kv_room uses is newer than this
+        while self._recent and self._recent[0][0] < horizon:
+            self._recent.popleft()
+        self._recent.append((now, tokens))
 
     def _undo_dispatch(self, ticket: Ticket) -> None:
         self._running.discard(ticket)

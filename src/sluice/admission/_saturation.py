@@ -35,11 +35,11 @@ class SaturationDetector:
         self._clock = clock
         self._queue_threshold = queue_threshold
         self._kv_threshold = kv_threshold
-        self._stale_after_s = stale_after_s
+        self.stale_after_s = stale_after_s  # older readings are not trusted
         self.kv_capacity_tokens = kv_capacity_tokens  # per replica, when known
 
     def replica_saturation(self, reading: LoadReading | None) -> float:
-        if reading is None or self._clock.now() - reading.read_at_s > self._stale_after_s:
+        if reading is None or self._clock.now() - reading.read_at_s > self.stale_after_s:
             return STALE
         return max(reading.waiting / self._queue_threshold, reading.kv_usage / self._kv_threshold)
 
@@ -51,7 +51,7 @@ class SaturationDetector:
         if self.kv_capacity_tokens is None:
             return None
         now = self._clock.now()
-        fresh = [r for r in self._readings() if r is not None and now - r.read_at_s <= self._stale_after_s]
+        fresh = [r for r in self._readings() if r is not None and now - r.read_at_s <= self.stale_after_s]
         if not fresh:
             return None
         free = sum(max(0.0, 1.0 - r.kv_usage) * self.kv_capacity_tokens for r in fresh)

@@ -3,18 +3,27 @@
 Only non-streamed requests whose answer is determined by their body are cached: ``temperature`` 0, or a ``seed``
 (engines that honour seeds answer the same). Entries are per tenant (a tenant never learns what another asked),
 keyed by a hash of the model and the canonical request body, and expire after the model's ``ttl_s``. The store is
-the state store: memory (a bounded LRU) or Redis (shared by every replica).
+the state store: memory (a bounded LRU) or Redis (shared by every replica; while it is unavailable a read is a
+miss and a write is skipped, so a cacheable request is served as any other).
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections import OrderedDict
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import orjson
+import redis.asyncio as aioredis
 
-from sluice.clock import Clock
+from sluice.clock import Clock, MonotonicClock
+from sluice.errors import StateUnavailableError
+from sluice.state import MemoryState, RedisState, State
+
+log = logging.getLogger("sluice.cache")
+
+STANDALONE_TIMEOUT_S = 1.0
 
 
 class CacheStore(Protocol):
@@ -52,23 +61,46 @@ class MemoryCache:
 
 
 class RedisCache:
-    def __init__(self, url: str) -> None:
-        import redis.asyncio as aioredis
+    """The cache in the process's state store (``sluice.state``). It degrades like quota does: while Redis is
+    unavailable a read is a miss and a write is skipped, at once (logged once per outage, not per request)."""
 
-        self._client = aioredis.from_url(url, decode_responses=False)
+    def __init__(self, state: RedisState | str) -> None:
+        self._owns_state = isinstance(state, str)  # a URL: a client of its own (tools, tests)
+        if isinstance(state, str):
+            state = RedisState.from_url(state, MonotonicClock(), timeout_s=STANDALONE_TIMEOUT_S, retry_s=1.0)
+        self._state = state
+        self._logged_outage = 0
 
     async def get(self, key: str) -> bytes | None:
-        return await self._client.get(key)
+        async def read(client: aioredis.Redis) -> bytes | None:
+            return cast("bytes | None", await client.get(key))  # the client answers bytes (decode_responses off)
+
+        try:
+            found = await self._state.run(read, "cache read")
+        except StateUnavailableError as exc:
+            self._log_once(exc)
+            return None
+        return found
 
     async def set(self, key: str, value: bytes, ttl_s: float) -> None:
-        await self._client.set(key, value, px=max(1, int(ttl_s * 1000)))
+        try:
+            await self._state.run(lambda client: client.set(key, value, px=max(1, int(ttl_s * 1000))), "cache write")
+        except StateUnavailableError as exc:
+            self._log_once(exc)
 
     async def close(self) -> None:
-        await self._client.aclose()
+        if self._owns_state:
+            await self._state.close()
+
+    def _log_once(self, exc: StateUnavailableError) -> None:
+        if self._logged_outage != self._state.outages:
+            self._logged_outage = self._state.outages
+            log.warning("response cache unavailable (%s): requests are answered as misses until the state store "
+                        "is back", exc.message)
 
 
-def open_cache(state_url: str, clock: Clock) -> CacheStore:
-    return MemoryCache(clock) if state_url.startswith("memory://") else RedisCache(state_url)
+def open_cache(state: State, clock: Clock) -> CacheStore:
+    return MemoryCache(clock) if isinstance(state, MemoryState) else RedisCache(state)
 
 
 def cache_key(model: str, tenant: str, request: Any, prefix: str = "{sluice}") -> str | None:

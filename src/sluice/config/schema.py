@@ -24,6 +24,11 @@ class ServerSettings(_Frozen):
     port: int = Field(8000, ge=0, le=65535)
     workers: int = Field(1, ge=1)
     max_body_bytes: int = Field(10 * 1024 * 1024, ge=1024)
+    max_header_bytes: int = Field(64 * 1024, ge=1024)  # request line + headers; above: 431
+    max_headers: int = Field(100, ge=8)  # header fields in one request; above: 431
+    header_timeout_s: float = Field(10.0, gt=0)  # accept (or the previous answer) -> head complete; past it: 408
+    body_timeout_s: float = Field(60.0, gt=0)  # head complete -> whole body read; past it: 408
+    max_connections: int | None = Field(None, ge=1)  # None: sized to the file-descriptor limit at start
     connect_timeout_s: float = Field(5.0, gt=0)
     upstream_timeout_s: float = Field(600.0, gt=0)
     access_log: bool = True
@@ -129,6 +134,10 @@ class EngineSettings(_Frozen):
     breaker_failures: int = Field(5, ge=1)  # failures in a row that open a replica's circuit
     breaker_open_s: float = Field(10.0, gt=0)  # how long it stays open before one trial request
     health_interval_s: float = Field(5.0, gt=0)  # active health checks
+    # requests in flight to this model's engines at once (one upstream connection each); admission's window is
+    # capped at it, and a request finding none free for connection_wait_s gets 503 upstream_saturated
+    max_connections: int = Field(1024, ge=1)
+    connection_wait_s: float = Field(1.0, ge=0)
 
     @model_validator(mode="after")
     def _weights(self) -> EngineSettings:
@@ -336,8 +345,11 @@ class TierSettings(_Frozen):
 class QuotaSettings(_Frozen):
     default_max_tokens: int = Field(4096, ge=1)  # reserved for the answer when a request sets no max_tokens
     limits: list[LimitRule] = []  # limits for everyone, whatever their tier (per model, global, ...)
-    store_timeout_s: float = Field(0.02, gt=0)  # a slower shared store counts as down
-    store_retry_s: float = Field(1.0, gt=0)  # while down, how often to try it again
+    # a state-store call (Redis) not answered within this counts Redis as down (the gateway's own loop lag and
+    # opening a connection do not count); 0.25 from bench/store_timeout.py (slowest call on four CPU-loaded
+    # gateways: 64 ms; at the former 0.02, 8-16 degraded episodes a run and bursts admitted up to twice over)
+    store_timeout_s: float = Field(0.25, gt=0)
+    store_retry_s: float = Field(1.0, gt=0)  # while down, how often the state layer PINGs it (no traffic needed)
     gateway_replicas: int = Field(1, ge=1)  # gateways sharing the store: fail-open divides limits by this
     lease_ttl_s: float = Field(60.0, gt=0)  # a concurrency permit not renewed within this expires
 

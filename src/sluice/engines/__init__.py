@@ -7,6 +7,7 @@ from sluice.engines._launcher import EngineCommand, EngineLauncher, plan_command
 from sluice.engines._pool import EnginePool, Replica, UpstreamResponse
 from sluice.engines._routing import Router, RoutingPolicy
 from sluice.engines._scraper import LoadSample, LoadScraper, ScrapeError, parse_load
+from sluice.engines._slots import ConnectionSlots
 
 __all__ = [
     "EngineCommand",
@@ -15,6 +16,7 @@ __all__ = [
     "plan_commands",
     "BreakerState",
     "CircuitBreaker",
+    "ConnectionSlots",
     "Router",
     "RoutingPolicy",
     "EnginePool",

@@ -19,7 +19,8 @@ _DEFAULT_OVERLOAD = OverloadSignature()
 
 def engine_error(status: int, body: bytes, replica: str, overload: OverloadSignature | None = None) -> SluiceError:
     """``overload``: what the replica's dialect calls "too busy" (its statuses and messages); default 429 and 503."""
-    message = _message_of(body) or f"The engine answered {status}."
+    doc = _json(body)
+    message = _message_of(doc, body) or f"The engine answered {status}."
     if (overload or _DEFAULT_OVERLOAD).matches(status, message):
         return EngineUnavailableError(
             f"The engine is overloaded: {message}", status=503, code="engine_overloaded", reason="engine_overloaded"
@@ -27,17 +28,30 @@ def engine_error(status: int, body: bytes, replica: str, overload: OverloadSigna
     if status == 404:
         return NotFoundError(message)
     if 400 <= status < 500:
-        return UpstreamError(message, status=status, code=None)
+        param, code = _field_of(doc, "param"), _field_of(doc, "code")
+        return UpstreamError(message, status=status, param=param, code=code)
     return EngineUnavailableError(
         f"The engine at {replica} failed ({status}): {message}", status=502, code="engine_error", reason="engine_error"
     )
 
 
-def _message_of(body: bytes) -> str | None:
-    """The message in vLLM's ``{"error": {"message"}}``, its older ``{"object": "error", "message"}``, or text."""
+def _json(body: bytes) -> Any:
     try:
-        doc: Any = orjson.loads(body)
+        return orjson.loads(body)
     except orjson.JSONDecodeError:
+        return None
+
+
+def _field_of(doc: Any, name: str) -> str | None:
+    """``param`` or ``code`` of an OpenAI-shaped error body, when it is a string (vLLM sends its status as code)."""
+    inner = doc.get("error") if isinstance(doc, dict) else None
+    value = inner.get(name) if isinstance(inner, dict) else None
+    return value if isinstance(value, str) else None
+
+
+def _message_of(doc: Any, body: bytes) -> str | None:
+    """The message in vLLM's ``{"error": {"message"}}``, its older ``{"object": "error", "message"}``, or text."""
+    if doc is None:
         text = body.decode(errors="replace").strip()
         return text[:500] or None
     if isinstance(doc, dict):

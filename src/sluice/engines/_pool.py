@@ -4,6 +4,11 @@ The router orders the replicas; replicas whose circuit is open are skipped; a co
 "overloaded" answer (429/503) moves on to the next replica, since nothing has reached the client yet. Active
 health checks probe every replica. aiohttp is the upstream client: measured against httpx as a proxy client in
 bench/upstream_client.py.
+
+A request holds one of the pool's ``max_connections`` slots (``ConnectionSlots``) from the moment it is sent
+until its answer is read or closed; the slots, not aiohttp's connector (unlimited here, whose queue has no
+deadline), bound the connections, so a request that cannot have one is refused in bounded time. Health probes
+are not counted: one per replica at a time.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from sluice.config import Dialect
 from sluice.engines._breaker import BreakerState, CircuitBreaker
 from sluice.engines._errors import engine_error
 from sluice.engines._routing import Router
+from sluice.engines._slots import ConnectionSlots
 from sluice.engines.dialects import dialect_for
 from sluice.errors import EngineUnavailableError, SluiceError
 
@@ -40,6 +46,7 @@ class UpstreamResponse:
     status: int
     content_type: str
     _resp: aiohttp.ClientResponse = field(repr=False)
+    _slots: ConnectionSlots = field(repr=False)
     _closed: bool = False
 
     async def read(self) -> bytes:
@@ -59,11 +66,13 @@ class UpstreamResponse:
                                          status=502, code="engine_died", reason="engine_died") from exc
 
     def close(self) -> None:
-        """Release the replica. A body not read to the end closes the connection, which aborts the request."""
+        """Release the replica and the pool's slot. A body not read to the end closes the connection, which
+        aborts the request."""
         if not self._closed:
             self._closed = True
             self.replica.outstanding -= 1
             self._resp.close()
+            self._slots.release()
 
 
 class EnginePool:
@@ -75,20 +84,27 @@ class EnginePool:
         connect_timeout_s: float = 5.0,
         read_timeout_s: float = 600.0,
         max_connections: int = 1024,
+        connection_wait_s: float = 1.0,
+        clock: Clock | None = None,
     ) -> None:
         if not replicas:
             raise ValueError("an engine pool needs at least one replica")
         self.replicas = replicas
         self.router = router or Router(replicas)
+        self.connections = ConnectionSlots(max_connections, connection_wait_s, clock or MonotonicClock())
         self._health_task: asyncio.Task[None] | None = None
         self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout_s, sock_read=read_timeout_s)
-        self._max_connections = max_connections
         self._session: aiohttp.ClientSession | None = None
+
+    @property
+    def max_connections(self) -> int:
+        """Requests the pool may have at its engines at once: the most any admission window may hold."""
+        return self.connections.capacity
 
     @property
     def session(self) -> aiohttp.ClientSession:
         if self._session is None:
-            connector = aiohttp.TCPConnector(limit=self._max_connections, ttl_dns_cache=300)
+            connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300)  # bounded by self.connections
             self._session = aiohttp.ClientSession(
                 connector=connector, timeout=self._timeout, auto_decompress=False, skip_auto_headers=("User-Agent",)
             )
@@ -97,12 +113,23 @@ class EnginePool:
     async def post(self, path: str, body: bytes, headers: Mapping[str, str],
                    affinity: str | None = None, prefer: Replica | None = None) -> UpstreamResponse:
         """Send ``body`` to the best replica that takes it; raise the translated error if none does. ``prefer``
-        (the replica whose KV cache holds the request's prefix, for a resumed stream) is tried first."""
+        (the replica whose KV cache holds the request's prefix, for a resumed stream) is tried first. It needs
+        one of the pool's connection slots, for at most ``connection_wait_s`` (else 503 ``upstream_saturated``);
+        the answer holds it until closed."""
+        if not any(r.breaker.allows() for r in self.replicas):
+            raise _all_failing()  # at once: no point waiting for a connection
+        await self.connections.acquire()
+        try:
+            return await self._send(path, body, headers, affinity, prefer)
+        except BaseException:
+            self.connections.release()
+            raise
+
+    async def _send(self, path: str, body: bytes, headers: Mapping[str, str], affinity: str | None,
+                    prefer: Replica | None) -> UpstreamResponse:
         usable = [r for r in self.replicas if r.breaker.allows()]
         if not usable:
-            raise EngineUnavailableError("Every replica of this model is failing (circuits open); retry shortly.",
-                                         code="engine_unavailable", reason="engine_unavailable",
-                                         headers={"retry-after": "1"})
+            raise _all_failing()
         unreachable = ""  # what the last unreachable replica raised, as text: the exception would hold this frame
         overloaded: SluiceError | None = None
         order = self.router.order(usable, affinity)
@@ -126,7 +153,8 @@ class EnginePool:
                 raise
             if resp.status < 400:
                 replica.breaker.on_success()
-                return UpstreamResponse(replica, resp.status, resp.headers.get("content-type", ""), resp)
+                return UpstreamResponse(replica, resp.status, resp.headers.get("content-type", ""), resp,
+                                        self.connections)
             try:
                 err_body = await resp.read()
             finally:
@@ -187,3 +215,8 @@ class EnginePool:
         if self._session is not None:
             await self._session.close()
             self._session = None
+
+
+def _all_failing() -> EngineUnavailableError:
+    return EngineUnavailableError("Every replica of this model is failing (circuits open); retry shortly.",
+                                  code="engine_unavailable", reason="engine_unavailable", headers={"retry-after": "1"})

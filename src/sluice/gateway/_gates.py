@@ -1,4 +1,8 @@
-"""Admission for one model's pool, assembled from its settings: the window, the load it watches, protection."""
+"""Admission for one model's pool, assembled from its settings: the window, the load it watches, protection.
+
+The window never exceeds the pool's ``engine.max_connections``: every request the gate dispatches holds an
+upstream connection, so a wider window would only move the excess into a wait for a connection, out of reach of
+priorities, fair shares and queue deadlines."""
 
 from __future__ import annotations
 
@@ -29,8 +33,9 @@ DEFAULT_WINDOW_PER_REPLICA = 128
 
 async def open_gate(model: ModelSettings, replicas: Sequence[Replica], scraper: LoadScraper | None,
                     settings: Settings, clock: Clock, metrics: GatewayMetrics,
-                    stack: AsyncExitStack) -> PoolController | None:
-    """The pool's gate; ``scraper`` (the replicas' load, when watched) feeds saturation and KV room."""
+                    stack: AsyncExitStack, max_connections: int) -> PoolController | None:
+    """The pool's gate; ``scraper`` (the replicas' load, when watched) feeds saturation and KV room;
+    ``max_connections`` (the pool's) caps the window."""
     admission = model.admission
     if not admission.enabled:
         return None
@@ -53,7 +58,7 @@ async def open_gate(model: ModelSettings, replicas: Sequence[Replica], scraper: 
                                     engage_after_s=p.engage_after_s, relax_after_s=p.relax_after_s, name=model.name,
                                     on_change=lambda engaged: metrics.protection_changed(model.name, engaged))
     gate = PoolController(
-        model.name, _limit(model, len(replicas), clock), clock,
+        model.name, _limit(model, len(replicas), clock, max_connections), clock,
         GateSettings(max_tokens_in_flight=admission.max_tokens_in_flight,
                      queue_max_requests=admission.queue_max_requests, queue_max_tokens=admission.queue_max_tokens,
                      reserve_top_share=admission.protection.reserve_top_share,
@@ -67,15 +72,20 @@ async def open_gate(model: ModelSettings, replicas: Sequence[Replica], scraper: 
     return gate
 
 
-def _limit(model: ModelSettings, replicas: int, clock: Clock) -> Limit:
+def _limit(model: ModelSettings, replicas: int, clock: Clock, max_connections: int) -> Limit:
     window = model.admission.window
+    maximum = min(window.max, max_connections)
+    minimum = min(window.min, maximum)
     initial = window.initial or (model.sim.max_num_seqs if model.sim else DEFAULT_WINDOW_PER_REPLICA * replicas)
-    initial = min(max(initial, window.min), window.max)
+    if max(window.initial or 0, window.min) > max_connections:
+        log.warning("model %s: admission.window asks for more requests in flight than engine.max_connections "
+                    "(%d): the window is capped there", model.name, max_connections)
+    initial = min(max(initial, minimum), maximum)
     if window.kind == "aimd":
-        return AIMDLimit(clock, initial=initial, minimum=window.min, maximum=window.max,
+        return AIMDLimit(clock, initial=initial, minimum=minimum, maximum=maximum,
                          latency_threshold_s=window.latency_threshold_s)
     if window.kind == "gradient":
-        return GradientLimit(clock, initial=initial, minimum=window.min, maximum=window.max)
+        return GradientLimit(clock, initial=initial, minimum=minimum, maximum=maximum)
     return FixedLimit(initial)
 
 

@@ -20,6 +20,7 @@ from sluice.gateway.service import GatewayService, ModelRoute
 from sluice.identity import Directory
 from sluice.quota import EstimateCounter, ExactCounter, Pricer, PromptCounter, QuotaLimiter, QuotaPolicy, open_store
 from sluice.sim import SimServer
+from sluice.state import open_state
 from sluice.telemetry import GatewayMetrics, UsageLedger
 
 log = logging.getLogger("sluice")
@@ -37,18 +38,20 @@ async def open_service(settings: Settings, clock: Clock, metrics: GatewayMetrics
         routes: dict[str, ModelRoute] = {}
         for model in settings.models:
             routes[model.name] = await _open_route(model, settings, clock, metrics, stack)
-        store = open_store(settings.state, settings.quota, clock, observer=metrics)
+        state = open_state(settings.state, settings.quota, clock)  # one Redis client for quota, cache, usage, keys
+        stack.push_async_callback(state.close)
+        store = open_store(state, settings.quota, clock, observer=metrics)
         stack.push_async_callback(store.close)
         limiter = QuotaLimiter(QuotaPolicy(settings.tiers, settings.quota), store, clock, observer=metrics)
         stack.push_async_callback(limiter.close)
         _warn_if_limits_are_per_process(settings)
-        usage = UsageLedger.for_state(settings.state, clock)
+        usage = UsageLedger.for_state(state, clock)
         usage.start()
         stack.push_async_callback(usage.close)
-        live = LiveConfig(settings, Directory.for_state(settings.state, clock, on_tiers=lambda _: live.apply()), clock)
+        live = LiveConfig(settings, Directory.for_state(state, clock, on_tiers=lambda _: live.apply()), clock)
         await live.directory.start()
         stack.push_async_callback(live.directory.close)
-        cache = open_cache(settings.state, clock)
+        cache = open_cache(state, clock)
         stack.push_async_callback(cache.close)
         service = GatewayService(routes, live.authenticator(), pricer_for(settings), limiter, clock, usage,
                                  live.directory, cache)
@@ -102,10 +105,11 @@ async def _open_route(model: ModelSettings, settings: Settings, clock: Clock, me
                                         for r in replicas])
     router = Router(replicas, engine.routing, kv_usage=_kv_usage(scraper))
     pool = EnginePool(replicas, router=router, connect_timeout_s=settings.server.connect_timeout_s,
-                      read_timeout_s=settings.server.upstream_timeout_s)
+                      read_timeout_s=settings.server.upstream_timeout_s, max_connections=engine.max_connections,
+                      connection_wait_s=engine.connection_wait_s, clock=clock)
     pool.start_health_checks(clock, engine.health_interval_s)
     stack.push_async_callback(pool.close)
-    gate = await open_gate(model, replicas, scraper, settings, clock, metrics, stack)
+    gate = await open_gate(model, replicas, scraper, settings, clock, metrics, stack, pool.max_connections)
     dialect = dialect_for(engine.dialect)
     if model.admission.preemption.enabled and not dialect.resumes_from_token_ids:
         raise ConfigError(f"model {model.name}: admission.preemption needs an engine that resumes streams from token "

@@ -45,6 +45,7 @@ def create_app(settings: Settings, *, config_path: str | Path | None = None, clo
             app.state.service = runtime.service
             app.state.live = runtime.live
             app.state.max_body_bytes = settings.server.max_body_bytes
+            app.state.body_timeout_s = settings.server.body_timeout_s
             app.state.admin_key_hash = settings.auth.admin_key_hash
             for line in banner(settings):
                 log.info(line)

@@ -20,7 +20,7 @@ from sluice.cache import CacheStore, cache_key
 from sluice.clock import Clock
 from sluice.engines import EnginePool, Replica, UpstreamResponse
 from sluice.engines.dialects import PriorityConvention
-from sluice.errors import EngineUnavailableError, NotFoundError, SluiceError
+from sluice.errors import EngineUnavailableError, InvalidRequestError, NotFoundError, SluiceError
 from sluice.gateway._flight import NOTHING_RAN, Flight, outcome_of
 from sluice.gateway._resume import Transcript, resumable
 from sluice.identity import Authenticator, Directory, Principal
@@ -137,9 +137,9 @@ class GatewayService:
             record.cache = "miss" if cached is None else "hit"
             if cached is not None:  # answered without an engine, so without spending quota
                 return FullReply(200, cached, "application/json", {"x-sluice-cache": "hit"})
+        upstream_body = _upstream_body(request, body, route, stream, priority)  # before reserving: it may refuse
         reservation = await self.limiter.reserve(principal, route.name, price, route.tighten_for(priority))
         flight = Flight(self, route, record, reservation)
-        upstream_body = _upstream_body(request, body, route, stream, priority)
         transcript = _transcript(route, stream, upstream_body)
         if transcript is not None:
             upstream_body = transcript.first_request()
@@ -347,11 +347,14 @@ def _upstream_body(request: Any, body: bytes, route: ModelRoute, stream: bool, p
     client_priority = "priority" in (request.model_extra or {})
     if not changes and not client_priority:
         return body
-    doc = orjson.loads(body)
-    if client_priority:
-        del doc["priority"]
-    doc.update(changes)
-    return orjson.dumps(doc)
+    try:  # the protocol admits only numbers orjson keeps (protocol/_fields.py); this is the last line of defence
+        doc = orjson.loads(body)
+        if client_priority:
+            del doc["priority"]
+        doc.update(changes)
+        return orjson.dumps(doc)
+    except (orjson.JSONDecodeError, orjson.JSONEncodeError) as exc:
+        raise InvalidRequestError(f"The request body cannot be forwarded: {exc}", code="invalid_json") from exc
 
 
 def _transcript(route: ModelRoute, stream: bool, upstream_body: bytes) -> Transcript | None:

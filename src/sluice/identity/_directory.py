@@ -3,7 +3,8 @@
 
 Each replica mirrors it locally (so checking a key costs a dict lookup) and refreshes its mirror every
 ``refresh_s``: a change made on one replica is in force on all of them within a second. One version number in
-the store says whether anything changed, so an idle refresh is one small read.
+the store says whether anything changed, so an idle refresh is one small read. While the state store is
+unavailable the mirror stays as it was and changes are refused (503 ``state_unavailable``).
 """
 
 from __future__ import annotations
@@ -17,9 +18,14 @@ from typing import Any, Protocol
 
 import orjson
 
+import redis.asyncio as aioredis
+
 from sluice.clock import Clock
+from sluice.state import MemoryState, RedisState, State
 
 log = logging.getLogger("sluice")
+
+SNAPSHOT_TIMEOUT_S = 2.0  # a whole directory (every issued key) may take longer than one quota decision
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,42 +86,54 @@ class MemoryDirectory:
 
 
 class RedisDirectory:
-    def __init__(self, url: str, prefix: str = "{sluice}") -> None:
-        import redis.asyncio as aioredis
+    """The directory in the process's state store. A change while Redis is unavailable raises
+    ``StateUnavailableError`` (503): it is refused, never half made."""
 
-        self._client = aioredis.from_url(url, decode_responses=True)
+    def __init__(self, state: RedisState, prefix: str = "{sluice}") -> None:
+        self._state = state
         self._version, self._keys = f"{prefix}:directory:version", f"{prefix}:directory:keys"
         self._revoked, self._tiers = f"{prefix}:directory:revoked", f"{prefix}:directory:tiers"
 
     async def version(self) -> int:
-        return int(await self._client.get(self._version) or 0)
+        return int(await self._state.run(lambda client: client.get(self._version), "key directory read") or 0)
 
     async def snapshot(self) -> Snapshot:
-        async with self._client.pipeline(transaction=True) as pipe:
-            pipe.get(self._version).hgetall(self._keys).smembers(self._revoked).hgetall(self._tiers)
-            version, keys, revoked, tiers = await pipe.execute()
-        issued = {h: IssuedKey(**orjson.loads(doc)) for h, doc in keys.items()}
-        return Snapshot(int(version or 0), issued, frozenset(revoked),
-                        {name: orjson.loads(doc) for name, doc in tiers.items()})
+        async def read(client: aioredis.Redis) -> list[Any]:
+            async with client.pipeline(transaction=True) as pipe:
+                pipe.get(self._version)
+                pipe.hgetall(self._keys)
+                pipe.smembers(self._revoked)
+                pipe.hgetall(self._tiers)
+                return await pipe.execute()
+
+        version, keys, revoked, tiers = await self._state.run(read, "key directory read",
+                                                              timeout_s=SNAPSHOT_TIMEOUT_S)
+        issued = {h.decode(): IssuedKey(**orjson.loads(doc)) for h, doc in keys.items()}
+        return Snapshot(int(version or 0), issued, frozenset(r.decode() for r in revoked),
+                        {name.decode(): orjson.loads(doc) for name, doc in tiers.items()})
 
     async def put_key(self, key: IssuedKey) -> None:
         doc = orjson.dumps({"id": key.id, "hash": key.hash, "user": key.user, "tenant": key.tenant, "tier": key.tier})
-        async with self._client.pipeline(transaction=True) as pipe:
-            pipe.hset(self._keys, key.hash, doc.decode()).srem(self._revoked, key.id).incr(self._version)
-            await pipe.execute()
+        await self._write(lambda pipe: (pipe.hset(self._keys, key.hash, doc), pipe.srem(self._revoked, key.id)))
 
     async def revoke(self, key_id: str) -> None:
-        async with self._client.pipeline(transaction=True) as pipe:
-            pipe.sadd(self._revoked, key_id).incr(self._version)
-            await pipe.execute()
+        await self._write(lambda pipe: pipe.sadd(self._revoked, key_id))
 
     async def put_tier(self, name: str, settings: dict[str, Any]) -> None:
-        async with self._client.pipeline(transaction=True) as pipe:
-            pipe.hset(self._tiers, name, orjson.dumps(settings).decode()).incr(self._version)
-            await pipe.execute()
+        await self._write(lambda pipe: pipe.hset(self._tiers, name, orjson.dumps(settings)))
 
     async def close(self) -> None:
-        await self._client.aclose()
+        return None  # the state store is the process's, closed by its owner
+
+    async def _write(self, change: Callable[[Any], Any]) -> None:
+        """One change and a new version, in one transaction (sent again on a fresh connection: both repeat safely)."""
+        async def write(client: aioredis.Redis) -> None:
+            async with client.pipeline(transaction=True) as pipe:
+                change(pipe)
+                pipe.incr(self._version)
+                await pipe.execute()
+
+        await self._state.run(write, "key directory write", timeout_s=SNAPSHOT_TIMEOUT_S)
 
 
 class Directory:
@@ -131,8 +149,8 @@ class Directory:
         self._task: asyncio.Task[None] | None = None
 
     @classmethod
-    def for_state(cls, state_url: str, clock: Clock, **kwargs: Any) -> Directory:
-        backend = MemoryDirectory() if state_url.startswith("memory://") else RedisDirectory(state_url)
+    def for_state(cls, state: State, clock: Clock, **kwargs: Any) -> Directory:
+        backend = MemoryDirectory() if isinstance(state, MemoryState) else RedisDirectory(state)
         return cls(backend, clock, **kwargs)
 
     def issued(self, key_hash: str) -> IssuedKey | None:
@@ -173,9 +191,14 @@ class Directory:
         await self.backend.close()
 
     async def _refresh_forever(self) -> None:
+        failing = False
         while True:
             await self._clock.sleep(self._refresh_s)
             try:
                 await self.refresh()
             except Exception as exc:  # noqa: BLE001 - keep the last mirror; try again next time
-                log.warning("could not refresh the key directory: %s", exc)
+                if not failing:  # once until a refresh succeeds again, not four times a second
+                    log.warning("could not refresh the key directory (%s): keeping the last copy", exc)
+                failing = True
+            else:
+                failing = False

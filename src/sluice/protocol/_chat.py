@@ -1,26 +1,39 @@
 """``POST /v1/chat/completions`` request.
 
-Only the fields Sluice acts on are typed; everything else an engine accepts (``top_k``, ``guided_json``, ...)
-passes through untouched (``extra="allow"``).
+Only the fields Sluice acts on are typed (strictly: ``protocol/_fields.py``); everything else an engine accepts
+(``top_k``, ``guided_json``, ...) passes through untouched (``extra="allow"``), provided its numbers can be
+forwarded as they came.
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
+from sluice.protocol._fields import (
+    REQUEST_CONFIG,
+    Choices,
+    Content,
+    JsonValue,
+    Seed,
+    Stop,
+    Temperature,
+    TokenCount,
+    TopP,
+)
 from sluice.protocol._usage import StreamOptions
 
 Role = Literal["system", "developer", "user", "assistant", "tool", "function"]
 
 
 class ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = REQUEST_CONFIG
 
     role: Role
-    content: str | list[dict[str, Any]] | None = None
+    content: Content | None = None
     name: str | None = None
+    __pydantic_extra__: dict[str, JsonValue] = Field(init=False)
 
     def text(self) -> str:
         """The message's text: the string content, or the text parts of a multi-part content."""
@@ -32,21 +45,22 @@ class ChatMessage(BaseModel):
 
 
 class ChatCompletionRequest(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = REQUEST_CONFIG
 
     model: str = Field(min_length=1)
-    messages: list[ChatMessage] = Field(min_length=1)
-    max_tokens: int | None = Field(None, ge=1)
-    max_completion_tokens: int | None = Field(None, ge=1)
-    stream: bool = Field(False, strict=True)
+    messages: list[ChatMessage] = Field(min_length=1, fail_fast=True)
+    max_tokens: TokenCount | None = None
+    max_completion_tokens: TokenCount | None = None
+    stream: bool = False
     stream_options: StreamOptions | None = None
-    n: int = Field(1, ge=1, le=128)
-    temperature: float | None = Field(None, ge=0, le=2)
-    top_p: float | None = Field(None, gt=0, le=1)
-    seed: int | None = None
-    stop: str | list[str] | None = None
+    n: Choices = 1
+    temperature: Temperature | None = None
+    top_p: TopP | None = None
+    seed: Seed | None = None
+    stop: Stop | None = None
     ignore_eos: bool = False
     user: str | None = None
+    __pydantic_extra__: dict[str, JsonValue] = Field(init=False)
 
     def output_cap(self) -> int | None:
         """The most tokens the client allows per choice (``max_completion_tokens`` wins over ``max_tokens``)."""

@@ -2,29 +2,39 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
+from sluice.protocol._fields import (
+    REQUEST_CONFIG,
+    Choices,
+    JsonValue,
+    Prompt,
+    Seed,
+    Stop,
+    Temperature,
+    TokenCount,
+    TopP,
+)
 from sluice.protocol._usage import StreamOptions
-
-Prompt = str | list[str] | list[int] | list[list[int]]
 
 
 class CompletionRequest(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = REQUEST_CONFIG
 
     model: str = Field(min_length=1)
     prompt: Prompt
-    max_tokens: int | None = Field(16, ge=1)
-    stream: bool = Field(False, strict=True)
+    max_tokens: TokenCount | None = 16
+    stream: bool = False
     stream_options: StreamOptions | None = None
-    n: int = Field(1, ge=1, le=128)
-    temperature: float | None = Field(None, ge=0, le=2)
-    top_p: float | None = Field(None, gt=0, le=1)
-    seed: int | None = None
-    stop: str | list[str] | None = None
+    n: Choices = 1
+    temperature: Temperature | None = None
+    top_p: TopP | None = None
+    seed: Seed | None = None
+    stop: Stop | None = None
     echo: bool = False
     ignore_eos: bool = False
     user: str | None = None
+    __pydantic_extra__: dict[str, JsonValue] = Field(init=False)
 
     def output_cap(self) -> int | None:
         return self.max_tokens
@@ -37,6 +47,6 @@ class CompletionRequest(BaseModel):
         p = self.prompt
         if isinstance(p, str):
             return [p]
-        if p and all(isinstance(x, int) for x in p):
-            return [p]  # type: ignore[list-item]
+        if p and isinstance(p[0], int):  # one prompt of token ids (the union is decided by its first item)
+            return [p]
         return list(p)  # type: ignore[arg-type]

@@ -2,11 +2,14 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from sluice.protocol._fields import REQUEST_CONFIG, JsonValue
+
 
 class StreamOptions(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = REQUEST_CONFIG
 
     include_usage: bool | None = None
+    __pydantic_extra__: dict[str, JsonValue] = Field(init=False)
 
 
 class Usage(BaseModel):

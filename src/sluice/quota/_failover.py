@@ -1,10 +1,19 @@
-"""A shared store that may fail: on failure each limit goes its configured way.
+"""A shared store that may fail: while the state layer says Redis is unavailable, each limit goes its configured way.
 
 ``open`` limits fall back to a local store at the limit divided by the number of gateway replicas (so the
-replicas together stay near the limit); ``closed`` limits refuse with 503. Degraded mode is logged and reported,
-and ends by itself: the shared store is tried again every ``retry_s``, and used as soon as it answers.
-Settlements that could not reach the shared store wait (bounded) and are replayed when it is back, so the
-accounting of requests admitted before an outage is not lost.
+replicas together stay near the limit); ``closed`` limits refuse with 503. Whether Redis is up is the state
+layer's call (``sluice.state``: a failed or timed-out call marks it down, a probe notices it is back, with no
+traffic needed); this store only watches it, reports degraded mode, and never waits on a Redis it knows is down.
+
+Concurrency permits stay counted across the switch, both ways:
+
+- the local store also holds the permits this process took in Redis and has not given back yet, so in degraded
+  mode a gateway admits at most its share *including* what it already runs (exact with one gateway);
+- when Redis is back, before it decides again, every permit this process holds is taken again in Redis (a renew,
+  which also restores permits a restarted Redis lost), the ones granted locally under their own id (``/local``):
+  a request admitted during the outage still counts once Redis decides again.
+
+Settlements that cannot reach Redis are kept by the Redis store and applied once when it is back.
 """
 
 from __future__ import annotations
@@ -13,22 +22,19 @@ import asyncio
 import dataclasses
 import logging
 import math
-from collections import deque
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Literal, Protocol
 
 from sluice.clock import Clock
-from sluice.errors import EngineUnavailableError
+from sluice.errors import EngineUnavailableError, StateUnavailableError
 from sluice.quota._memory import MemoryStore
 from sluice.quota._model import Bucket, Decision, Lease
-from sluice.quota._store import QuotaStore
+from sluice.quota._redis import RedisStore
 
 log = logging.getLogger("sluice.quota")
 
-STORE_ERRORS: tuple[type[BaseException], ...] = (OSError, ConnectionError, asyncio.TimeoutError, TimeoutError)
-BACKLOG_LIMIT = 10_000
-
-_Settlement = tuple[Sequence[Bucket], Sequence[int], Sequence[Lease], str]
+LOCAL = "/local"  # the id under which a permit granted locally is held in Redis once it is back
+Origin = Literal["shared", "local", "handed"]  # granted by Redis; locally; locally, and held in Redis since
 
 
 class DegradedObserver(Protocol):
@@ -36,31 +42,32 @@ class DegradedObserver(Protocol):
 
 
 class FailoverStore:
-    def __init__(self, shared: QuotaStore, clock: Clock, *, replicas: int, retry_s: float,
-                 observer: DegradedObserver | None = None, errors: tuple[type[BaseException], ...] = ()) -> None:
+    def __init__(self, shared: RedisStore, clock: Clock, *, replicas: int,
+                 observer: DegradedObserver | None = None) -> None:
         self.shared = shared
-        self.local = MemoryStore(clock)
-        self._clock = clock
+        self.local = MemoryStore(clock, marker_ttl_s=shared.marker_ttl_s)
+        self._state = shared.state
         self._replicas = replicas
-        self._retry_s = retry_s
         self._observer = observer
-        self._errors = STORE_ERRORS + errors
-        self._down_until: float | None = None  # degraded while set; the shared store is retried after it
-        self._granted_locally: set[str] = set()
-        self._backlog: deque[_Settlement] = deque(maxlen=BACKLOG_LIMIT)
+        self._held: dict[str, tuple[Sequence[Lease], Origin]] = {}  # lease id -> its permits, where granted
+        self._handover: asyncio.Task[None] | None = None
+        self._reported = False  # degraded, as last reported
+        self._state.watch(self._state_changed)
 
     @property
     def degraded(self) -> bool:
-        return self._down_until is not None
+        return not self._state.available or self._handover is not None
 
     async def acquire(self, buckets: Sequence[Bucket], leases: Sequence[Lease], lease_id: str) -> Decision:
-        if self._shared_usable():
+        if not self.degraded:
             try:
                 decision = await self.shared.acquire(buckets, leases, lease_id)
-            except self._errors as exc:
-                self._mark_down(exc)
+            except StateUnavailableError:
+                pass
             else:
-                self._mark_up()
+                if decision.allowed and leases:
+                    self._held[lease_id] = (leases, "shared")
+                    self.local.hold([self._share_lease(lease) for lease in leases], lease_id)
                 return decision
         if any(b.info.on_store_error == "closed" for b in buckets) or any(
                 lease.on_store_error == "closed" for lease in leases):
@@ -69,64 +76,104 @@ class FailoverStore:
                 code="quota_store_unavailable", reason="quota_store_unavailable", headers={"retry-after": "1"})
         decision = self.local.acquire_now([self._share(b) for b in buckets],
                                           [self._share_lease(lease) for lease in leases], lease_id)
-        if decision.allowed:
-            self._granted_locally.add(lease_id)
+        if decision.allowed and leases:
+            self._held[lease_id] = (leases, "local")
         return decision
 
     async def settle(self, buckets: Sequence[Bucket], deltas: Sequence[int], leases: Sequence[Lease],
                      lease_id: str) -> None:
-        if lease_id in self._granted_locally:
-            self._granted_locally.discard(lease_id)
-            self.local.settle_now([self._share(b) for b in buckets], deltas,
-                                  [self._share_lease(lease) for lease in leases], lease_id)
-            return
-        try:
+        origin = self._origin(lease_id)
+        if origin == "shared":
+            self.local.release(leases, lease_id)
             await self.shared.settle(buckets, deltas, leases, lease_id)
-        except self._errors as exc:
-            self._mark_down(exc)
-            self._backlog.append((buckets, deltas, leases, lease_id))
+            return
+        self.local.settle_now([self._share(b) for b in buckets], deltas,
+                              [self._share_lease(lease) for lease in leases], lease_id)
+        if origin == "handed":
+            await self.shared.settle([], [], leases, lease_id + LOCAL)
+
+    async def void(self, buckets: Sequence[Bucket], leases: Sequence[Lease], lease_id: str) -> None:
+        origin = self._origin(lease_id)
+        if origin == "shared":
+            self.local.release(leases, lease_id)
+            await self.shared.void(buckets, leases, lease_id)
+            return
+        await self.local.void([self._share(b) for b in buckets], [self._share_lease(lease) for lease in leases],
+                              lease_id)
+        if origin == "handed":
+            await self.shared.void([], leases, lease_id + LOCAL)
 
     async def renew(self, leases: Sequence[Lease], lease_id: str) -> None:
-        if lease_id in self._granted_locally:
-            await self.local.renew([self._share_lease(lease) for lease in leases], lease_id)
-            return
+        held = self._held.get(lease_id)
+        if held is None:
+            return  # settled meanwhile (or never granted here): nothing to keep
+        await self.local.renew([self._share_lease(lease) for lease in leases], lease_id)
+        if held[1] == "local" or self.degraded:
+            return  # held in Redis by the hand-over, once Redis is back
         try:
-            await self.shared.renew(leases, lease_id)
-        except self._errors as exc:
-            self._mark_down(exc)
+            await self.shared.renew(leases, lease_id + LOCAL if held[1] == "handed" else lease_id)
+        except StateUnavailableError:
+            pass  # the lease may expire in Redis; the hand-over takes it again once Redis is back
 
     async def close(self) -> None:
+        if self._handover is not None:
+            self._handover.cancel()
         await self.shared.close()
 
-    def _shared_usable(self) -> bool:
-        return self._down_until is None or self._clock.now() >= self._down_until
+    def _origin(self, lease_id: str) -> Origin:
+        """Where the decision was granted (and forget it). One without permits is not in ``_held`` (nothing
+        might settle it): granted locally if the local store's marker says so."""
+        held = self._held.pop(lease_id, None)
+        if held is not None:
+            return held[1]
+        return "local" if self.local.granted(lease_id) else "shared"
 
-    def _mark_down(self, exc: BaseException) -> None:
-        if self._down_until is None:
-            log.warning("quota store unavailable (%s: %s): degraded mode, limits fail open at 1/%d or closed",
-                        type(exc).__name__, exc, self._replicas)
-            if self._observer:
-                self._observer.quota_store_degraded(True)
-        self._down_until = self._clock.now() + self._retry_s
-
-    def _mark_up(self) -> None:
-        if self._down_until is None:
+    def _state_changed(self, available: bool) -> None:
+        """Down: degraded. Back (after an outage, or a lost connection: Redis may have restarted empty): hand over
+        the permits in flight, unless a hand-over is on its way already (its renewals are sent after this news)."""
+        if available and self._handover is not None:
             return
-        self._down_until = None
-        log.warning("quota store answers again: degraded mode over; replaying %d settlement(s)", len(self._backlog))
-        if self._observer:
-            self._observer.quota_store_degraded(False)
-        if self._backlog:
-            backlog, self._backlog = list(self._backlog), deque(maxlen=BACKLOG_LIMIT)
-            asyncio.get_running_loop().create_task(self._replay(backlog))
+        if self._handover is not None:
+            self._handover.cancel()
+            self._handover = None
+        if available:
+            self._handover = asyncio.get_running_loop().create_task(self._hand_over())
+        else:
+            self._report(True)
 
-    async def _replay(self, backlog: list[_Settlement]) -> None:
-        for buckets, deltas, leases, lease_id in backlog:
-            try:
-                await self.shared.settle(buckets, deltas, leases, lease_id)
-            except self._errors as exc:
-                self._mark_down(exc)
-                self._backlog.append((buckets, deltas, leases, lease_id))
+    async def _hand_over(self) -> None:
+        """Take again in Redis every permit this process holds, then decide in Redis again. Decisions stay local
+        meanwhile: the permits they grant are handed over too, until a check finds none left (with no await
+        between that check and the switch, nothing granted locally can be missed)."""
+        handed: set[str] = set()
+        while batch := [(lease_id, leases, origin) for lease_id, (leases, origin) in self._held.items()
+                        if lease_id not in handed]:
+            for lease_id, leases, origin in batch:
+                handed.add(lease_id)
+                if origin == "local":  # from now on its settlement frees it in Redis too
+                    self._held[lease_id] = (leases, "handed")
+            results = await asyncio.gather(
+                *(self.shared.renew(leases, lease_id if origin == "shared" else lease_id + LOCAL)
+                  for lease_id, leases, origin in batch), return_exceptions=True)
+            failed = sum(isinstance(r, BaseException) for r in results)
+            if failed:
+                log.warning("quota: %d of %d permit(s) could not be taken again in the state store",
+                            failed, len(batch))
+            if not self._state.available:
+                return  # down again: the next recovery hands over again
+        self._handover = None
+        self._report(False, len(handed))
+
+    def _report(self, degraded: bool, handed: int = 0) -> None:
+        if degraded == self._reported:
+            return
+        self._reported = degraded
+        if degraded:
+            log.warning("quota: degraded mode, limits fail open at 1/%d of their rate or closed", self._replicas)
+        else:
+            log.warning("quota: degraded mode over (%d permit(s) in flight taken again in the state store)", handed)
+        if self._observer:
+            self._observer.quota_store_degraded(degraded)
 
     def _share(self, bucket: Bucket) -> Bucket:
         if self._replicas == 1:

@@ -79,6 +79,7 @@ class QuotaLimiter:
             pause = min(decision.retry_after_s, deadline - now)
             await self._wait(pause)
             waited_s += pause
+            rid = self._ids.next()  # one decision, one id (a store fences each operation by it)
 
     async def settle(self, reservation: Reservation, prompt_tokens: int | None, completion_tokens: int) -> None:
         """Reconcile the reservation with what was used, and give back its permits. Safe to call twice."""

@@ -1,11 +1,15 @@
-"""The in-memory store: one process's buckets and permits, with exactly the Redis store's semantics.
+"""The in-memory store: one process's buckets and permits, with exactly the Redis store's semantics, decision
+markers included (see lua/quota.lua: a re-run grant charges nothing twice, a settle applies once, a void gives a
+grant back and refuses an acquire that comes after it).
 
 Atomic by construction: nothing here awaits, so one event loop never interleaves two decisions.
 """
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Sequence
+from typing import Literal
 
 from sluice.clock import Clock
 from sluice.quota import _gcra
@@ -13,13 +17,19 @@ from sluice.quota._model import Bucket, Decision, Lease
 
 # Forget buckets that have been full this long (the Redis store lets such keys expire).
 IDLE_SWEEP_EVERY = 4096
+DEFAULT_MARKER_TTL_S = 60.0
+
+Mark = Literal["granted", "settled", "void"]
 
 
 class MemoryStore:
-    def __init__(self, clock: Clock) -> None:
+    def __init__(self, clock: Clock, *, marker_ttl_s: float = DEFAULT_MARKER_TTL_S) -> None:
         self._clock = clock
         self._tats: dict[str, tuple[float, float]] = {}  # bucket key -> (tat, the interval it was written with)
         self._leases: dict[str, dict[str, float]] = {}  # set key -> lease id -> deadline
+        self._marks: dict[str, tuple[Mark, float]] = {}  # decision id -> (what became of it, until when)
+        self._mark_order: deque[tuple[float, str]] = deque()  # (expiry, id): the TTL is one, so in expiry order
+        self._marker_ttl_s = marker_ttl_s
         self._ops = 0
 
     async def acquire(self, buckets: Sequence[Bucket], leases: Sequence[Lease], lease_id: str) -> Decision:
@@ -28,6 +38,10 @@ class MemoryStore:
     def acquire_now(self, buckets: Sequence[Bucket], leases: Sequence[Lease], lease_id: str) -> Decision:
         now = self._clock.now()
         self._sweep(now)
+        was = self._mark(lease_id, now)
+        if was is not None:  # decided before: granted again without charging twice, or voided (-1 in Lua)
+            states = [_gcra.current(self._tat(b, now), now, b.interval_s, b.capacity) for b in buckets]
+            return Decision(was == "granted", states, voided=was != "granted")
         states, new_tats, tats, fitting = [], [], [], []
         refused, worst = None, 0.0
         for i, b in enumerate(buckets):
@@ -49,8 +63,9 @@ class MemoryStore:
             return Decision(False, states, refused_lease=refused_lease, retry_after_s=1.0)
         for b, new_tat in zip(buckets, new_tats, strict=True):
             self._tats[b.key] = (new_tat, b.interval_s)
-        for lease in leases:
-            self._leases.setdefault(lease.key, {})[lease_id] = now + lease.ttl_s
+        self.hold(leases, lease_id)
+        if leases or any(b.cost for b in buckets):
+            self._set_mark(lease_id, "granted", now)
         return Decision(True, states)
 
     async def settle(self, buckets: Sequence[Bucket], deltas: Sequence[int], leases: Sequence[Lease],
@@ -60,24 +75,54 @@ class MemoryStore:
     def settle_now(self, buckets: Sequence[Bucket], deltas: Sequence[int], leases: Sequence[Lease],
                    lease_id: str) -> None:
         now = self._clock.now()
-        for b, delta in zip(buckets, deltas, strict=True):
-            if delta:
-                self._tats[b.key] = (_gcra.adjust(self._tat(b, now), now, delta, b.interval_s), b.interval_s)
+        if self._mark(lease_id, now) in ("settled", "void"):
+            return
+        self._adjust(buckets, deltas, now)
+        self.release(leases, lease_id)
+        self._set_mark(lease_id, "settled", now)
+
+    async def void(self, buckets: Sequence[Bucket], leases: Sequence[Lease], lease_id: str) -> None:
+        now = self._clock.now()
+        was = self._mark(lease_id, now)
+        if was in ("settled", "void"):
+            return
+        if was == "granted":
+            self._adjust(buckets, [-b.cost for b in buckets], now)
+        self.release(leases, lease_id)
+        self._set_mark(lease_id, "void", now)
+
+    async def renew(self, leases: Sequence[Lease], lease_id: str) -> None:
+        now = self._clock.now()
+        if self._mark(lease_id, now) in ("settled", "void"):
+            return
+        self.hold(leases, lease_id)
+
+    def granted(self, lease_id: str) -> bool:
+        """Whether this store granted the decision (and nothing settled or voided it since)."""
+        return self._mark(lease_id, self._clock.now()) == "granted"
+
+    def hold(self, leases: Sequence[Lease], lease_id: str) -> None:
+        """Hold the leases for ``lease_id`` (their limits unchecked), ``ttl_s`` from now."""
+        now = self._clock.now()
+        for lease in leases:
+            self._leases.setdefault(lease.key, {})[lease_id] = now + lease.ttl_s
+
+    def release(self, leases: Sequence[Lease], lease_id: str) -> None:
         for lease in leases:
             holders = self._leases.get(lease.key)
             if holders is not None:
                 holders.pop(lease_id, None)
 
-    async def renew(self, leases: Sequence[Lease], lease_id: str) -> None:
-        now = self._clock.now()
-        for lease in leases:
-            holders = self._leases.get(lease.key)
-            if holders is not None and lease_id in holders:
-                holders[lease_id] = now + lease.ttl_s
-
     async def close(self) -> None:
         self._tats.clear()
         self._leases.clear()
+        self._marks.clear()
+        self._mark_order.clear()
+
+    def _adjust(self, buckets: Sequence[Bucket], deltas: Sequence[int], now: float) -> None:
+        for b, delta in zip(buckets, deltas, strict=True):
+            if delta:
+                self._tats[b.key] = (_gcra.adjust(self._tat(b, now), now, delta, b.interval_s), b.interval_s)
 
     def _tat(self, bucket: Bucket, now: float) -> float:
         stored = self._tats.get(bucket.key)
@@ -95,7 +140,22 @@ class MemoryStore:
             del holders[expired]
         return holders
 
+    def _mark(self, decision: str, now: float) -> Mark | None:
+        stored = self._marks.get(decision)
+        return stored[0] if stored is not None and stored[1] > now else None
+
+    def _set_mark(self, decision: str, mark: Mark, now: float) -> None:
+        until = now + self._marker_ttl_s
+        self._marks[decision] = (mark, until)
+        self._mark_order.append((until, decision))
+
     def _sweep(self, now: float) -> None:
+        order, marks = self._mark_order, self._marks
+        while order and order[0][0] <= now:
+            until, decision = order.popleft()
+            stored = marks.get(decision)
+            if stored is not None and stored[1] == until:
+                del marks[decision]
         self._ops += 1
         if self._ops % IDLE_SWEEP_EVERY == 0:
             self._tats = {k: stored for k, stored in self._tats.items() if stored[0] > now}

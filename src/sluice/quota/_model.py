@@ -56,6 +56,7 @@ class Decision:
     refused_bucket: int | None = None  # the bucket that refused (the one needing the longest wait)
     refused_lease: int | None = None  # or the lease that found its set full
     retry_after_s: float = 0.0
+    voided: bool = False  # its id was voided before it ran (its caller had stopped waiting): refused, took nothing
 
     @property
     def never(self) -> bool:

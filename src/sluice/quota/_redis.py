@@ -1,22 +1,23 @@
 """The Redis store: every operation is the Lua script lua/quota.lua, run with EVALSHA (reloaded on NOSCRIPT),
-its operations sent as one JSON argument (see ``_wire``).
+its operations sent as one JSON argument (see ``_wire``), through the process's one state layer (``sluice.state``:
+the deadline, the retry on a fresh connection, the translation of errors and Redis' health are all there).
 
 At most ``MAX_CALLS_IN_FLIGHT`` script calls are on the wire at once; the operations issued meanwhile are sent
 together in the next call (at most ``MAX_BATCH`` a call): under load one round trip carries many decisions (each
 still atomic and all-or-nothing), which keeps a shared store cheap per request; at low load a decision costs one
-round trip. Each call is bounded by ``timeout_s`` (so a waiter waits at most for a call ahead of its own and for
-its own), counted as the loop sees it but not while the loop itself was too busy to read the answer
-(``_deadline``). A decision whose caller stopped waiting (its client left, or
-the call timed out) gives back what it took: a granted decision is refunded and released once its reply arrives
-(or, when it had arrived but its caller was cancelled before it could resume, then); a timed-out one releases
-its leases a second later (its charges stay: over-charging is the safe side).
+round trip.
+
+Every operation is idempotent or fenced by its decision's marker (lua/quota.lua), which is what makes failures
+safe: a batch whose connection broke is sent again once on a fresh connection; a decision whose caller will never
+act on it (the call timed out or failed, or the caller left) is voided, which refunds and releases it if it was
+granted and refuses it if it runs later; a settlement that did not land is kept. Both are retried by the store's
+give-back queue until they land (``_give_back``), and a replay of either never applies twice.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
-import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
@@ -25,11 +26,13 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError
 
+from sluice.clock import Clock, MonotonicClock
+from sluice.config import QuotaSettings
+from sluice.errors import StateUnavailableError
 from sluice.quota import _wire
-from sluice.quota._deadline import StoreDeadline
+from sluice.quota._give_back import GiveBack, GiveBackQueue
 from sluice.quota._model import Bucket, BucketState, Decision, Lease
-
-log = logging.getLogger("sluice.quota")
+from sluice.state import RedisState
 
 _US = 1_000_000
 # Calls (one or two script operations each) per script call: a call must stay well inside the store timeout even
@@ -38,7 +41,7 @@ MAX_BATCH = 16
 # Several calls overlap, each small: one large call at a time wakes its waiters in one wave, and the gateway then
 # alternates between a burst of work and waiting (measured: ~9% of its CPU idle at 64 connections).
 MAX_CALLS_IN_FLIGHT = 4
-RELEASE_AFTER_TIMEOUT_S = 1.0
+DEFAULT_MARKER_TTL_S = 60.0
 
 
 def load_script() -> str:
@@ -50,81 +53,112 @@ class _Pending:
     keys: list[str]
     ops: list[list[Any]]  # script operations (``_wire``), one reply each; the last one answers
     future: asyncio.Future[Any]
-    abandoned: Callable[[Any], None] | None = field(default=None)  # reply handler when nobody waits any more
-    timed_out: Callable[[], None] | None = field(default=None)
+    lost: Callable[[Any], None] | None = field(default=None)  # the caller will not act on this reply (None: none)
 
 
 class RedisStore:
-    def __init__(self, client: aioredis.Redis, *, timeout_s: float = 0.02) -> None:
-        self._client = client
+    """``marker_ttl_s``: how long a decision's marker lives; voids are retried for as long (their leases have
+    expired by then when it is ``quota.lease_ttl_s``), so a marker outlives every operation that reads it."""
+
+    def __init__(self, state: RedisState, clock: Clock, *, marker_ttl_s: float = DEFAULT_MARKER_TTL_S,
+                 key_prefix: str = "{sluice}", owns_state: bool = False) -> None:
+        self.state = state
+        self._clock = clock
         self._source = load_script()
         self._sha = hashlib.sha1(self._source.encode()).hexdigest()
-        self._timeout_s = timeout_s
+        self.marker_ttl_s = marker_ttl_s
+        self._marker_ttl_ms = max(1, round(marker_ttl_s * 1000))
+        self._prefix = key_prefix
+        self._owns_state = owns_state
         self._queue: list[_Pending] = []
         self._calls_in_flight = 0
+        self.give_back = GiveBackQueue(self._deliver, state, clock)
 
     @classmethod
-    def from_url(cls, url: str, *, timeout_s: float = 0.02) -> RedisStore:
-        return cls(aioredis.from_url(url, decode_responses=False, health_check_interval=0), timeout_s=timeout_s)
+    def from_url(cls, url: str, *, timeout_s: float | None = None, retry_s: float | None = None,
+                 clock: Clock | None = None) -> RedisStore:
+        """A store with a state layer (a Redis client) of its own: for tools and tests; the gateway shares one."""
+        clock = clock or MonotonicClock()
+        defaults = QuotaSettings.model_validate({})
+        state = RedisState.from_url(url, clock, timeout_s=timeout_s or defaults.store_timeout_s,
+                                    retry_s=retry_s or defaults.store_retry_s)
+        return cls(state, clock, owns_state=True)
 
     async def acquire(self, buckets: Sequence[Bucket], leases: Sequence[Lease], lease_id: str) -> Decision:
         keys = [b.key for b in buckets] + [lease.key for lease in leases]
+        marker = _wire.marker_key(keys, lease_id, self._prefix)
+        keys.append(marker)
 
-        def give_back(reply: Any) -> None:
-            if reply[0] == 1:
-                self._send_later(keys, _wire.settle(buckets, [-b.cost for b in buckets], leases, lease_id))
+        def lost(reply: Any) -> None:  # may have been granted, and nobody will settle it: void it
+            if reply is None or reply[0] == _wire.GRANTED:
+                self._give_back(keys, [_wire.void(buckets, leases, lease_id, marker, self._marker_ttl_ms)],
+                                self._clock.now() + self.marker_ttl_s)
 
-        def release_leases() -> None:
-            if leases:  # later: the timed-out call may still run after a release sent now, on another connection
-                asyncio.get_running_loop().call_later(
-                    RELEASE_AFTER_TIMEOUT_S, self._send_later, keys, [_wire.release(leases, lease_id)])
-
-        allowed, refused_bucket, refused_lease, retry_us, states = await self._call(
-            keys, [_wire.acquire(buckets, leases, lease_id)], abandoned=give_back, timed_out=release_leases)
+        granted, refused_bucket, refused_lease, retry_us, states = await self._call(
+            keys, [_wire.acquire(buckets, leases, lease_id, marker, self._marker_ttl_ms)], lost=lost)
         return Decision(
-            allowed=bool(allowed),
+            allowed=granted == _wire.GRANTED,
             states=[BucketState(int(r), float(reset) / _US, float(retry) / _US) for r, reset, retry in states],
             refused_bucket=None if refused_bucket < 0 else int(refused_bucket),
             refused_lease=None if refused_lease < 0 else int(refused_lease),
             retry_after_s=float(retry_us) / _US,
+            voided=granted == _wire.VOIDED,
         )
 
     async def settle(self, buckets: Sequence[Bucket], deltas: Sequence[int], leases: Sequence[Lease],
                      lease_id: str) -> None:
-        await self._call([b.key for b in buckets] + [lease.key for lease in leases],
-                         _wire.settle(buckets, deltas, leases, lease_id))
+        """Applied now, or kept and applied once Redis is back (never twice: the marker fences replays)."""
+        keys = [b.key for b in buckets] + [lease.key for lease in leases]
+        marker = _wire.marker_key(keys, lease_id, self._prefix)
+        keys.append(marker)
+        ops = [_wire.settle(buckets, deltas, leases, lease_id, marker, self._marker_ttl_ms)]
+        try:
+            await self._call(keys, ops)
+        except StateUnavailableError:
+            self._give_back(keys, ops, None)
+
+    async def void(self, buckets: Sequence[Bucket], leases: Sequence[Lease], lease_id: str) -> None:
+        keys = [b.key for b in buckets] + [lease.key for lease in leases]
+        marker = _wire.marker_key(keys, lease_id, self._prefix)
+        keys.append(marker)
+        ops = [_wire.void(buckets, leases, lease_id, marker, self._marker_ttl_ms)]
+        try:
+            await self._call(keys, ops)
+        except StateUnavailableError:
+            self._give_back(keys, ops, self._clock.now() + self.marker_ttl_s)
 
     async def renew(self, leases: Sequence[Lease], lease_id: str) -> None:
-        await self._call([lease.key for lease in leases], [_wire.renew(leases, lease_id)])
+        """Raises ``StateUnavailableError`` when Redis is unavailable (the lease may then expire)."""
+        keys = [lease.key for lease in leases]
+        marker = _wire.marker_key(keys, lease_id, self._prefix)
+        await self._call([*keys, marker], [_wire.renew(leases, lease_id, marker)])
 
     async def close(self) -> None:
-        await self._client.aclose()
+        await self.give_back.close()
+        if self._owns_state:
+            await self.state.close()
 
-    async def _call(self, keys: list[str], ops: list[list[Any]], *, abandoned: Callable[[Any], None] | None = None,
-                    timed_out: Callable[[], None] | None = None) -> Any:
-        if not ops:
-            return None
+    def _give_back(self, keys: list[str], ops: list[list[Any]], give_up_at: float | None) -> None:
+        self.give_back.put(GiveBack(keys, ops, give_up_at))
+
+    async def _deliver(self, item: GiveBack) -> None:
+        await self._call(item.keys, item.ops)
+
+    async def _call(self, keys: list[str], ops: list[list[Any]], *, lost: Callable[[Any], None] | None = None) -> Any:
+        if not self.state.available:
+            raise self.state.refusal("quota")
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._queue.append(_Pending(keys, ops, future, abandoned, timed_out))
+        self._queue.append(_Pending(keys, ops, future, lost))
         self._kick()
         try:
             return await future
         except asyncio.CancelledError:
             # The reply came, but this task was cancelled before it could resume: nobody will use the answer.
-            if abandoned is not None and future.done() and not future.cancelled() and future.exception() is None:
-                abandoned(future.result())
+            if lost is not None and future.done() and not future.cancelled() and future.exception() is None:
+                lost(future.result())
             raise
         finally:
             del future  # a failure raised here keeps this frame in its traceback: the frame must not keep the failure
-
-    def _send_later(self, keys: list[str], ops: list[list[Any]]) -> None:
-        """Queue operations nobody waits for (a give-back); their failure is logged, not raised."""
-        if not ops:
-            return
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        future.add_done_callback(_log_failure)
-        self._queue.append(_Pending(keys, ops, future))
-        self._kick()
 
     def _kick(self) -> None:
         while self._queue and self._calls_in_flight < MAX_CALLS_IN_FLIGHT:
@@ -135,15 +169,13 @@ class RedisStore:
     async def _send(self, batch: list[_Pending]) -> None:
         try:
             keys, args = _wire.encode((o for p in batch for o in p.ops), (k for p in batch for k in p.keys))
-            async with StoreDeadline(self._timeout_s):  # not wait_for: its extra task would send a loop turn later
-                replies = await self._evalsha(keys, args)
-        except Exception as exc:  # noqa: BLE001 - every waiter learns of the failure
+            replies = await self.state.run(lambda client: self._evalsha(client, keys, args), "quota")
+        except StateUnavailableError as exc:
             self._next_call()
-            timeout = isinstance(exc, asyncio.TimeoutError)
             exc.with_traceback(None)  # each waiter raises it in its own frame; this frame holds the batch holding it
             for pending in batch:
-                if timeout and pending.timed_out is not None:
-                    pending.timed_out()
+                if pending.lost is not None:  # it may have run: nobody will act on it
+                    pending.lost(None)
                 if not pending.future.done():
                     pending.future.set_exception(exc)
             return
@@ -158,16 +190,16 @@ class RedisStore:
             reply = replies[at - 1]
             if not pending.future.done():
                 pending.future.set_result(reply)
-            elif pending.abandoned is not None:
-                pending.abandoned(reply)
+            elif pending.lost is not None:
+                pending.lost(reply)
 
-    async def _evalsha(self, keys: list[str], args: list[bytes]) -> Any:
+    async def _evalsha(self, client: aioredis.Redis, keys: list[str], args: list[bytes]) -> Any:
         """EVALSHA on a pooled connection, loading the script on NOSCRIPT (a restarted or flushed Redis). Straight
         on the connection: redis-py's per-command path (retries, metrics hooks) cost ~180 µs of CPU per call here,
         and its argument packing (an encoder call and type checks per argument) ~8% of a decision's client CPU.
         An interrupted call drops its connection (redis-py does, on any error while sending or reading)."""
-        pool = self._client.connection_pool
-        conn = await pool.get_connection()
+        pool = client.connection_pool
+        conn = await pool.get_connection()  # type: ignore[no-untyped-call]
         try:
             for attempt in range(2):
                 await conn.send_packed_command(_resp("EVALSHA", self._sha, str(len(keys)), *keys, *args))
@@ -193,8 +225,3 @@ def _resp(*args: str | bytes) -> bytes:
         data = arg.encode() if isinstance(arg, str) else arg
         out += (b"$%d\r\n" % len(data), data, b"\r\n")
     return b"".join(out)
-
-
-def _log_failure(future: asyncio.Future[Any]) -> None:
-    if not future.cancelled() and future.exception() is not None:
-        log.warning("could not give back an abandoned quota decision: %s", future.exception())

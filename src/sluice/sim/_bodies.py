@@ -29,6 +29,7 @@ _ERROR_TYPES = {
     401: "UnauthorizedError",
     403: "ForbiddenError",
     404: "NotFoundError",
+    405: "MethodNotAllowedError",
     413: "RequestEntityTooLargeError",
     429: "TooManyRequestsError",
     503: "ServiceUnavailableError",
@@ -36,9 +37,10 @@ _ERROR_TYPES = {
 
 
 def error_body(exc: SluiceError) -> bytes:
-    """vLLM's error body: ``{"error": {"message", "type", "param", "code": <status>}}``."""
+    """vLLM's error body: ``{"error": {"message", "type", "param", "code": <status>}}``; ``param`` names the field
+    at fault, where one is (vLLM's ``VLLMValidationError`` carries it)."""
     kind = _ERROR_TYPES.get(exc.status, "InternalServerError")
-    return orjson.dumps({"error": {"message": exc.message, "type": kind, "param": None, "code": exc.status}})
+    return orjson.dumps({"error": {"message": exc.message, "type": kind, "param": exc.param, "code": exc.status}})
 
 
 Ids = tuple[int, ...]

@@ -166,6 +166,8 @@ class Sequence:
     last_token_s: float | None = None
 
     def __post_init__(self) -> None:
+        if self.prompt_tokens < 0 or self.output_len < 1:
+            raise ValueError("a sequence has a prompt of 0 or more tokens and generates at least one")
         if self.token_ids is not None:
             self.token_ids = tuple(self.token_ids)
             if len(self.token_ids) != self.prompt_tokens + self.output_len:
@@ -379,8 +381,8 @@ class EngineModel:
             if self._caching and not seq.num_preemptions:
                 self.prefix_cache_queries_total += seq.total_tokens
                 self.prefix_cache_hits_total += cached
-        if step.prefill:
-            self.last_cache_hit_rate = step.cached_tokens / (step.cached_tokens + step.prefill_tokens)
+        if looked_up := step.cached_tokens + step.prefill_tokens:  # zero only for sequences of no token at all
+            self.last_cache_hit_rate = step.cached_tokens / looked_up
 
     def _preempt_for_seat(self, seq: Sequence, need: int, step: Step) -> bool:
         """SGLang's ``preempt_to_schedule``: free a seat (and enough blocks) for ``seq`` by preempting running

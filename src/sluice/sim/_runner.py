@@ -3,6 +3,10 @@
 One await per step (or per burst of very short steps, see ``min_sleep_s``), whatever the batch size; a
 request's handler is woken once per delivery in which any of its sequences advanced (``Generation.changed()``)
 and reads the new token counts off its sequences.
+
+Input is checked before it is submitted (``_serving``), so the loop should never fail; if it does (a bug), it
+does not die silently: every request in flight is aborted (its client gets a 503 or a cut stream), new ones are
+refused with 503 ``engine_stopped``, and ``failure`` says why, which the server's ``/health`` reports (503).
 """
 
 from __future__ import annotations
@@ -10,12 +14,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import logging
 from typing import Protocol
 
 from sluice.clock import Clock
+from sluice.errors import EngineUnavailableError
 from sluice.sim._engine import EngineModel, Sequence, SeqState, Step
 
 MAX_BURST_STEPS = 64
+
+log = logging.getLogger("sluice.sim")
 
 
 class StepObserver(Protocol):
@@ -72,6 +80,7 @@ class EngineRunner:
         self._owners: dict[int, tuple[Generation, str]] = {}  # seq_id -> (its request, its finish reason)
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self.failure: str | None = None  # why the engine loop stopped, if it failed
 
     def start(self) -> None:
         if self._task is None:
@@ -90,7 +99,10 @@ class EngineRunner:
         return next(self._ids)
 
     def submit(self, seqs: list[Sequence], finish_reasons: list[str]) -> Generation:
-        """Queue one request's sequences; raises ``EngineUnavailableError`` when the waiting queue is full."""
+        """Queue one request's sequences; raises ``EngineUnavailableError`` when the waiting queue is full, or
+        when the engine loop has failed."""
+        if self.failure is not None:
+            raise EngineUnavailableError(f"The engine loop stopped: {self.failure}", reason="engine_stopped")
         now = self._clock.now()
         for seq in seqs:
             seq.arrival_s = now
@@ -108,12 +120,26 @@ class EngineRunner:
         gen._notify()
 
     async def _loop(self) -> None:
-        while True:
-            if not self.engine.has_work():
-                self._wake.clear()
-                await self._wake.wait()
-                continue
-            await self._burst()
+        try:
+            while True:
+                if not self.engine.has_work():
+                    self._wake.clear()
+                    await self._wake.wait()
+                    continue
+                await self._burst()
+        except Exception as exc:  # a bug: say so, and end every request rather than leave them hanging
+            self.failure = f"{type(exc).__name__}: {exc}"
+            log.exception("sim engine loop failed; every request in flight is aborted and /health answers 503")
+            self._abandon_all()
+
+    def _abandon_all(self) -> None:
+        """End every request in flight as aborted, without asking the engine model (its state is suspect)."""
+        for gen, _ in list(self._owners.values()):
+            for seq in gen.seqs:
+                if not seq.done:
+                    seq.state = SeqState.ABORTED
+                self._forget(seq)
+            gen._notify()
 
     async def _burst(self) -> None:
         """Run steps back to back until their durations add up to ``min_sleep_s``, sleep once, then deliver.

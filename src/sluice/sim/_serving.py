@@ -22,9 +22,14 @@ from sluice.sim._bodies import Ids, ResponseHeader, TokenIds
 from sluice.sim._engine import Sequence
 from sluice.sim._runner import EngineRunner, Generation
 from sluice.sim._sampler import PlannedOutput, Sampler
-from sluice.sim._tokenizer import chat_ids, count_chat, count_prompt, prompt_ids
+from sluice.sim._tokenizer import check_ids, chat_ids, count_chat, count_prompt, prompt_ids
 
 Write = Callable[[bytes], Awaitable[None]]
+
+# Every token a request may generate is drawn up front, in its handler (``Sampler.plan``): these bound that work
+# (about 150 ns and 16 bytes a token), so one request cannot hold the event loop for seconds or take gigabytes.
+MAX_SEQS_PER_REQUEST = 4096  # sequences: prompts x n
+MAX_PLANNED_TOKENS = 1 << 20  # tokens planned over all its sequences (128 choices of 8192 tokens fit)
 
 # dialects whose requests' "priority" runs higher values first (SGLang's default); the others' lower first (vLLM's)
 HIGHER_FIRST_DIALECTS = frozenset({"sglang"})
@@ -67,12 +72,18 @@ class Serving:
         if model != self._model_name:
             raise NotFoundError(f"The model `{model}` does not exist.", param="model")
 
+    @property
+    def failure(self) -> str | None:
+        """Why the engine loop stopped, if it failed (``/health`` then answers 503)."""
+        return self._runner.failure
+
     def chat_job(self, req: ChatCompletionRequest) -> Job:
         self.check_model(req.model)
         header = self._header("chat", req, req.wants_usage_chunk())
         ids = chat_ids(req.messages) if self._caching or header.return_token_ids else None
         prompt_tokens = count_chat(req.messages) if ids is None else len(ids)
         cap = self._output_cap(prompt_tokens, req.output_cap())
+        self._check_size(req.n, req.n * self._planned(cap, req.ignore_eos))
         key = orjson.dumps([[m.role, m.text()] for m in req.messages]).decode()
         outputs = [
             self._sampler.plan(prompt_key=key, seed=req.seed, index=i, cap=cap, ignore_eos=req.ignore_eos)
@@ -85,11 +96,19 @@ class Serving:
         self.check_model(req.model)
         header = self._header("completion", req, req.wants_usage_chunk())
         with_ids = self._caching or header.return_token_ids
-        prompt_total, seq_prompts, seq_ids, outputs = 0, [], [], []
-        for prompt in req.prompts():
+        prompts = req.prompts()
+        self._check_size(len(prompts) * req.n, 0)
+        sized = []  # (prompt, its ids, its tokens, its output cap)
+        for prompt in prompts:
+            check_ids(prompt)
             ids = prompt_ids(prompt) if with_ids else ()
             tokens = len(ids) if with_ids else count_prompt(prompt)
-            cap = self._output_cap(tokens, req.output_cap())
+            if tokens == 0:
+                raise InvalidRequestError("The decoder prompt cannot be empty.", param="prompt")
+            sized.append((prompt, ids, tokens, self._output_cap(tokens, req.output_cap())))
+        self._check_size(len(prompts) * req.n, req.n * sum(self._planned(cap, req.ignore_eos) for *_, cap in sized))
+        prompt_total, seq_prompts, seq_ids, outputs = 0, [], [], []
+        for prompt, ids, tokens, cap in sized:
             key = prompt if isinstance(prompt, str) else orjson.dumps(prompt).decode()
             prompt_total += tokens
             for i in range(req.n):
@@ -181,6 +200,22 @@ class Serving:
             raise InvalidRequestError("return_token_ids must be a boolean.", param="return_token_ids")
         return bool(value)
 
+    def _planned(self, cap: int, ignore_eos: bool) -> int:
+        """The most tokens ``Sampler.plan`` draws for one choice of this cap."""
+        return cap if ignore_eos else min(cap, self._settings.output_len_max)
+
+    @staticmethod
+    def _check_size(seqs: int, planned_tokens: int) -> None:
+        if seqs > MAX_SEQS_PER_REQUEST:
+            raise InvalidRequestError(f"A request may ask for at most {MAX_SEQS_PER_REQUEST} sequences (prompts "
+                                      f"times n); this one asks for {seqs}.", param="n")
+        if planned_tokens > MAX_PLANNED_TOKENS:
+            raise InvalidRequestError(
+                f"The simulator draws every token of a request up front, at most {MAX_PLANNED_TOKENS} in all; this one "
+                f"may generate {planned_tokens} (choices times max_tokens). Ask for fewer choices or tokens.",
+                param="max_tokens",
+            )
+
     def _output_cap(self, prompt_tokens: int, requested: int | None) -> int:
         limit = self._settings.max_model_len
         if requested is None:
@@ -203,3 +238,4 @@ class Serving:
     def _header(self, kind: str, req: ChatCompletionRequest | CompletionRequest, include_usage: bool) -> ResponseHeader:
         return ResponseHeader.new(kind, created=int(self._clock.wall()), model=req.model, include_usage=include_usage,
                                   return_token_ids=self._return_token_ids(req))
+

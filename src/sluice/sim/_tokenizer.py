@@ -15,7 +15,8 @@ process:
 - ``GENERATED_ID_BASE + i`` (100 and up): the word ``VOCABULARY[i]``, whether generated or read in a prompt's
   text, so a reply's ids, its text re-tokenized, and an assistant message quoting it all give the same ids;
 - ``TEXT_ID_BASE`` .. ``TEXT_ID_BASE + TEXT_ID_SPAN - 1``: any other text token, by a stable hash (blake2b);
-- a prompt given as token ids is those ids.
+- a prompt given as token ids is those ids, each below ``VOCAB_SIZE`` (others are refused, as vLLM refuses ids
+  outside its vocabulary).
 
 So a chat prompt's ids number ``count_chat(messages)``, a text prompt's ``count_text(text)``, and a request whose
 prompt is an earlier request's ``prompt_token_ids`` followed by the ``token_ids`` it generated carries exactly the
@@ -29,6 +30,7 @@ import hashlib
 import re
 from collections.abc import Sequence
 
+from sluice.errors import InvalidRequestError
 from sluice.protocol import ChatMessage
 
 MESSAGE_OVERHEAD_TOKENS = 4  # role markers and separators around each message
@@ -39,6 +41,7 @@ ROLE_IDS = {"system": 10, "developer": 11, "user": 12, "assistant": 13, "tool": 
 GENERATED_ID_BASE = 100
 TEXT_ID_BASE = 1000
 TEXT_ID_SPAN = 150_000  # the size of a real model's vocabulary, give or take
+VOCAB_SIZE = TEXT_ID_BASE + TEXT_ID_SPAN  # a prompt's token ids are below it
 
 _TOKEN = re.compile(r"\w+|[^\w\s]")
 
@@ -80,6 +83,16 @@ def prompt_ids(prompt: str | Sequence[int]) -> tuple[int, ...]:
     return tuple(prompt)
 
 
+def check_ids(prompt: str | Sequence[int], param: str = "prompt") -> None:
+    """A prompt given as token ids must hold ids of the vocabulary (vLLM: "Token id ... is out of vocabulary")."""
+    if isinstance(prompt, str) or not prompt:
+        return
+    highest, lowest = max(prompt), min(prompt)
+    if highest >= VOCAB_SIZE or lowest < 0:
+        bad = highest if highest >= VOCAB_SIZE else lowest
+        raise InvalidRequestError(f"Token id {bad} is out of vocabulary (ids are 0 to {VOCAB_SIZE - 1}).", param=param)
+
+
 def chat_ids(messages: Sequence[ChatMessage]) -> tuple[int, ...]:
     """The ids of a chat prompt as the template lays it out: ``count_chat(messages)`` of them."""
     ids: list[int] = []
@@ -94,10 +107,19 @@ def generated_word(token_id: int) -> str:
     return VOCABULARY[token_id - GENERATED_ID_BASE]
 
 
-@functools.lru_cache(maxsize=1 << 16)  # prompts repeat their words: hash each once
+CACHED_TOKEN_CHARS = 32  # longer tokens are hashed every time: the cache must not keep a client's huge words
+
+
 def _token_id(token: str) -> int:
+    return _cached_token_id(token) if len(token) <= CACHED_TOKEN_CHARS else _hashed_id(token)
+
+
+@functools.lru_cache(maxsize=1 << 16)  # prompts repeat their words: hash each once
+def _cached_token_id(token: str) -> int:
     known = _VOCABULARY_IDS.get(token)
-    if known is not None:
-        return known
+    return known if known is not None else _hashed_id(token)
+
+
+def _hashed_id(token: str) -> int:
     digest = hashlib.blake2b(token.encode(), digest_size=8).digest()
     return TEXT_ID_BASE + int.from_bytes(digest, "little") % TEXT_ID_SPAN

@@ -105,6 +105,13 @@ class GatewayMetrics:
         self.preemptions = Counter("sluice_admission_preemptions",
                                    "Running requests stopped for a more important one (their streams resume later), "
                                    "by the stopped request's priority band.", ["model", "priority"], registry=r)
+        self.connections_refused = Counter(
+            "sluice_connections_refused", "Connections the HTTP layer answered and closed before a request existed, "
+            "by reason (header_too_large, request_timeout, too_many_connections, invalid_http_request).",
+            ["reason"], registry=r,
+        )
+        self.connections = Gauge("sluice_connections", "Open client connections, by state (busy: a request in "
+                                 "progress; waiting: no complete request head yet).", ["state"], registry=r)
         self._children: dict[tuple[Any, ...], Any] = {}
         self._replica_health: _ReplicaHealth | None = None
         self._tenants: set[str] = set()
@@ -128,6 +135,15 @@ class GatewayMetrics:
             self._replica_health = _ReplicaHealth()
             self.registry.register(self._replica_health)
         self._replica_health.sources.append(health)
+
+    def watch_connections(self, count: Callable[[str], int]) -> None:
+        """Export ``sluice_connections{state}`` from ``count(state)`` ("busy" or "waiting"), read at scrape time."""
+        for state in ("busy", "waiting"):
+            self.connections.labels(state).set_function(lambda state=state: count(state))
+
+    # ConnectionObserver, for the HTTP layer
+    def connection_refused(self, reason: str) -> None:
+        self._child(self.connections_refused, reason).inc()
 
     def admission_waited(self, pool: str, priority: int, seconds: float) -> None:
         self._child(self.admission_wait, pool, str(priority)).observe(seconds)

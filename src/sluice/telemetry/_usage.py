@@ -2,7 +2,8 @@
 state store so every gateway replica adds to the same numbers and the admin API can read them.
 
 Increments are summed in memory and written every ``flush_s`` (one round trip per flush, whatever the load), and
-at shutdown; a gateway that dies loses at most that last interval.
+at shutdown; a gateway that dies loses at most that last interval. While the state store is unavailable the
+increments are kept (and logged once) and written when it is back; reading usage then answers 503.
 """
 
 from __future__ import annotations
@@ -13,15 +14,19 @@ import datetime as dt
 import logging
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Literal, Protocol, cast
+
+import redis.asyncio as aioredis
 
 from sluice.clock import Clock
+from sluice.state import MemoryState, RedisState, State
 
 log = logging.getLogger("sluice")
 
 UsageScope = Literal["key", "user", "tenant"]
 FIELDS = ("requests", "tokens_in", "tokens_out")
 RETAIN_DAYS = 400
+WRITE_TIMEOUT_S = 2.0  # a flush is background work, and may carry many principals: no request waits on it
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,24 +64,32 @@ class MemoryUsage:
 
 
 class RedisUsage:
-    def __init__(self, url: str) -> None:
-        import redis.asyncio as aioredis
+    """Usage in the process's state store. A write is not retried on a fresh connection (an increment sent twice
+    would count twice): it stays pending in the ledger for the next flush. A read while Redis is unavailable raises
+    ``StateUnavailableError`` (503)."""
 
-        self._client = aioredis.from_url(url, decode_responses=True)
+    def __init__(self, state: RedisState) -> None:
+        self._state = state
 
     async def add(self, counts: Counts) -> None:
-        async with self._client.pipeline(transaction=False) as pipe:
-            for key, fields in counts.items():
-                for name, n in fields.items():
-                    pipe.hincrby(key, name, n)
-                pipe.expire(key, RETAIN_DAYS * 86400)
-            await pipe.execute()
+        async def write(client: aioredis.Redis) -> None:
+            async with client.pipeline(transaction=False) as pipe:
+                for key, fields in counts.items():
+                    for name, n in fields.items():
+                        pipe.hincrby(key, name, n)
+                    pipe.expire(key, RETAIN_DAYS * 86400)
+                await pipe.execute()
+
+        await self._state.run(write, "usage write", idempotent=False, timeout_s=WRITE_TIMEOUT_S)
 
     async def get(self, key: str) -> dict[str, int]:
-        return {k: int(v) for k, v in (await self._client.hgetall(key)).items()}
+        async def read(client: aioredis.Redis) -> dict[bytes, bytes]:
+            return cast("dict[bytes, bytes]", await client.hgetall(key))
+
+        return {k.decode(): int(v) for k, v in (await self._state.run(read, "usage read")).items()}
 
     async def close(self) -> None:
-        await self._client.aclose()
+        return None  # the state store is the process's, closed by its owner
 
 
 class UsageLedger:
@@ -87,10 +100,11 @@ class UsageLedger:
         self._prefix = prefix
         self._pending: Counts = {}
         self._task: asyncio.Task[None] | None = None
+        self._failing = False
 
     @classmethod
-    def for_state(cls, state_url: str, clock: Clock) -> UsageLedger:
-        return cls(MemoryUsage() if state_url.startswith("memory://") else RedisUsage(state_url), clock)
+    def for_state(cls, state: State, clock: Clock) -> UsageLedger:
+        return cls(MemoryUsage() if isinstance(state, MemoryState) else RedisUsage(state), clock)
 
     def add(self, key_id: str, user: str, tenant: str, tokens_in: int, tokens_out: int) -> None:
         day = self.today()
@@ -118,11 +132,17 @@ class UsageLedger:
         try:
             await self._backend.add(counts)
         except Exception as exc:  # noqa: BLE001 - keep the counts for the next flush rather than lose them
-            log.warning("could not write usage (%s); keeping it for the next flush", exc)
+            if not self._failing:  # once until a write lands again, not once a flush
+                log.warning("could not write usage (%s); keeping it until it can be written", exc)
+            self._failing = True
             for key, fields in counts.items():
                 mine = self._pending.setdefault(key, dict.fromkeys(FIELDS, 0))
                 for name, n in fields.items():
                     mine[name] += n
+            return
+        if self._failing:
+            self._failing = False
+            log.warning("usage written again")
 
     async def close(self) -> None:
         if self._task is not None:

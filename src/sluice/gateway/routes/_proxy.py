@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from starlette.requests import Request
+import asyncio
+
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
-from sluice.errors import InvalidRequestError, PayloadTooLargeError
-from sluice.gateway._disconnect import DisconnectWatch
+from sluice.errors import InvalidRequestError, PayloadTooLargeError, RequestTimeoutError
+from sluice.gateway._disconnect import ClientDisconnected, DisconnectWatch
 from sluice.gateway._responses import reply_response
 from sluice.gateway.service import Endpoint, GatewayService
 
@@ -17,7 +19,8 @@ async def proxy(request: Request, endpoint: Endpoint) -> Response:
     headers = request.headers
     principal = service.identify(record, headers.get("authorization"), headers.get("api-key"))
     priority = _priority_hint(headers.get("x-sluice-priority"))
-    body = await read_body(request, request.app.state.max_body_bytes)
+    state = request.app.state
+    body = await read_body(request, state.max_body_bytes, state.body_timeout_s)
     watch = DisconnectWatch(request.receive)
     try:
         with watch.translated():
@@ -28,17 +31,26 @@ async def proxy(request: Request, endpoint: Endpoint) -> Response:
     return reply_response(reply, watch)
 
 
-async def read_body(request: Request, limit: int) -> bytes:
+async def read_body(request: Request, limit: int, timeout_s: float) -> bytes:
+    """The whole body, at most ``limit`` bytes (else 413), all of it within ``timeout_s`` (else 408, and the
+    connection closes). A client gone before its body is complete: ``ClientDisconnected`` (recorded as 499)."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise _too_large(limit)
     parts: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise _too_large(limit)
-        parts.append(chunk)
+    try:
+        async with asyncio.timeout(timeout_s):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise _too_large(limit)
+                parts.append(chunk)
+    except TimeoutError as exc:
+        raise RequestTimeoutError(f"The request body was not received within {timeout_s:g} s.",
+                                  headers={"connection": "close"}) from exc
+    except ClientDisconnect as exc:
+        raise ClientDisconnected from exc
     return b"".join(parts)
 
 

@@ -3,13 +3,20 @@
 --
 -- ARGV[1] is a JSON array of operations (see quota/_wire.py); each names its keys, and every key must be one of
 -- KEYS (the batch's distinct keys, declared for Redis Cluster's routing):
---   ["A", lease_id, [[key, interval_us, capacity, cost]...], [[key, limit, ttl_us]...]]   acquire: all or nothing
---   ["J", [[key, interval_us, delta]...]]                                                  adjust (charge or refund)
---   ["R", lease_id, [key...]]                                                              release leases
---   ["N", lease_id, [[key, ttl_us]...]]                                                    renew leases
--- Replies, one per operation: A -> {allowed, refused_bucket, refused_lease, retry_after_us,
---   {remaining, reset_us, retry_us}*nb}; J, R, N -> {1}. Indices are 0-based, -1 for none; durations are whole
---   microseconds rounded up, or 'inf'.
+--   ["A", id, marker, marker_ttl_ms, [[key, interval_us, capacity, cost]...], [[key, limit, ttl_us]...]]  acquire
+--   ["S", id, marker, marker_ttl_ms, [[key, interval_us, delta]...], [lease_key...]]     settle (charge/refund, release)
+--   ["V", id, marker, marker_ttl_ms, [[key, interval_us, cost]...], [lease_key...]]      void (give a decision back)
+--   ["N", id, marker, [[key, ttl_us]...]]                                                 renew leases
+-- Every operation is idempotent or fenced by its decision's marker (a string key, kept marker_ttl_ms):
+--   acquire: absent -> decide; on a grant that holds something, mark 'granted'. 'granted' -> granted again,
+--            nothing charged twice (a retry after a lost connection). 'void' or 'settled' -> refused, -1.
+--   settle:  applied once, then 'settled'; a replay (after a timeout) or a settle of a voided decision does nothing.
+--   void:    'granted' -> refund its charges, release its leases; absent -> an acquire still on its way will be
+--            refused; either way 'void'. Already void or settled -> nothing.
+--   renew:   holds the leases again (even if Redis lost them), unless the decision is settled or void.
+-- Replies, one per operation: A -> {granted (1), refused (0) or voided (-1), refused_bucket, refused_lease,
+--   retry_after_us, {remaining, reset_us, retry_us}*nb}; S, V, N -> {1} when applied, {0} when fenced off.
+--   Indices are 0-based, -1 for none; durations are whole microseconds rounded up, or 'inf'.
 local EPS = 1e-3
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
@@ -41,9 +48,22 @@ local function write_tat(k, tat, interval)
   redis.call('SET', k, string.format('%.17g %.17g', tat, interval), 'PX', math.ceil((tat - now) / 1000) + 1000)
 end
 
+-- A bucket as it stands, charged nothing.
+local function standing(k, interval, cap)
+  local base = math.max(read_tat(k, interval), now)
+  return {units(cap * interval - (base - now), interval), us(base - now), 0}
+end
+
 local function acquire(op)
-  local lease_id, bspecs, lspecs = op[2], op[3], op[4]
+  local lease_id, marker, marker_ttl, bspecs, lspecs = op[2], key(op[3]), op[4], op[5], op[6]
   local nb, nl = #bspecs, #lspecs
+  local was = redis.call('GET', marker)
+  if was then
+    local states = {}
+    for i = 1, nb do states[i] = standing(key(bspecs[i][1]), bspecs[i][2], bspecs[i][3]) end
+    if was == 'granted' then return {1, -1, -1, 0, states} end
+    return {-1, -1, -1, 0, states}
+  end
   local bkeys, intervals, newtats, states, bases, taus, fits = {}, {}, {}, {}, {}, {}, {}
   local refused, worst = -1, 0
   for i = 1, nb do
@@ -92,51 +112,67 @@ local function acquire(op)
       return {0, -1, i - 1, 1000000, states}
     end
   end
-  for i = 1, nb do write_tat(bkeys[i], newtats[i], intervals[i]) end
+  local holds = nl > 0
+  for i = 1, nb do
+    write_tat(bkeys[i], newtats[i], intervals[i])
+    if bspecs[i][4] ~= 0 then holds = true end
+  end
   for i = 1, nl do
     redis.call('ZADD', lkeys[i], now + ttls[i], lease_id)
     redis.call('PEXPIRE', lkeys[i], math.ceil(ttls[i] / 1000) + 1000)
   end
+  if holds then redis.call('SET', marker, 'granted', 'PX', marker_ttl) end
   return {1, -1, -1, 0, states}
 end
 
-local function adjust(op)
-  for _, spec in ipairs(op[2]) do
-    local k, interval, delta = key(spec[1]), spec[2], spec[3]
-    if delta ~= 0 then
-      local tat = read_tat(k, interval)
-      local new_tat
-      if delta > 0 then new_tat = math.max(tat, now) + delta * interval
-      else new_tat = math.max(tat + delta * interval, now) end
-      if new_tat > now then
-        write_tat(k, new_tat, interval)
-      else
-        redis.call('DEL', k)
-      end
-    end
+local function adjust(k, interval, delta)
+  if delta == 0 then return end
+  local tat = read_tat(k, interval)
+  local new_tat
+  if delta > 0 then new_tat = math.max(tat, now) + delta * interval
+  else new_tat = math.max(tat + delta * interval, now) end
+  if new_tat > now then
+    write_tat(k, new_tat, interval)
+  else
+    redis.call('DEL', k)
   end
+end
+
+local function over(was) return was == 'settled' or was == 'void' end
+
+local function settle(op)
+  local lease_id, marker, marker_ttl = op[2], key(op[3]), op[4]
+  if over(redis.call('GET', marker)) then return {0} end
+  for _, spec in ipairs(op[5]) do adjust(key(spec[1]), spec[2], spec[3]) end
+  for _, k in ipairs(op[6]) do redis.call('ZREM', key(k), lease_id) end
+  redis.call('SET', marker, 'settled', 'PX', marker_ttl)
   return {1}
 end
 
-local function release(op)
-  local lease_id = op[2]
-  for _, k in ipairs(op[3]) do redis.call('ZREM', key(k), lease_id) end
+local function void(op)
+  local lease_id, marker, marker_ttl = op[2], key(op[3]), op[4]
+  local was = redis.call('GET', marker)
+  if over(was) then return {0} end
+  if was == 'granted' then
+    for _, spec in ipairs(op[5]) do adjust(key(spec[1]), spec[2], -spec[3]) end
+  end
+  for _, k in ipairs(op[6]) do redis.call('ZREM', key(k), lease_id) end
+  redis.call('SET', marker, 'void', 'PX', marker_ttl)
   return {1}
 end
 
 local function renew(op)
-  local lease_id = op[2]
-  for _, spec in ipairs(op[3]) do
+  local lease_id, marker = op[2], key(op[3])
+  if over(redis.call('GET', marker)) then return {0} end
+  for _, spec in ipairs(op[4]) do
     local k, ttl = key(spec[1]), spec[2]
-    if redis.call('ZSCORE', k, lease_id) then
-      redis.call('ZADD', k, now + ttl, lease_id)
-      redis.call('PEXPIRE', k, math.ceil(ttl / 1000) + 1000)
-    end
+    redis.call('ZADD', k, now + ttl, lease_id)
+    redis.call('PEXPIRE', k, math.ceil(ttl / 1000) + 1000)
   end
   return {1}
 end
 
-local handlers = {A = acquire, J = adjust, R = release, N = renew}
+local handlers = {A = acquire, S = settle, V = void, N = renew}
 for _, op in ipairs(cjson.decode(ARGV[1])) do
   replies[#replies + 1] = handlers[op[1]](op)
 end

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from sluice.quota._deadline import MAX_EXTENSIONS, StoreDeadline
+from sluice.state import StoreDeadline
 
 
 async def test_a_call_not_answered_in_time_raises_timeout_error() -> None:
@@ -54,7 +54,7 @@ async def test_a_loop_that_stays_blocked_still_times_out_after_a_bounded_number_
                 await asyncio.sleep(10)
     finally:
         blocking = False
-    assert deadline.extensions == MAX_EXTENSIONS
+    assert deadline.extensions == StoreDeadline.MAX_EXTENSIONS
 
 
 async def test_a_cancellation_from_elsewhere_stays_a_cancellation() -> None:
@@ -67,3 +67,22 @@ async def test_a_cancellation_from_elsewhere_stays_a_cancellation() -> None:
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
+
+
+async def test_opening_a_connection_has_a_budget_of_its_own() -> None:
+    """A call that must first open a connection: the opening does not eat the call's timeout (a fresh connection on
+    a CPU-starved gateway is not a slow Redis), but it is bounded by its own budget, and the call's time left is
+    what it was when the opening began."""
+    async with StoreDeadline(0.05) as deadline:
+        async with deadline.connecting(1.0):
+            await asyncio.sleep(0.15)  # three times the call's timeout
+        await asyncio.sleep(0.01)
+    with pytest.raises(TimeoutError):
+        async with StoreDeadline(0.05) as deadline:
+            async with deadline.connecting(0.05):
+                await asyncio.sleep(1.0)
+    with pytest.raises(TimeoutError):
+        async with StoreDeadline(0.05) as deadline:
+            async with deadline.connecting(1.0):
+                await asyncio.sleep(0.01)
+            await asyncio.sleep(1.0)

@@ -1,0 +1,72 @@
+"""How the gateway is served: uvicorn (uvloop, httptools) with Sluice's HTTP limits.
+
+``sluice serve`` and the tests' live servers both build their server here, so tests meet the limits users get.
+At start the soft file-descriptor limit is raised to the hard one (as nginx's ``worker_rlimit_nofile`` or a
+systemd ``LimitNOFILE`` would), and the connection cap is sized to it unless ``server.max_connections`` is set.
+"""
+
+from __future__ import annotations
+
+import logging
+import resource
+
+import uvicorn
+from starlette.types import ASGIApp
+
+from sluice.config import ServerSettings
+from sluice.gateway._http_protocol import HttpLimits, protocol_class
+from sluice.telemetry import GatewayMetrics
+
+log = logging.getLogger("sluice")
+
+# File descriptors kept for everything but client connections: listening sockets, Redis, log files, engine
+# processes' pipes, metrics scrapes, and connections being refused or shed.
+FD_RESERVE = 256
+MIN_CONNECTIONS = 16
+
+
+def raise_fd_limit() -> int:
+    """Raise the soft RLIMIT_NOFILE to the hard limit; the soft limit now in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError) as exc:
+            log.warning("could not raise the file-descriptor limit from %d to %d: %s", soft, hard, exc)
+    return soft
+
+
+def connection_cap(fd_limit: int) -> int:
+    """Client connections a process with ``fd_limit`` descriptors can hold: each may need a second descriptor,
+    its connection to an engine, while its request runs."""
+    return max(MIN_CONNECTIONS, (fd_limit - FD_RESERVE) // 2)
+
+
+def http_limits(server: ServerSettings, fd_limit: int) -> HttpLimits:
+    cap = connection_cap(fd_limit)
+    if server.max_connections is not None and server.max_connections > cap:
+        log.warning("server.max_connections=%d is more than a file-descriptor limit of %d can hold (about %d): "
+                    "past that, accepting fails and healthy requests with it", server.max_connections, fd_limit, cap)
+    return HttpLimits(max_header_bytes=server.max_header_bytes, max_headers=server.max_headers,
+                      header_timeout_s=server.header_timeout_s, max_connections=server.max_connections or cap)
+
+
+def uvicorn_config(app: ASGIApp, server: ServerSettings, limits: HttpLimits,
+                   metrics: GatewayMetrics | None = None) -> uvicorn.Config:
+    protocol = protocol_class(limits, metrics)
+    if metrics is not None:
+        metrics.watch_connections(protocol.table.count)
+    return uvicorn.Config(app, host=server.host, port=server.port, loop="uvloop", http=protocol,
+                          ws="none", lifespan="on", access_log=False, log_level="warning", timeout_graceful_shutdown=5)
+
+
+def gateway_server(app: ASGIApp, server: ServerSettings, metrics: GatewayMetrics | None = None) -> uvicorn.Server:
+    """The uvicorn server for ``app`` with ``server``'s HTTP limits (run it with ``.run()``); ``metrics`` count
+    the connections it holds and refuses."""
+    fd_limit = raise_fd_limit()
+    limits = http_limits(server, fd_limit)
+    log.info("HTTP limits: %d connections (file-descriptor limit %d), head %d bytes / %d fields / %g s, body %d "
+             "bytes / %g s", limits.max_connections, fd_limit, limits.max_header_bytes, limits.max_headers,
+             limits.header_timeout_s, server.max_body_bytes, server.body_timeout_s)
+    return uvicorn.Server(uvicorn_config(app, server, limits, metrics))
