@@ -19,6 +19,7 @@ from sluice.telemetry._record import RequestRecord
 CAPACITY_REASONS = frozenset({
     "quota_requests", "quota_tokens", "quota_input_tokens", "quota_output_tokens", "quota_concurrent",
     "quota_store_unavailable", "queue_timeout", "queue_full", "displaced", "shed", "engine_overloaded",
+    "upstream_saturated",
 })
 MAX_TENANT_LABELS = 200
 INFERENCE_ROUTES = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/embeddings"})
