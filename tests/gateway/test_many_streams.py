@@ -234,6 +234,9 @@ async def test_with_a_gate_the_window_never_exceeds_the_cap(small_sim: FrozenSim
             assert await asyncio.to_thread(wait_until, lambda: len(gate.queue) == 6 and small_sim.holding == 4)
             assert (gate.in_flight, pool.connections.in_use, pool.connections.waiting) == (4, 4, 0)
             assert metric_value(gw.url, "sluice_admission_limit", model="m") == 4
+            assert metric_value(gw.url, "sluice_upstream_connections", model="m", state="in_use") == 4
+            assert metric_value(gw.url, "sluice_upstream_connections", model="m", state="waiting") == 0
+            assert metric_value(gw.url, "sluice_upstream_connections_limit", model="m") == 4
             small_sim.run()
             results = await asyncio.wait_for(asyncio.gather(*tasks), 60)
         assert [r["status"] for r in results] == [200] * 10 and all(map(completed, results))

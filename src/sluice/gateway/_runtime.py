@@ -108,6 +108,8 @@ async def _open_route(model: ModelSettings, settings: Settings, clock: Clock, me
                       read_timeout_s=settings.server.upstream_timeout_s, max_connections=engine.max_connections,
                       connection_wait_s=engine.connection_wait_s, clock=clock)
     pool.start_health_checks(clock, engine.health_interval_s)
+    slots = pool.connections
+    metrics.watch_upstream(model.name, slots.capacity, lambda: slots.in_use, lambda: slots.waiting)
     stack.push_async_callback(pool.close)
     gate = await open_gate(model, replicas, scraper, settings, clock, metrics, stack, pool.max_connections)
     dialect = dialect_for(engine.dialect)

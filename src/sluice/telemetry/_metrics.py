@@ -113,6 +113,11 @@ class GatewayMetrics:
         )
         self.connections = Gauge("sluice_connections", "Open client connections, by state (busy: a request in "
                                  "progress; waiting: no complete request head yet).", ["state"], registry=r)
+        self.upstream = Gauge("sluice_upstream_connections", "Requests holding one of the model pool's upstream "
+                              "connections (in_use), and requests waiting for one (waiting).", ["model", "state"],
+                              registry=r)
+        self.upstream_limit = Gauge("sluice_upstream_connections_limit", "The model pool's upstream connections "
+                                    "(engine.max_connections).", ["model"], registry=r)
         self._children: dict[tuple[Any, ...], Any] = {}
         self._replica_health: _ReplicaHealth | None = None
         self._tenants: set[str] = set()
@@ -141,6 +146,12 @@ class GatewayMetrics:
         """Export ``sluice_connections{state}`` from ``count(state)`` ("busy" or "waiting"), read at scrape time."""
         for state in ("busy", "waiting"):
             self.connections.labels(state).set_function(lambda state=state: count(state))
+
+    def watch_upstream(self, model: str, limit: int, in_use: Callable[[], int], waiting: Callable[[], int]) -> None:
+        """Export ``sluice_upstream_connections{model,state}`` from the pool's slots, read at scrape time."""
+        self.upstream_limit.labels(model).set(limit)
+        self.upstream.labels(model, "in_use").set_function(in_use)
+        self.upstream.labels(model, "waiting").set_function(waiting)
 
     # ConnectionObserver, for the HTTP layer
     def connection_refused(self, reason: str) -> None:
