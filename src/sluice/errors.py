@@ -149,6 +149,6 @@ class StateUnavailableError(SluiceError):
     Raised by ``sluice.state`` only, which translates every Redis, OS and timeout error into it once."""
 
     status = 503
-    type = "state_unavailable"
+    type = "server_error"
     code = "state_unavailable"
     reason = "state_unavailable"

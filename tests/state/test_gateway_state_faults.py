@@ -54,7 +54,7 @@ def assert_state_unavailable(response: httpx.Response) -> None:
     assert response.headers["x-sluice-reason"] == "state_unavailable"
     error = response.json()["error"]
     assert set(error) == {"message", "type", "param", "code"}
-    assert error["type"] == "state_unavailable" and error["code"] == "state_unavailable"
+    assert error["type"] == "server_error" and error["code"] == "state_unavailable"
     assert "Traceback" not in response.text and "redis://" not in response.text
 
 
@@ -83,3 +83,18 @@ def test_the_degraded_gauge_goes_back_to_0_with_no_traffic(gateway, redis):
     assert metric_value(gateway.url, "sluice_quota_store_degraded_events_total") == 1
     created = post(gateway, "/admin/keys", {"id": "after", "tier": "t"}, key=ADMIN)
     assert created.status_code == 201, created.text
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # uvicorn's exit(3), in its thread
+def test_a_gateway_whose_redis_is_unreachable_at_startup_says_so_in_one_line(caplog):
+    """No mirror of the issued keys can be read, so the gateway does not serve (it would refuse every issued key):
+    it stops at startup with one clear line, not a traceback."""
+    from tests.redis_server import free_port
+
+    settings = parse_settings({"state": f"redis://127.0.0.1:{free_port()}/0", "auth": {"mode": "open"},
+                               "models": [{"name": "m", "sim": {}}]})
+    with pytest.raises(RuntimeError, match="did not start"), serve_gateway(settings, start_timeout_s=20):
+        pass
+    failed = [r for r in caplog.records if r.getMessage().startswith("gateway startup failed")]
+    assert len(failed) == 1 and "state store" in failed[0].getMessage()
+    assert failed[0].exc_info is None

@@ -111,7 +111,7 @@ async def test_errors_are_translated_once_and_say_nothing_of_the_url(caplog):
         await ping(state)
     error = raised.value
     assert error.status == 503 and error.reason == "state_unavailable"
-    assert error.body()["error"]["type"] == "state_unavailable" and error.body()["error"]["code"] == "state_unavailable"
+    assert error.body()["error"]["type"] == "server_error" and error.body()["error"]["code"] == "state_unavailable"
     assert error.__cause__ is not None and not isinstance(error.__cause__, StateUnavailableError)
     assert "s3cret" not in str(error.body()) and "s3cret" not in caplog.text
     assert "state store unavailable" in caplog.text

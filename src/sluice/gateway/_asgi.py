@@ -97,7 +97,10 @@ class GatewayApp:
                 await receive()  # lifespan.shutdown
         except BaseException as exc:
             kind = "shutdown" if started else "startup"
-            log.exception("gateway %s failed", kind)
+            if isinstance(exc, SluiceError):  # said in our words (e.g. Redis unreachable at startup): no traceback
+                log.error("gateway %s failed: %s", kind, exc)
+            else:
+                log.exception("gateway %s failed", kind)
             await send({"type": f"lifespan.{kind}.failed", "message": f"{type(exc).__name__}: {exc}"})
             return
         await send({"type": "lifespan.shutdown.complete"})
