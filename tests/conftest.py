@@ -113,8 +113,7 @@ def process_alive(pid: int) -> bool:
     return True
 
 
-@pytest.fixture(scope="session")
-def redis_server():
+def _start_redis() -> Any:
     from tests.redis_server import RedisServer, redis_binary, required
 
     binary = redis_binary()
@@ -123,7 +122,21 @@ def redis_server():
         if required():
             pytest.fail(message)
         pytest.skip(message)
-    server = RedisServer(binary).start()
+    return RedisServer(binary).start()
+
+
+@pytest.fixture(scope="session")
+def redis_server():
+    """One redis-server for the session (tests flush or use keys of their own)."""
+    server = _start_redis()
+    yield server
+    server.kill()
+
+
+@pytest.fixture
+def redis():
+    """A redis-server of the test's own, to pause, kill or restart."""
+    server = _start_redis()
     yield server
     server.kill()
 

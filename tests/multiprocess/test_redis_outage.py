@@ -4,26 +4,14 @@ refuse with 503; degraded mode shows in metrics and ends by itself once Redis is
 from __future__ import annotations
 
 import httpx
-import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from sluice.config import parse_settings
 from sluice.identity import hash_key
 from tests.conftest import serve_gateway, wait_until
-from tests.redis_server import RedisServer, redis_binary, required
 
 OPEN_KEY, CLOSED_KEY = "sk-sluice-outage-open-0123456789", "sk-sluice-outage-closed-0123456789"
 BODY = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1}
-
-
-@pytest.fixture
-def redis():
-    binary = redis_binary()
-    if binary is None:
-        (pytest.fail if required() else pytest.skip)("no redis-server")
-    server = RedisServer(binary).start()
-    yield server
-    server.kill()
 
 
 def call(gateway, key):

@@ -14,28 +14,16 @@ import os
 import signal
 
 import httpx
-import pytest
 
 from sluice.config import SimSettings
 from sluice.identity import hash_key
 from tests.conftest import LiveSim
 from tests.multiprocess.state_load import Load, degraded, degraded_events, gateway_processes, wait_for
-from tests.redis_server import RedisServer, redis_binary, required
 
 KEY, ADMIN = "sk-sluice-pause-one-0123456789", "sk-sluice-pause-admin-0123456789"
 CAPACITY = 10_000_000  # tokens, one dripping back a day: over the test, what Redis holds charged is what was charged
 # 64 tokens reserved for answers of 4 to 16: every settlement refunds most of its reservation (twice, if replayed)
 BODY = {"model": "m", "messages": [{"role": "user", "content": "count"}], "max_tokens": 64}
-
-
-@pytest.fixture
-def redis():
-    binary = redis_binary()
-    if binary is None:
-        (pytest.fail if required() else pytest.skip)("no redis-server")
-    server = RedisServer(binary).start()
-    yield server
-    server.kill()
 
 
 def charged_in_redis(gateway) -> int:

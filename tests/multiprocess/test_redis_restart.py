@@ -11,27 +11,15 @@ from __future__ import annotations
 import asyncio
 
 import httpx
-import pytest
 
 from sluice.config import SimSettings
 from sluice.identity import hash_key
 from tests.conftest import LiveSim
 from tests.multiprocess.state_load import Load, burst, degraded, degraded_events, gateway_processes, wait_for
-from tests.redis_server import RedisServer, redis_binary, required
 
 KEY = "sk-sluice-restart-eight-0123456789"
 LIMIT = 8
 BODY = {"model": "m", "messages": [{"role": "user", "content": "count"}], "max_tokens": 24, "ignore_eos": True}
-
-
-@pytest.fixture
-def redis():
-    binary = redis_binary()
-    if binary is None:
-        (pytest.fail if required() else pytest.skip)("no redis-server")
-    server = RedisServer(binary).start()
-    yield server
-    server.kill()
 
 
 class PeakInEngine:

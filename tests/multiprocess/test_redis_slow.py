@@ -9,14 +9,12 @@ from __future__ import annotations
 
 import asyncio
 
-import pytest
 import redis.asyncio as aioredis
 
 from sluice.config import QuotaSettings, SimSettings
 from sluice.identity import hash_key
 from tests.conftest import LiveSim
 from tests.multiprocess.state_load import burst, degraded_events, gateway_processes
-from tests.redis_server import RedisServer, redis_binary, required
 
 CAPACITY, ROUNDS = 6, 3
 SLICE_S = 0.08
@@ -24,16 +22,6 @@ KEYS = {f"burst{i}": f"sk-sluice-slow-burst{i}-0123456789" for i in range(ROUNDS
 BODY = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
 SPIN = ("local t0 = redis.call('TIME') repeat local t = redis.call('TIME') "
         "until (t[1] - t0[1]) * 1000000 + (t[2] - t0[2]) > tonumber(ARGV[1]) return 1")
-
-
-@pytest.fixture
-def redis():
-    binary = redis_binary()
-    if binary is None:
-        (pytest.fail if required() else pytest.skip)("no redis-server")
-    server = RedisServer(binary).start()
-    yield server
-    server.kill()
 
 
 async def keep_busy(url: str, slice_s: float, stop: asyncio.Event) -> int:

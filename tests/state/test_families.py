@@ -16,17 +16,6 @@ from sluice.state import RedisState
 from sluice.telemetry import Usage, UsageLedger
 from sluice.telemetry._usage import RedisUsage
 from tests.conftest import wait_until
-from tests.redis_server import RedisServer, redis_binary, required
-
-
-@pytest.fixture
-def redis():
-    binary = redis_binary()
-    if binary is None:
-        (pytest.fail if required() else pytest.skip)("no redis-server")
-    server = RedisServer(binary).start()
-    yield server
-    server.kill()
 
 
 @pytest.fixture

@@ -11,20 +11,9 @@ import pytest
 from sluice.config import parse_settings
 from sluice.identity import hash_key
 from tests.conftest import metric_value, serve_gateway, wait_until
-from tests.redis_server import RedisServer, redis_binary, required
 
 KEY, ADMIN = "sk-sluice-state-faults-0123456789", "sk-sluice-state-admin-0123456789"
 ASK = {"model": "m", "messages": [{"role": "user", "content": "what is a sluice?"}], "max_tokens": 4}
-
-
-@pytest.fixture
-def redis():
-    binary = redis_binary()
-    if binary is None:
-        (pytest.fail if required() else pytest.skip)("no redis-server")
-    server = RedisServer(binary).start()
-    yield server
-    server.kill()
 
 
 @pytest.fixture

@@ -12,17 +12,6 @@ from sluice.clock import MonotonicClock
 from sluice.quota import FailoverStore, Lease
 from sluice.quota._redis import RedisStore
 from tests.conftest import wait_until
-from tests.redis_server import RedisServer, redis_binary, required
-
-
-@pytest.fixture
-def redis():
-    binary = redis_binary()
-    if binary is None:
-        (pytest.fail if required() else pytest.skip)("no redis-server")
-    server = RedisServer(binary).start()
-    yield server
-    server.kill()
 
 
 @pytest.fixture

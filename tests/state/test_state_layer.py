@@ -14,17 +14,7 @@ import redis.asyncio as aioredis
 from sluice.clock import MonotonicClock
 from sluice.errors import StateUnavailableError
 from tests.conftest import wait_until
-from tests.redis_server import RedisServer, free_port, redis_binary, required
-
-
-@pytest.fixture
-def redis():
-    binary = redis_binary()
-    if binary is None:
-        (pytest.fail if required() else pytest.skip)("no redis-server")
-    server = RedisServer(binary).start()
-    yield server
-    server.kill()
+from tests.redis_server import RedisServer, free_port
 
 
 def open_state(url: str, *, timeout_s: float = 1.0, retry_s: float = 0.1):
