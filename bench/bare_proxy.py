@@ -6,7 +6,7 @@ no auth, no parsing, no logging, no metrics. It runs on uvloop (as the gateway d
 its garbage collector is tuned as the gateway's is (``sluice.cli.tune_gc``), so that neither side is measured
 with a handicap the other does not have.
 
-    python bench/bare_proxy.py --upstream http://127.0.0.1:8001 --port 8002
+    python -m bench.bare_proxy --upstream http://127.0.0.1:8001 --port 8002
 """
 
 from __future__ import annotations

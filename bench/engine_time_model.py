@@ -2,7 +2,7 @@
 process, no event loops. It separates what the engine's step structure costs premium's TTFT from what the software
 around it (gateway, simulator server, load generator, on two shared vCPUs) adds.
 
-    python bench/engine_time_model.py            # --load 3 --capacity 30.5 --duration 60 --seeds 0,1 --pace-ms 0,4,8,12
+    python -m bench.engine_time_model            # --load 3 --capacity 30.5 --duration 60 --seeds 0,1 --pace-ms 0,4,8,12
 
 The same callers as bench/overload.py (its TIERS and TENANTS: shares, priorities, max_queue_s) arrive as a Poisson
 process; a gateway model dispatches at step boundaries: premium while fewer than --window requests are in the
@@ -20,10 +20,9 @@ import collections
 import random
 from collections.abc import Iterator
 
-from overload import TENANTS, TIERS
-
+from bench.overload.settings import TENANTS, TIERS
 from sluice.config import SimSettings
-from sluice.sim._engine import EngineModel, Sequence
+from sluice.sim import EngineModel, Sequence
 
 PROMPT, ANSWER, SETTLE_S = 256, 64, 10.0
 

@@ -2,7 +2,7 @@
 
 One command starts everything, runs every scenario, stops everything (by PID, also on error) and reports:
 
-    python bench/overhead.py                 # --duration 5 --warmup 1 --rounds 3 --max-tokens 16
+    python -m bench.overhead                 # --duration 5 --warmup 1 --rounds 3 --max-tokens 16
 
 Processes, all on 127.0.0.1 and free ports, pinned with taskset on a 2-core machine:
   CPU 1: the proxy under test, alone (the bare proxy, ``bench/bare_proxy.py``, or ``sluice serve``; both run for
@@ -18,216 +18,47 @@ Output: a markdown table on stdout, everything (each round, CPU use of each proc
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime
-import json
 import os
-import platform
 import shutil
-import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bench.harness import (
+    MODEL,
+    WRK_LUA,
+    Processes,
+    command_line,
+    exit_on_signals,
+    free_port,
+    machine,
+    preflight,
+    request_body,
+    run_wrk,
+    wait_port,
+    wait_until_up,
+    write_result,
+)
 from sluice.identity import generate_key, hash_key
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "overhead.json"
-MODEL = "sluice-sim"
 TARGETS = ("direct", "bare_proxy", "sluice")
 CONCURRENCIES = (1, 64)
 STREAMS = (False, True)
 PROXY_CPU, LOAD_CPU = "1", "0"
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 
-WRK_LUA = """\
-wrk.method = "POST"
-wrk.body = [==[{body}]==]
-wrk.headers["Content-Type"] = "application/json"
-wrk.headers["Authorization"] = "Bearer {key}"
-
-done = function(summary, latency, requests)
-  local e = summary.errors
-  io.write(string.format(
-    'WRKJSON {{"requests": %d, "duration_us": %d, "bytes": %d, "non2xx": %d, "connect": %d, "read": %d, ' ..
-    '"write": %d, "timeout": %d, "p50_us": %d, "p90_us": %d, "p99_us": %d, "max_us": %d, "mean_us": %.1f}}\\n',
-    summary.requests, summary.duration, summary.bytes, e.status, e.connect, e.read, e.write, e.timeout,
-    latency:percentile(50), latency:percentile(90), latency:percentile(99), latency.max, latency.mean))
-end
-"""
-
-
-# ---------------------------------------------------------------------------------------------- processes
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@dataclass
-class Proc:
-    name: str
-    popen: subprocess.Popen[bytes]
-    log_path: Path
-
-    @property
-    def pid(self) -> int:
-        return self.popen.pid
-
-    def cpu_s(self) -> float:
-        """User + system CPU seconds this process has used so far (from /proc)."""
-        with open(f"/proc/{self.pid}/stat") as f:
-            fields_ = f.read().rsplit(")", 1)[1].split()
-        return (int(fields_[11]) + int(fields_[12])) / CLK_TCK
-
-    def log_tail(self, n: int = 20) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
-        except OSError:
-            return ""
-
-
-@dataclass
-class Processes:
-    """Every child process, stopped by PID in reverse order of start, whatever happens."""
-
-    workdir: Path
-    procs: list[Proc] = field(default_factory=list)
-
-    def start(self, name: str, cpu: str, argv: list[str]) -> Proc:
-        log_path = self.workdir / f"{name}.stderr.log"
-        with open(log_path, "wb") as log:
-            popen = subprocess.Popen(
-                ["taskset", "-c", cpu, *argv], stdout=subprocess.DEVNULL, stderr=log, start_new_session=True
-            )
-        proc = Proc(name, popen, log_path)
-        self.procs.append(proc)
-        return proc
-
-    def stop_all(self) -> None:
-        for proc in reversed(self.procs):
-            if proc.popen.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(proc.pid, signal.SIGTERM)
-        deadline = time.monotonic() + 10
-        for proc in reversed(self.procs):
-            try:
-                proc.popen.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(proc.pid, signal.SIGKILL)
-                proc.popen.wait()
-
-
-def wait_until_up(proc: Proc, url: str, timeout_s: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.popen.poll() is not None:
-            raise RuntimeError(f"{proc.name} exited with {proc.popen.returncode}:\n{proc.log_tail()}")
-        try:
-            with urllib.request.urlopen(url, timeout=1) as resp:
-                resp.read()
-                return
-        except Exception:
-            time.sleep(0.1)
-    raise RuntimeError(f"{proc.name} did not answer {url} within {timeout_s} s:\n{proc.log_tail()}")
-
-
-def wait_port(proc: Proc, port: int, timeout_s: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.popen.poll() is not None:
-            raise RuntimeError(f"{proc.name} exited with {proc.popen.returncode}:\n{proc.log_tail()}")
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
-            return
-        time.sleep(0.1)
-    raise RuntimeError(f"{proc.name} did not listen on port {port} within {timeout_s} s:\n{proc.log_tail()}")
-
-
-# ---------------------------------------------------------------------------------------------- requests
-
-
-def request_body(stream: bool, max_tokens: int) -> str:
-    doc: dict[str, Any] = {
-        "model": MODEL,
-        "messages": [{"role": "user", "content": "Hello, how are you today?"}],
-        "max_tokens": max_tokens,
-        "ignore_eos": True,
-    }
-    if stream:
-        doc["stream"] = True
-    return json.dumps(doc, separators=(",", ":"))
-
-
-def preflight(base_url: str, key: str, stream: bool, max_tokens: int) -> None:
-    """One request through the target, checked whole: 200, and the answer has max_tokens tokens (or [DONE])."""
-    req = urllib.request.Request(
-        base_url + "/v1/chat/completions",
-        data=request_body(stream, max_tokens).encode(),
-        headers={"Content-Type": "application/json", "Authorization": f"Bearer {key}"},
-    )
-    with urllib.request.urlopen(req, timeout=10) as resp:
-        status, text = resp.status, resp.read().decode()
-    if status != 200:
-        raise RuntimeError(f"preflight {base_url} stream={stream}: HTTP {status}: {text[:300]}")
-    if stream:
-        frames = [line for line in text.splitlines() if line.startswith("data: ")]
-        if frames[-1] != "data: [DONE]" or len(frames) < max_tokens:
-            raise RuntimeError(f"preflight {base_url}: unexpected stream ({len(frames)} frames): {text[-300:]}")
-    else:
-        usage = json.loads(text)["usage"]
-        if usage["completion_tokens"] != max_tokens:
-            raise RuntimeError(f"preflight {base_url}: expected {max_tokens} tokens, got {usage}")
-
-
-def run_wrk(wrk: str, url: str, script: Path, connections: int, duration_s: int) -> dict[str, Any]:
-    argv = [
-        "taskset", "-c", LOAD_CPU, wrk, "-t1", f"-c{connections}", f"-d{duration_s}s", "--timeout", "10s",
-        "--latency", "-s", str(script), url,
-    ]
-    out = subprocess.run(argv, capture_output=True, text=True, timeout=duration_s + 60)
-    if out.returncode != 0:
-        raise RuntimeError(f"wrk failed ({out.returncode}): {out.stderr or out.stdout}")
-    for line in out.stdout.splitlines():
-        if line.startswith("WRKJSON "):
-            result = json.loads(line[len("WRKJSON "):])
-            result["rps"] = result["requests"] / (result["duration_us"] / 1e6)
-            result["errors"] = sum(result[k] for k in ("non2xx", "connect", "read", "write", "timeout"))
-            return result
-    raise RuntimeError(f"no summary in wrk output:\n{out.stdout}")
 
 
 # ---------------------------------------------------------------------------------------------- report
 
 
-def machine() -> dict[str, Any]:
-    cpu = "unknown"
-    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    wrk_version = subprocess.run(["wrk", "--version"], capture_output=True, text=True).stdout.splitlines()
-    return {
-        "nproc": os.cpu_count(),
-        "cpu": cpu,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "wrk": wrk_version[0] if wrk_version else "",
-    }
-
-
 def median_of(rounds: list[dict[str, Any]], key: str) -> float:
-    return statistics.median(r[key] for r in rounds)
+    return float(statistics.median(r[key] for r in rounds))
 
 
 def summarise(runs: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, Any]]:
@@ -339,8 +170,7 @@ def main() -> int:
         return 2
 
     # SIGTERM/SIGHUP end the run through the same finally as Ctrl-C and errors.
-    for sig in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, lambda signum, frame: sys.exit(128 + signum))
+    exit_on_signals()
 
     with tempfile.TemporaryDirectory(prefix="sluice-overhead-") as tmp:
         workdir = Path(tmp)
@@ -353,8 +183,7 @@ def main() -> int:
                 args.keep_logs.mkdir(parents=True, exist_ok=True)
                 for p in procs.procs:
                     shutil.copy(p.log_path, args.keep_logs / p.log_path.name)
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(result, indent=2) + "\n")
+    write_result(args.output, result)
     print(result["table"])
     v = result["verdict"]
     print()
@@ -385,7 +214,7 @@ def run(args: argparse.Namespace, wrk: str, workdir: Path, procs: Processes) -> 
         "--speed", "1e9", "--output-len-min", n, "--output-len-max", n,
     ])
     bare = procs.start("bare_proxy", PROXY_CPU, [
-        sys.executable, str(HERE / "bare_proxy.py"), "--upstream", sim_url, "--port", str(bare_port),
+        sys.executable, "-m", "bench.bare_proxy", "--upstream", sim_url, "--port", str(bare_port),
     ])
     gateway = procs.start("sluice", PROXY_CPU, [
         sys.executable, "-m", "sluice.cli", "serve", "--config", str(config),
@@ -446,9 +275,9 @@ def run(args: argparse.Namespace, wrk: str, workdir: Path, procs: Processes) -> 
     summary = summarise(runs)
     derived = derive(summary)
     return {
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "command": "python " + " ".join([os.path.relpath(sys.argv[0]), *sys.argv[1:]]),
-        "machine": machine(),
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "command": command_line(),
+        "machine": machine(wrk=True),
         "settings": {
             "duration_s": args.duration, "warmup_s": args.warmup, "rounds": args.rounds,
             "max_tokens": args.max_tokens, "proxy_cpu": PROXY_CPU, "sim_and_load_cpu": LOAD_CPU,

@@ -1,6 +1,6 @@
 """A soak run: steady load through one gateway for a long time, watching its memory (RSS) for growth.
 
-    python bench/soak.py                     # --duration 1800 --warmup 300 --rate 75 --sample-every 10
+    python -m bench.soak                     # --duration 1800 --warmup 300 --rate 75 --sample-every 10
 
 Processes, on 127.0.0.1 and free ports, unpinned: ``redis-server`` (when on PATH; else state stays memory://),
 the engine simulator (``sluice sim``, real time), and ``sluice serve`` as deployed: API keys (8 keys, 4 tenants, 2
@@ -23,10 +23,7 @@ import collections
 import datetime
 import itertools
 import json
-import os
-import platform
 import shutil
-import signal
 import statistics
 import sys
 import tempfile
@@ -36,11 +33,20 @@ from typing import Any
 
 import aiohttp
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from overhead import Processes, free_port, wait_port, wait_until_up  # noqa: E402 - the sibling benchmark's helpers
-from streams import ANY_CPU, MODEL, rss_bytes  # noqa: E402
-
-from sluice.identity import generate_key, hash_key  # noqa: E402
+from bench.harness import (
+    ANY_CPU,
+    MODEL,
+    Processes,
+    command_line,
+    exit_on_signals,
+    free_port,
+    machine,
+    rss_bytes,
+    wait_port,
+    wait_until_up,
+    write_result,
+)
+from sluice.identity import generate_key, hash_key
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "soak.json"
@@ -213,8 +219,7 @@ def main() -> int:
     parser.add_argument("--output", type=Path, default=RESULTS)
     parser.add_argument("--samples", type=Path, default=SAMPLES)
     args = parser.parse_args()
-    for sig in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, lambda signum, frame: sys.exit(128 + signum))
+    exit_on_signals()
     args.samples.parent.mkdir(parents=True, exist_ok=True)
     args.samples.write_text("")
     keys = [generate_key() for _ in range(KEYS)]
@@ -251,17 +256,16 @@ def main() -> int:
             procs.stop_all()
     measured = summary(samples, args.warmup)
     result = {
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "command": "python " + " ".join([os.path.relpath(sys.argv[0]), *sys.argv[1:]]),
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "command": command_line(),
         "wall_s": round(time.monotonic() - started, 1),
-        "machine": {"nproc": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
+        "machine": machine(),
         "settings": {"duration_s": args.duration, "warmup_s": args.warmup, "rate": args.rate, "state": state,
                      "sample_every_s": args.sample_every, "keys": KEYS},
         "summary": measured,
         "table": table(measured),
     }
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(result, indent=2) + "\n")
+    write_result(args.output, result)
     print(result["table"])
     return 0
 

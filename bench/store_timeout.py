@@ -15,7 +15,7 @@ included) on the gateway's event loop, less the time spent opening a connection 
 judge), and records how often its timer fired late (the loop was busy, which the deadline does not count either).
 The gateways' ``sluice_quota_store_degraded_events_total`` counts the times a gateway went to degraded mode.
 
-    python bench/store_timeout.py  # --timeouts default,0.02,0.05,0.1,0.5 --rounds 5 --burst 24 --capacity 12 --load 16
+    python -m bench.store_timeout  # --timeouts default,0.02,0.05,0.1,0.5 --rounds 5 --burst 24 --capacity 12 --load 16
 
 Output: a markdown table on stdout; everything in bench/results/store_timeout.json. Every process started here is
 stopped by PID at the end (also on error or SIGTERM).
@@ -29,7 +29,6 @@ import contextlib
 import datetime
 import json
 import os
-import platform
 import shutil
 import signal
 import statistics
@@ -39,6 +38,17 @@ import time
 import urllib.request
 from pathlib import Path
 from typing import Any
+
+from bench.harness import (
+    Processes,
+    command_line,
+    exit_on_signals,
+    free_port,
+    machine,
+    wait_port,
+    wait_until_up,
+    write_result,
+)
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "store_timeout.json"
@@ -106,15 +116,11 @@ def main() -> int:
     if args.serve:
         return serve_measured(*args.serve)
 
-    sys.path.insert(0, str(HERE))
-    from overhead import Processes  # the sibling benchmark's process helper (stops every child by PID)
-
     redis_server = shutil.which("redis-server")
     if redis_server is None:
         print("needs redis-server: apt-get install -y redis-server", file=sys.stderr)
         return 2
-    for sig in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, lambda signum, frame: sys.exit(128 + signum))
+    exit_on_signals()
     runs = []
     for timeout in args.timeouts.split(","):
         with tempfile.TemporaryDirectory(prefix="sluice-store-timeout-") as tmp:
@@ -126,14 +132,13 @@ def main() -> int:
                 procs.stop_all()
         print(row(runs[-1]), file=sys.stderr)
     result = {
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "command": "python " + " ".join([os.path.relpath(sys.argv[0]), *sys.argv[1:]]),
-        "machine": {"nproc": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "command": command_line(),
+        "machine": machine(),
         "settings": {k: v for k, v in vars(args).items() if k not in ("serve", "output")},
         "runs": runs,
     }
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(result, indent=1, default=str))
+    write_result(args.output, result, indent=1)
     print(markdown(runs))
     return 0
 
@@ -142,7 +147,6 @@ def one_timeout(args: argparse.Namespace, timeout_s: float | None, workdir: Path
                 redis_server: str) -> dict[str, Any]:
     import yaml
 
-    from overhead import free_port, wait_port, wait_until_up
     from sluice.config import QuotaSettings
     from sluice.identity import hash_key
 
@@ -172,7 +176,7 @@ def one_timeout(args: argparse.Namespace, timeout_s: float | None, workdir: Path
     gateways = []
     for i in range(4):
         port = free_port()
-        proc = procs.start(f"gateway{i}", ALL_CPUS, [sys.executable, str(Path(__file__).resolve()), "--serve",
+        proc = procs.start(f"gateway{i}", ALL_CPUS, [sys.executable, "-m", "bench.store_timeout", "--serve",
                                                      str(path), str(port), str(workdir / f"deadlines{i}.json")])
         gateways.append((proc, f"http://127.0.0.1:{port}"))
     for proc, url in gateways:

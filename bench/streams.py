@@ -1,6 +1,6 @@
 """Concurrent streams held through one gateway process, and what each costs it in memory (RSS per stream).
 
-    python bench/streams.py                  # --streams 5000 --batch 500 --hold 5 --targets sluice,bare_proxy
+    python -m bench.streams                  # --streams 5000 --batch 500 --hold 5 --targets sluice,bare_proxy
 
 Processes, on 127.0.0.1 and free ports, unpinned:
   - the engine simulator, ``sluice sim``, one token a second for every stream (``--decode-base-s 1``, no per-sequence
@@ -25,8 +25,6 @@ import contextlib
 import datetime
 import json
 import os
-import platform
-import resource
 import signal
 import statistics
 import sys
@@ -38,31 +36,23 @@ from typing import Any
 
 import aiohttp
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from overhead import Processes, free_port, wait_until_up  # noqa: E402 - the sibling benchmark's process helpers
-
-from sluice.identity import generate_key, hash_key  # noqa: E402
+from bench.harness import (
+    ANY_CPU,
+    MODEL,
+    Processes,
+    command_line,
+    exit_on_signals,
+    free_port,
+    machine,
+    raise_fd_limit,
+    rss_bytes,
+    wait_until_up,
+    write_result,
+)
+from sluice.identity import generate_key, hash_key
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "streams.json"
-MODEL = "sluice-sim"
-ANY_CPU = "0-" + str(max(0, (os.cpu_count() or 1) - 1))
-
-
-def rss_bytes(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError(f"no VmRSS for {pid}")
-
-
-def raise_fd_limit(needed: int) -> None:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < needed:
-        if hard != resource.RLIM_INFINITY and hard < needed:
-            raise SystemExit(f"{needed} file descriptors needed, the hard limit is {hard} (ulimit -Hn)")
-        resource.setrlimit(resource.RLIMIT_NOFILE, (needed, hard))
 
 
 def sim_argv(port: int, streams: int, max_tokens: int, decode_s: float) -> list[str]:
@@ -188,7 +178,7 @@ def serve_bare_proxy(upstream: str, port: int) -> None:
     import uvloop
     from aiohttp import web
 
-    import bare_proxy
+    from bench import bare_proxy
     from sluice.cli import tune_gc
 
     class Unlimited(aiohttp.TCPConnector):
@@ -229,8 +219,7 @@ def main() -> int:
         serve_bare_proxy(args.serve_bare_proxy[0], int(args.serve_bare_proxy[1]))
         return 0
     raise_fd_limit(2 * args.streams + 1024)  # inherited: a proxy holds two descriptors a stream
-    for sig in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, lambda signum, frame: sys.exit(128 + signum))
+    exit_on_signals()
     targets = args.targets.split(",")
     key = generate_key()
     runs = []
@@ -250,7 +239,7 @@ def main() -> int:
                     config.write_text(gateway_yaml(port, sim_url, key, args.streams))
                     argv = [sys.executable, "-m", "sluice.cli", "serve", "--config", str(config)]
                 else:
-                    argv = [sys.executable, str(Path(__file__).resolve()), "--serve-bare-proxy", sim_url, str(port)]
+                    argv = [sys.executable, "-m", "bench.streams", "--serve-bare-proxy", sim_url, str(port)]
                 proc = procs.start(name, ANY_CPU, argv)
                 url = f"http://127.0.0.1:{port}"
                 wait_until_up(proc, url + "/health")
@@ -263,16 +252,15 @@ def main() -> int:
         finally:
             procs.stop_all()
     result = {
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "command": "python " + " ".join([os.path.relpath(sys.argv[0]), *sys.argv[1:]]),
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "command": command_line(),
         "wall_s": round(time.monotonic() - started, 1),
-        "machine": {"nproc": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
+        "machine": machine(),
         "settings": {k: v for k, v in vars(args).items() if k not in ("output", "serve_bare_proxy")},
         "runs": runs,
     }
     result["table"] = table(runs)
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(result, indent=2) + "\n")
+    write_result(args.output, result)
     print(result["table"])
     return 0
 

@@ -2,7 +2,7 @@
 
 Run with the vLLM venv's Python (it needs transformers and torch):
 
-    /opt/vllm-venv/bin/python bench/tiny_llama.py /tmp/tiny-llama [WORDS_FILE]
+    /opt/vllm-venv/bin/python -m bench.tiny_llama /tmp/tiny-llama [WORDS_FILE]
 
 hidden 64, 2 layers, 4 heads of dimension 64 (vLLM's CPU attention rejects head_dim 16), vocab 1000; a byte-level
 BPE tokenizer.json trained here on generated text (plus, when given, sentences of the words in WORDS_FILE, so that

@@ -7,7 +7,7 @@ streamed (body read chunk by chunk, as the gateway relays SSE). The clients alte
 median of the rounds is reported. The client runs on uvloop, as the gateway does; with 2+ CPUs the simulator is
 pinned to CPU 0 and this process to CPU 1.
 
-    python bench/upstream_client.py          # --requests 2000 --concurrency 64 --rounds 3
+    python -m bench.upstream_client          # --requests 2000 --concurrency 64 --rounds 3
 
 Prints a markdown table; writes bench/results/upstream_client.json.
 """
@@ -20,9 +20,7 @@ import contextlib
 import datetime
 import json
 import os
-import platform
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -35,17 +33,12 @@ from typing import Any
 import aiohttp
 import httpx
 
+from bench.harness import MODEL, command_line, exit_on_signals, free_port, machine, write_result
+
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "upstream_client.json"
-MODEL = "sluice-sim"
 CLIENTS = ("aiohttp", "httpx")
 MODES = ("sequential", "concurrent")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def body(stream: bool, max_tokens: int) -> bytes:
@@ -172,8 +165,7 @@ def main() -> int:
     if pin:
         argv = ["taskset", "-c", "0", *argv]
         os.sched_setaffinity(0, {1})
-    for sig in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, lambda signum, frame: sys.exit(128 + signum))
+    exit_on_signals()
     sim = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         url = f"http://127.0.0.1:{port}"
@@ -207,9 +199,9 @@ def main() -> int:
     ratios = {k.removeprefix("aiohttp/"): summary[k] / summary["httpx/" + k.removeprefix("aiohttp/")]
               for k in summary if k.startswith("aiohttp/")}
     result = {
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "command": "python " + " ".join([os.path.relpath(sys.argv[0]), *sys.argv[1:]]),
-        "machine": {"nproc": os.cpu_count(), "python": platform.python_version(), "pinned": pin,
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "command": command_line(),
+        "machine": {**machine(), "pinned": pin,
                     "aiohttp": aiohttp.__version__, "httpx": httpx.__version__, "loop": args.loop},
         "settings": {"requests": args.requests, "concurrency": args.concurrency, "rounds": args.rounds,
                      "max_tokens": args.max_tokens},
@@ -218,8 +210,7 @@ def main() -> int:
         "table": table(summary, args.concurrency),
         "runs": runs,
     }
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(result, indent=2) + "\n")
+    write_result(args.output, result)
     print(result["table"])
     print(f"wrote {args.output}")
     return 0

@@ -2,7 +2,7 @@
 
 One command, one run:
 
-    python bench/vllm.py   # --requests 100 --rounds 5 --concurrency 1,8 --rate 25 --input-len 64 --output-len 16
+    python -m bench.vllm   # --requests 100 --rounds 5 --concurrency 1,8 --rate 25 --input-len 64 --output-len 16
 
 It builds the tiny random-weight Llama of ``bench/tiny_llama.py`` (its tokenizer makes each of sluice bench's prompt
 words one token), starts on 127.0.0.1 and free ports
@@ -36,10 +36,8 @@ import argparse
 import asyncio
 import contextlib
 import datetime
-import json
 import math
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -49,15 +47,23 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from overhead import CLK_TCK, Processes, free_port, machine, wait_until_up  # noqa: E402 - sibling benchmark's helpers
-from vllm_compare import exit_on_signals, stop, vllm_ready, wait_healthy  # noqa: E402 - the vLLM start/stop helpers of bench/vllm_compare.py
-
-from sluice.bench import Fixed, LoadSpec, Poisson, RequestShape, Tenant, run_load, summarize  # noqa: E402
-from sluice.bench._plan import WORDS  # noqa: E402 - the words sluice bench makes prompts of
-from sluice.bench._stats import describe  # noqa: E402
-from sluice.clock import MonotonicClock  # noqa: E402
-from sluice.identity import generate_key, hash_key  # noqa: E402
+from bench.harness import (
+    CLK_TCK,
+    Processes,
+    command_line,
+    exit_on_signals,
+    free_port,
+    log,
+    machine,
+    stop_vllm,
+    vllm_ready,
+    wait_until_up,
+    wait_vllm_healthy,
+    write_result,
+)
+from sluice.bench import WORDS, Fixed, LoadSpec, Poisson, RequestShape, Tenant, describe, run_load, summarize
+from sluice.clock import MonotonicClock
+from sluice.identity import generate_key, hash_key
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "vllm.json"
@@ -97,8 +103,7 @@ def main() -> int:
                     (args.keep_logs / log.name).write_bytes(log.read_bytes())
     result["wall_s"] = round(time.monotonic() - started, 1)
     result["loadavg"] = {"before": load_before, "after": os.getloadavg()}
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(result, indent=2) + "\n")
+    write_result(args.output, result)
     print(result["table"])
     print(f"\nload average (1, 5, 15 min): before {fmt_load(load_before)}, after {fmt_load(os.getloadavg())}; "
           f"wall {result['wall_s']} s")
@@ -218,7 +223,7 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     vllm, vllm_url = start_vllm(args, model_dir, workdir)
     try:
         t0 = time.monotonic()
-        wait_healthy(vllm, vllm_url, workdir / "vllm.log", timeout_s=400)
+        wait_vllm_healthy(vllm, vllm_url, workdir / "vllm.log", timeout_s=400)
         vllm_ready_s = time.monotonic() - t0
         port = free_port()
         config = gateway_config(workdir, port, vllm_url, model_dir, key, args.window)
@@ -252,7 +257,7 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                                  ("sluice_admission_", "sluice_protection_", "sluice_requests_in_flight"))
     finally:
         procs.stop_all()
-        stop(vllm)
+        stop_vllm(vllm)
     access_lines = sum(1 for _ in open(workdir / "access.jsonl")) if (workdir / "access.jsonl").exists() else None
 
     comparison = compare(rounds)
@@ -264,9 +269,9 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     for m in warmup.values():
         m.pop("ttft_s"), m.pop("tpot_s")
     return {
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "command": "python " + " ".join([os.path.relpath(sys.argv[0]), *sys.argv[1:]]),
-        "machine": {**machine_info(), "vllm": version, "vllm_ready_after_s": round(vllm_ready_s, 1)},
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "command": command_line(),
+        "machine": {**machine(wrk=True), "vllm": version, "vllm_ready_after_s": round(vllm_ready_s, 1)},
         "settings": {"requests": args.requests, "rounds": args.rounds, "concurrency": args.concurrency,
                      "rate": args.rate, "input_len": args.input_len, "output_len": args.output_len,
                      "warmup": args.warmup, "window": args.window, "seed": args.seed,
@@ -280,17 +285,6 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         "rounds": rounds,
         "table": markdown(comparison),
     }
-
-
-def machine_info() -> dict[str, Any]:
-    try:
-        return machine()
-    except OSError:  # overhead.machine() asks wrk its version; this benchmark does not need wrk
-        return {"nproc": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()}
-
-
-def log(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message} (load {os.getloadavg()[0]:.2f})", file=sys.stderr, flush=True)
 
 
 def brief(m: dict[str, Any]) -> str:

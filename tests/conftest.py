@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-
 import threading
 import time
 from collections.abc import Iterator
@@ -58,7 +57,8 @@ def embedded_gateway() -> Iterator[LiveServer]:
     fast = Settings.embedded()
     sim = fast.models[0].sim
     assert sim is not None
-    fast = fast.model_copy(update={"models": [fast.models[0].model_copy(update={"sim": sim.model_copy(update={"speed": 50.0})})]})
+    faster_sim = sim.model_copy(update={"speed": 50.0})
+    fast = fast.model_copy(update={"models": [fast.models[0].model_copy(update={"sim": faster_sim})]})
     with serve_gateway(fast) as live:
         yield live
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import gc
 import json
 import logging
@@ -25,6 +26,7 @@ from sluice.config import (
     config_path_from_env,
     load_settings,
 )
+from sluice.dialects import DIALECT_NAMES
 from sluice.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -66,7 +68,7 @@ def _parser() -> argparse.ArgumentParser:
     launch = serve.add_argument_group("launching engines", "start engine servers for a model (args after -- go "
                                       "to the engine)")
     launch.add_argument("--model", help="the model's directory: start engines for it and serve it")
-    launch.add_argument("--backend", choices=["vllm", "sglang", "lmdeploy", "auto"], default="auto",
+    launch.add_argument("--backend", choices=[*DIALECT_NAMES, "auto"], default="auto",
                         help="auto: multimodal models go to SGLang, text models to vLLM (read from config.json)")
     launch.add_argument("--replicas", type=int, default=1)
     launch.add_argument("--tp", type=int, default=1, help="tensor parallel size of each replica")
@@ -98,7 +100,8 @@ def _parser() -> argparse.ArgumentParser:
                        help="with --rate and --requests: last arrival at exactly requests/rate (as vLLM's benchmark)")
     bench.add_argument("--duration", type=float, help="seconds to send requests for")
     bench.add_argument("--requests", type=int, help="requests to send (default 100 without --duration)")
-    bench.add_argument("--input-len", default="128", help="N | A-B | lognormal:MEAN:SIGMA[:MAX] | sharegpt | lmsys | alpaca")
+    bench.add_argument("--input-len", default="128",
+                       help="N | A-B | lognormal:MEAN:SIGMA[:MAX] | sharegpt | lmsys | alpaca")
     bench.add_argument("--output-len", default="128", help="the same, for max_tokens")
     bench.add_argument("--tenants", help="'name,key=K,weight=W,input=D,output=D;...' or a JSON/YAML file")
     bench.add_argument("--api-key", help="default key (else $SLUICE_API_KEY, $OPENAI_API_KEY)")
@@ -148,7 +151,8 @@ def _add_model_flags(parser: argparse.ArgumentParser, model: type[SimSettings]) 
         elif name == "max_waiting":
             parser.add_argument(flag, type=int, default=None, help="cap on the waiting queue (503 when full)")
         elif field.annotation == bool | None:  # --x / --no-x, unset: the default the model decides
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help="(default: per dialect)")
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
+                                help="(default: per dialect)")
         elif field.annotation in (int, float, str):
             parser.add_argument(flag, type=field.annotation, default=field.default, help=f"(default {field.default})")
 
@@ -186,14 +190,13 @@ def _serve(args: argparse.Namespace) -> int:
     app = create_app(settings, config_path=config_path, launcher=launcher)
     server = gateway_server(app, settings.server, app.state.metrics)
     tune_gc()
-    try:
+    with contextlib.suppress(KeyboardInterrupt):  # uvicorn re-raises the Ctrl-C it handled: a clean stop
         server.run()
-    except KeyboardInterrupt:  # uvicorn re-raises the Ctrl-C it handled: the gateway stopped cleanly
-        pass
     return 0 if server.started else STARTUP_FAILURE
 
 
-def _launch_plan(args: argparse.Namespace, settings: Settings, embedded: bool) -> tuple[Settings, EngineLauncher | None]:
+def _launch_plan(args: argparse.Namespace, settings: Settings,
+                 embedded: bool) -> tuple[Settings, EngineLauncher | None]:
     """The engines ``--model`` asks for, and the settings that route to them (``None`` launcher: dry run)."""
     from pathlib import Path
 

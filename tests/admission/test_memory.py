@@ -1,6 +1,6 @@
 """The gate's memory per request is constant at steady state: nothing it keeps grows with the requests it served.
 
-Each case runs requests through a ``PoolController`` on a fake clock (100 requests a simulated second, a few in
+Each case runs requests through a ``Gate`` on a fake clock (100 requests a simulated second, a few in
 flight at a time), then measures, with tracemalloc, what the admission package still holds after many more
 requests than the warm-up: it must not grow with their number (a leak of ~100 bytes a request, as ``_recent`` had
 when the engines' KV capacity was unknown, is ~2 MB here).
@@ -12,7 +12,7 @@ import tracemalloc
 
 import pytest
 
-from sluice.admission import FixedLimit, GateSettings, LoadReading, Outcome, PoolController, SaturationDetector, ticket_for
+from sluice.admission import FixedLimit, Gate, GateSettings, LoadReading, Outcome, SaturationDetector, ticket_for
 from sluice.clock import FakeClock
 
 WARMUP = 2_000
@@ -23,7 +23,7 @@ STEP_S = IN_FLIGHT / 100  # 100 requests a simulated second
 BOUND_BYTES = 64 * 1024  # what may move between two snapshots (block reuse, a deque's last block), not growth
 
 
-def _gate(clock: FakeClock, readings: str, kv_capacity: int | None) -> PoolController:
+def _gate(clock: FakeClock, readings: str, kv_capacity: int | None) -> Gate:
     detector = None
     if readings != "none":
         def source() -> list[LoadReading | None]:
@@ -32,10 +32,10 @@ def _gate(clock: FakeClock, readings: str, kv_capacity: int | None) -> PoolContr
 
         detector = SaturationDetector(source, clock, queue_threshold=4, kv_threshold=0.8, stale_after_s=1.0,
                                       kv_capacity_tokens=kv_capacity)
-    return PoolController("pool", FixedLimit(64), clock, GateSettings(top_priority=0), saturation=detector)
+    return Gate("pool", FixedLimit(64), clock, GateSettings(top_priority=0), saturation=detector)
 
 
-async def _serve(gate: PoolController, clock: FakeClock, requests: int, first: int) -> None:
+async def _serve(gate: Gate, clock: FakeClock, requests: int, first: int) -> None:
     for n in range(first, first + requests, IN_FLIGHT):
         permits = [await gate.admit(ticket_for(0, f"tenant-{(n + i) % TENANTS}", 1.0, 100, 50, clock.now() + 10))
                    for i in range(IN_FLIGHT)]

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
+
+import pytest
 
 from sluice.admission import FixedLimit, Outcome
 from sluice.clock import FakeClock
-from tests.admission.test_controller import gate, ticket, waiting
+from sluice.errors import OverloadedError
+from tests.admission.test_gate import gate, ticket, waiting
 
 
 async def settled() -> None:
@@ -42,12 +44,14 @@ async def test_a_top_request_stops_the_least_important_newest_running_one():
     permits = await running(g, clock, stops, ("std-old", 0), ("batch", -1), ("std-new", 0))
     (premium,) = await waiting(g, ticket(clock, priority=10))
     assert stops.stopped == ["batch"]
+    assert permits["batch"].stopped and not permits["std-new"].stopped
     assert not premium.done()  # its place comes when the stopped one gives it back
-    rest = dataclasses.replace(permits["batch"].ticket, granted=None, on_preempt=None, preempted=False)
-    resumed = asyncio.create_task(g.resume(permits["batch"], 7, rest))
+    resumed = asyncio.create_task(g.resume(permits["batch"], extra_prompt_tokens=7, deadline_s=clock.now() + 60))
     await settled()
     assert premium.done() and not resumed.done()
-    assert rest.resumed and list(g.queue) == [rest]
+    (rest,) = g.queue  # the rest waits: its prompt now holds what was generated, and it is no longer stopped
+    assert rest.resumed and rest.prompt_tokens == permits["batch"].ticket.prompt_tokens + 7
+    assert rest.priority == -1 and rest.tokens == permits["batch"].ticket.tokens and not rest.preempted
     (second,) = await waiting(g, ticket(clock, priority=10))
     assert stops.stopped == ["batch", "std-new"]  # then the newest of the next band
     g.release(premium.result(), Outcome.SUCCESS, 0.1, 10)
@@ -118,10 +122,10 @@ async def test_the_rest_of_a_stopped_request_goes_before_its_band_but_after_more
     band = await waiting(g, ticket(clock, priority=0, tenant="other"))
     (premium,) = await waiting(g, ticket(clock, priority=10))
     assert stops.stopped == ["low"]
-    rest = dataclasses.replace(permits["low"].ticket, granted=None, on_preempt=None, preempted=False)
-    resumed = asyncio.create_task(g.resume(permits["low"], 3, rest))
+    resumed = asyncio.create_task(g.resume(permits["low"], extra_prompt_tokens=3, deadline_s=clock.now() + 60))
     await settled()
     assert premium.done() and not resumed.done()
+    (rest,) = [t for t in g.queue if t.resumed]
     g.release(premium.result(), Outcome.SUCCESS, 0.1, 10)
     await settled()
     assert resumed.done() and not band[0].done()
@@ -137,12 +141,39 @@ async def test_a_stopped_request_is_never_the_one_displaced_from_a_full_queue():
     g = gate(clock, limit=1, preempt_gap=5, queue_max_requests=2)
     stops = Stops()
     permits = await running(g, clock, stops, ("low", -1))
-    (premium,) = await waiting(g, ticket(clock, priority=10))
-    rest = dataclasses.replace(permits["low"].ticket, granted=None, on_preempt=None, preempted=False)
-    resumed = asyncio.create_task(g.resume(permits["low"], 3, rest))
+    (_premium,) = await waiting(g, ticket(clock, priority=10))
+    resumed = asyncio.create_task(g.resume(permits["low"], extra_prompt_tokens=3, deadline_s=clock.now() + 60))
     await settled()
     newer = await waiting(g, ticket(clock, priority=-1))
     await waiting(g, ticket(clock, priority=0))  # the queue is full: the newest sheddable one gives way
     await settled()
     assert newer[0].done() and not resumed.done()
-    assert rest in list(g.queue)
+    assert [t.priority for t in g.queue if t.resumed] == [-1]  # the rest of "low" still waits
+
+
+async def test_a_disarmed_request_is_no_longer_stopped():
+    clock = FakeClock()
+    g = gate(clock, limit=1, preempt_gap=5)
+    stops = Stops()
+    permits = await running(g, clock, stops, ("low", 0))
+    g.disarm(permits["low"])  # its stream could no longer be resumed
+    (premium,) = await waiting(g, ticket(clock, priority=10))
+    await clock.run_for(0.2)
+    assert stops.stopped == [] and not permits["low"].stopped and not premium.done()
+
+
+async def test_the_rest_of_a_stopped_request_waits_until_the_deadline_it_was_given():
+    clock = FakeClock()
+    g = gate(clock, limit=1, preempt_gap=5)
+    stops = Stops()
+    permits = await running(g, clock, stops, ("low", 0))
+    (premium,) = await waiting(g, ticket(clock, priority=10))
+    resumed = asyncio.create_task(g.resume(permits["low"], extra_prompt_tokens=3, deadline_s=clock.now() + 0.5))
+    await settled()
+    assert premium.done() and not resumed.done()
+    await clock.run_for(0.3)
+    assert not resumed.done()
+    await clock.run_for(0.4)
+    with pytest.raises(OverloadedError) as refused:
+        await resumed
+    assert refused.value.reason == "queue_timeout"

@@ -10,10 +10,10 @@ import pytest
 
 from sluice.admission import (
     FixedLimit,
+    Gate,
     GateSettings,
     LoadReading,
     Outcome,
-    PoolController,
     ProtectionMode,
     SaturationDetector,
     ticket_for,
@@ -52,7 +52,7 @@ class Engine:
         return LoadReading(m.num_running, m.num_waiting, m.kv_usage, self.clock.now())
 
 
-async def request(gate: PoolController, engine: Engine, clock: FakeClock, tenant: str, priority: int = 0,
+async def request(gate: Gate, engine: Engine, clock: FakeClock, tenant: str, priority: int = 0,
                   max_queue_s: float = 60.0) -> dict:
     start = clock.now()
     ticket = ticket_for(priority, tenant, 1.0, PROMPT, OUTPUT, start + max_queue_s)
@@ -75,7 +75,7 @@ async def run_until_done(clock: FakeClock, tasks: list[asyncio.Task], step_s: fl
 async def test_a_flooding_tenant_does_not_take_a_quiet_ones_share(fair):
     clock = FakeClock()
     engine = Engine(clock, max_num_seqs=4)
-    gate = PoolController("m", FixedLimit(4), clock, GateSettings(tick_s=0.05))
+    gate = Gate("m", FixedLimit(4), clock, GateSettings(tick_s=0.05))
     alone = await run_until_done(clock, [asyncio.create_task(request(gate, engine, clock, "quiet"))])
     unloaded = alone[0]["latency"]
 
@@ -99,7 +99,7 @@ async def test_a_flooding_tenant_does_not_take_a_quiet_ones_share(fair):
 async def test_requests_past_their_deadline_get_queue_timeout():
     clock = FakeClock()
     engine = Engine(clock, max_num_seqs=2)
-    gate = PoolController("m", FixedLimit(2), clock, GateSettings(tick_s=0.05))
+    gate = Gate("m", FixedLimit(2), clock, GateSettings(tick_s=0.05))
     tasks = [asyncio.create_task(request(gate, engine, clock, "t", max_queue_s=1.0)) for _ in range(20)]
     results = await run_until_done(clock, tasks)
     refused = [r for r in results if "refused" in r]
@@ -117,7 +117,7 @@ async def test_protection_engages_on_engine_saturation_and_relaxes_when_it_drain
                                   stale_after_s=1.0)
     protection = ProtectionMode(clock, engage_at=1.0, relax_at=0.5, engage_after_s=0.5, relax_after_s=1.0)
     # A window wider than the engine: the engine's own queue fills, and that is what Sluice watches.
-    gate = PoolController("m", FixedLimit(32), clock, GateSettings(tick_s=0.05, top_priority=10),
+    gate = Gate("m", FixedLimit(32), clock, GateSettings(tick_s=0.05, top_priority=10),
                           saturation=detector, protection=protection)
     gate.start()
     load = [asyncio.create_task(request(gate, engine, clock, "t")) for _ in range(24)]

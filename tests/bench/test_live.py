@@ -9,7 +9,15 @@ from pathlib import Path
 import pytest
 
 from sluice.bench import (
-    Constant, Fixed, LoadSpec, Poisson, RequestShape, Tenant, Uniform, run_load, summarize,
+    Constant,
+    Fixed,
+    LoadSpec,
+    Poisson,
+    RequestShape,
+    Tenant,
+    Uniform,
+    run_load,
+    summarize,
 )
 from sluice.clock import MonotonicClock
 from sluice.config import SimSettings
@@ -93,9 +101,8 @@ async def test_connection_errors_are_results_not_exceptions() -> None:
 
 def test_cli_writes_results_summary_and_plots(tmp_path: Path) -> None:
     pytest.importorskip("matplotlib")
-    from tests.conftest import LiveSim
-
     from sluice.cli import main
+    from tests.conftest import LiveSim
 
     out = tmp_path / "run"
     with LiveSim(FAST, model_name=MODEL) as live:

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import pytest
+from pydantic import ValidationError
 
 from sluice.config import Settings, load_settings
 from sluice.errors import ConfigError
@@ -36,7 +37,7 @@ def test_a_good_file_parses_into_frozen_settings(tmp_path):
     assert settings.server.port == 9000
     assert settings.models[0].engine.urls == ["http://127.0.0.1:30000"]
     assert settings.keys[0].tier == "pro"
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError):
         settings.server.port = 1  # type: ignore[misc]
 
 

@@ -68,7 +68,9 @@ def test_body_over_the_limit_is_413(keyed_gateway):
     assert r.json()["error"]["code"] == "request_too_large"
 
 
-@pytest.mark.parametrize("body, code", [(b"{not json", "invalid_json"), (b"[1, 2]", "invalid_json"), (b"", "invalid_json")])
+@pytest.mark.parametrize(
+    "body, code", [(b"{not json", "invalid_json"), (b"[1, 2]", "invalid_json"), (b"", "invalid_json")]
+)
 def test_malformed_json_is_400(keyed_gateway, body, code):
     r = httpx.post(keyed_gateway.url + "/v1/chat/completions", content=body, headers={"authorization": f"Bearer {KEY}"})
     assert r.status_code == 400

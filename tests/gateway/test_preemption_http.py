@@ -12,10 +12,10 @@ import orjson
 import pytest
 from aiohttp import web
 
+from sluice.clock import MonotonicClock
 from sluice.config import parse_settings
 from sluice.errors import ConfigError
 from sluice.gateway._runtime import open_service
-from sluice.clock import MonotonicClock
 from sluice.identity import hash_key
 from sluice.protocol import ChatMessage
 from sluice.sim import count_chat

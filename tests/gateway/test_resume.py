@@ -5,7 +5,7 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from sluice.gateway._resume import COMPLETIONS_PATH, Transcript, resumable
+from sluice.gateway._resume import COMPLETIONS_PATH, Transcript, resumes_exactly
 from sluice.protocol import sse_data, sse_event
 
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": True, "max_tokens": 10,
@@ -41,7 +41,7 @@ def seen(out: bytes) -> dict:
     {}, {"seed": 3, "temperature": 0}, {"stop": None}, {"chat_template_kwargs": {"x": 1}},
 ])
 def test_streams_whose_rest_is_the_same_computation_are_resumable(change):
-    assert resumable({**CHAT, **change})
+    assert resumes_exactly({**CHAT, **change})
 
 
 @pytest.mark.parametrize("change", [
@@ -50,12 +50,13 @@ def test_streams_whose_rest_is_the_same_computation_are_resumable(change):
     {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]},
 ])
 def test_streams_whose_rest_would_differ_are_not(change):
-    assert not resumable({**CHAT, **change})
+    assert not resumes_exactly({**CHAT, **change})
 
 
 def test_a_completions_request_with_several_prompts_is_not_resumable():
     body = {"model": "m", "prompt": ["a", "b"], "stream": True}
-    assert not resumable(body) and resumable({**body, "prompt": [1, 2, 3]}) and resumable({**body, "prompt": "a"})
+    assert not resumes_exactly(body)
+    assert resumes_exactly({**body, "prompt": [1, 2, 3]}) and resumes_exactly({**body, "prompt": "a"})
 
 
 def test_the_client_sees_no_token_ids_and_the_rest_asks_for_what_is_left():
@@ -117,7 +118,7 @@ def test_a_parser_at_work_on_the_engine_side_makes_it_not_resumable():
     t = Transcript(CHAT, client_wants_ids=False)
     t.rewrite(frame({"id": "c", "created": 1, "model": "m", "choices": [
         {"index": 0, "delta": {"reasoning_content": "hmm"}, "finish_reason": None, "token_ids": [5]}]}))
-    assert not t.resumable
+    assert not t.can_continue
 
 
 def test_stopped_after_its_finish_reason_it_ends_with_usage_and_done():

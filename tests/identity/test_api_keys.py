@@ -12,7 +12,7 @@ RING_ARGS = ([KeySettings(id="k1", hash=hash_key(KEY), user="u", tenant="t", tie
 
 
 def test_keys_are_random_and_prefixed():
-    assert KEY.startswith("sk-sluice-") and KEY != generate_key()
+    assert KEY.startswith("sk-sluice-") and generate_key() != KEY
     assert hash_key(KEY).startswith("sha256:") and KEY not in hash_key(KEY)
 
 

@@ -17,8 +17,16 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from sluice.clock import FakeClock
 from sluice.config import JwtSettings, KeySettings, Settings, TierSettings, parse_settings
 from sluice.errors import AuthenticationError, ConfigError
-from sluice.identity import ANONYMOUS, Authenticator, JwtVerifier, KeyRing, generate_key, hash_key, load_jwks
-from sluice.identity import looks_like_jwt
+from sluice.identity import (
+    ANONYMOUS,
+    Authenticator,
+    JwtVerifier,
+    KeyRing,
+    generate_key,
+    hash_key,
+    load_jwks,
+    looks_like_jwt,
+)
 from tests.conftest import serve_gateway, wait_until
 
 ISSUER, AUDIENCE = "https://login.example.com/", "sluice"

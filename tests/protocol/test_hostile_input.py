@@ -25,7 +25,7 @@ from sluice.gateway.service import ModelRoute, _upstream_body
 from sluice.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, parse_request
 from sluice.quota._pricing import Pricer
 from sluice.quota._tokenizer import EstimateCounter
-from tests.conftest import LiveSim, LiveServer, serve_gateway
+from tests.conftest import LiveServer, LiveSim, serve_gateway
 
 CHAT_PATH, COMPLETIONS_PATH, EMBEDDINGS_PATH = "/v1/chat/completions", "/v1/completions", "/v1/embeddings"
 MODELS = {CHAT_PATH: ChatCompletionRequest, COMPLETIONS_PATH: CompletionRequest, EMBEDDINGS_PATH: EmbeddingRequest}

@@ -43,7 +43,8 @@ def test_a_pro_request_touches_every_scope_once():
         ("tier pro for model small", "requests", 1),
         ("all callers", "requests", 1),
     }
-    assert [(lease.scope, lease.limit) for lease in plan.leases] == [("tier pro", 2), ("all callers for model small", 100)]
+    leases = [(lease.scope, lease.limit) for lease in plan.leases]
+    assert leases == [("tier pro", 2), ("all callers for model small", 100)]
 
 
 def test_model_rules_apply_to_their_model_only():

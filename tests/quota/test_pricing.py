@@ -215,7 +215,8 @@ def test_completion_with_several_prompts_and_token_ids() -> None:
     single = p.price_completion(completion([7, 8, 9], max_tokens=4))
     assert single == Price(3, 4, 0, 3)
     assert p.price_completion(completion("abcd")).max_output_tokens == 16  # the completions API default
-    assert p.price_completion(completion("abcd", max_tokens=None)).max_output_tokens == 49  # default 100, clamped to 50 - 1
+    # the default of 100, clamped to 50 - 1
+    assert p.price_completion(completion("abcd", max_tokens=None)).max_output_tokens == 49
 
 
 def test_exact_completion_price(tokenizer_path: Path) -> None:

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from sluice.config import SimSettings
-from sluice.sim import EngineModel, Sequence, SeqState
+from sluice.sim import EngineModel, SeqState, Sequence
 
 _ids = itertools.count(1)
 

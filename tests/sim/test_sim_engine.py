@@ -8,7 +8,7 @@ import pytest
 
 from sluice.config import SimSettings
 from sluice.errors import EngineUnavailableError
-from sluice.sim import EngineModel, Sequence, SeqState
+from sluice.sim import EngineModel, SeqState, Sequence
 
 _ids = itertools.count(1)
 

@@ -15,7 +15,7 @@ import pytest
 
 from sluice.config import SimSettings
 from sluice.protocol import SSEParser, sse_data
-from sluice.sim import EngineModel, Sequence, SeqState, SimServer, Step
+from sluice.sim import EngineModel, SeqState, Sequence, SimServer, Step
 
 _ids = itertools.count(1)
 

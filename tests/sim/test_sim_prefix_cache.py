@@ -17,7 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from sluice.config import SimSettings
 from sluice.protocol import SSEParser, sse_data
-from sluice.sim import EngineModel, Sequence, SeqState, SimMetrics, SimServer, Step
+from sluice.sim import EngineModel, SeqState, Sequence, SimMetrics, SimServer, Step
 
 _ids = itertools.count(1)
 PROMPT = tuple(range(1000, 1010))  # 10 tokens: two full blocks of 4 and a half

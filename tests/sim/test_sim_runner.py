@@ -9,7 +9,7 @@ import pytest
 
 from sluice.clock import FakeClock
 from sluice.config import SimSettings
-from sluice.sim import EngineModel, EngineRunner, Generation, Sequence, SeqState
+from sluice.sim import EngineModel, EngineRunner, Generation, SeqState, Sequence
 
 
 class Recorder:

@@ -33,7 +33,8 @@ PROMPT = "Once upon a time,"
 # -- the mapping ------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("text", ["", "Hello, world!", "  tabs\tand\nnewlines ", "lorem ipsum dolor", "Ünïcödé 123 ..."])
+@pytest.mark.parametrize("text",
+                         ["", "Hello, world!", "  tabs\tand\nnewlines ", "lorem ipsum dolor", "Ünïcödé 123 ..."])
 def test_text_ids_number_count_text(text: str) -> None:
     assert len(text_ids(text)) == count_text(text)
     assert len(prompt_ids(text)) == count_prompt(text)

@@ -34,7 +34,7 @@ async def test_the_cache_is_a_miss_while_redis_is_down_logged_once_per_outage(re
     await cache.set("{sluice}:cache:t", b"answer", ttl_s=60)
     assert await cache.get("{sluice}:cache:t") == b"answer"
     with caplog.at_level(logging.WARNING, logger="sluice.cache"):
-        for outage in range(2):
+        for _outage in range(2):
             redis.kill()
             assert [await cache.get("{sluice}:cache:t") for _ in range(20)] == [None] * 20
             await cache.set("{sluice}:cache:t", b"other", ttl_s=60)  # skipped, not raised

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -111,10 +112,8 @@ class VllmProcess:
         self._log.close()
 
     def _signal(self, sig: signal.Signals) -> None:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(self.proc.pid, sig)  # the group's id is the server's pid (start_new_session)
-        except ProcessLookupError:
-            pass
 
     def log_tail(self, lines: int = 40) -> str:
         self._log.flush()
@@ -143,7 +142,5 @@ def _set_affinity(pid: int, cpus: set[int]) -> None:
     except OSError:
         return
     for tid in threads:
-        try:
+        with contextlib.suppress(OSError):
             os.sched_setaffinity(tid, cpus)
-        except OSError:
-            pass

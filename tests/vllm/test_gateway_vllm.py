@@ -103,6 +103,7 @@ def _output_tokens(gateway: LiveServer) -> float:
     text = httpx.get(gateway.url + "/metrics", timeout=10).text
     for family in text_string_to_metric_families(text):
         for s in family.samples:
-            if s.name == "sluice_tokens_total" and s.labels == {"model": "tiny", "tenant": "default", "direction": "output"}:
+            output = {"model": "tiny", "tenant": "default", "direction": "output"}
+            if s.name == "sluice_tokens_total" and s.labels == output:
                 return s.value
     return 0.0

@@ -11,7 +11,6 @@ from typing import Any
 
 import httpx
 import pytest
-
 from prometheus_client.parser import text_string_to_metric_families
 
 from sluice.config import parse_settings
@@ -122,7 +121,7 @@ async def test_a_stopped_greedy_stream_resumes_into_the_same_answer(gateway: Liv
         elif tokens_before >= 150:
             # the rest's prompt (19 + at least 150 tokens) starts with a full block (128 tokens on vLLM's CPU
             # backend) that its prefill read back from the cache instead of computing it again
-            assert wait_until(lambda: cache_hits(vllm_server.url) - hits_before >= 128)
+            assert wait_until(lambda hits_before=hits_before: cache_hits(vllm_server.url) - hits_before >= 128)
             return
         else:
             stopped_before_answer += 1

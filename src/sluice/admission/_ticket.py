@@ -42,7 +42,7 @@ class Ticket:
     granted: asyncio.Future[Refusal | None] | None = field(default=None, repr=False)  # None: dispatched
     resumed: bool = False  # the rest of a preempted request: it waits at the head of its band
     # Set while it runs and can be preempted (its stream can be resumed): stops its upstream request.
-    on_preempt: Callable[[], None] | None = field(default=None, repr=False)
+    on_preempt: Callable[[], object] | None = field(default=None, repr=False)
     preempted: bool = False
 
     @property

@@ -21,7 +21,8 @@ from sluice.bench._arrivals import (
 from sluice.bench._client import RequestResult, RequestShape
 from sluice.bench._command import bench_run_from_args, run_command
 from sluice.bench._dists import PRESETS, Fixed, LengthDist, LogNormal, Uniform, parse_dist
-from sluice.bench._plan import PlannedRequest, plan
+from sluice.bench._plan import WORDS, PlannedRequest, plan
+from sluice.bench._plots import write_plots
 from sluice.bench._report import summarize
 from sluice.bench._runner import LoadSpec, RunRecord, run_load
 from sluice.bench._stats import describe, jain_index, meets_slo, percentile
@@ -30,6 +31,7 @@ from sluice.bench._tenants import Tenant, parse_tenants
 
 __all__ = [
     "PRESETS",
+    "WORDS",
     "ArrivalProcess",
     "Burst",
     "Constant",
@@ -59,4 +61,5 @@ __all__ = [
     "run_command",
     "run_load",
     "summarize",
+    "write_plots",
 ]

@@ -19,7 +19,8 @@ from typing import Protocol
 
 
 class ArrivalProcess(Protocol):
-    rate_per_s: float
+    @property
+    def rate_per_s(self) -> float: ...
 
     def gaps(self, rng: random.Random) -> Iterator[float]:
         """Seconds before each arrival since the one before (the first: since the start), without end."""

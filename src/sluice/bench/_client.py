@@ -11,7 +11,6 @@ no TPOT or inter-token latency. A failure is a result too: HTTP status (0 when n
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -102,7 +101,7 @@ async def send(session: aiohttp.ClientSession, shape: RequestShape, req: Planned
             else:
                 _read_whole(await resp.read(), result)
                 result.ttft_s = clock.now() - start
-    except asyncio.TimeoutError:
+    except TimeoutError:
         result.reason, result.error = "timeout", f"no answer within {shape.timeout_s} s"
     except aiohttp.ClientError as exc:
         result.reason, result.error = "connection_error", f"{type(exc).__name__}: {exc}"
@@ -114,14 +113,13 @@ async def send(session: aiohttp.ClientSession, shape: RequestShape, req: Planned
 
 async def _record_refusal(resp: aiohttp.ClientResponse, result: RequestResult) -> None:
     raw = await resp.read()
-    error: dict[str, Any] = {}
+    found: object = {}
     try:
         parsed = orjson.loads(raw)
-        error = parsed.get("error") or {} if isinstance(parsed, dict) else {}
+        found = parsed.get("error") or {} if isinstance(parsed, dict) else {}
     except orjson.JSONDecodeError:
         pass
-    if not isinstance(error, dict):
-        error = {"message": str(error)}
+    error: dict[str, Any] = found if isinstance(found, dict) else {"message": str(found)}
     reason = resp.headers.get("x-sluice-reason") or error.get("code") or error.get("type") or "http_error"
     result.reason = str(reason)
     result.error = str(error.get("message") or raw[:200].decode(errors="replace"))

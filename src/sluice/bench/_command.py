@@ -82,7 +82,7 @@ def run_command(args: argparse.Namespace, *, clock: Clock | None = None, env: Ma
     progress.close()
     summary = summarize(record.results, duration_s=record.duration_s, tenants=run.tenants,
                         slo_ttft_s=run.slo_ttft_s, slo_tpot_s=run.slo_tpot_s)
-    stamp = datetime.datetime.fromtimestamp(record.started_wall, datetime.timezone.utc)
+    stamp = datetime.datetime.fromtimestamp(record.started_wall, datetime.UTC)
     out_dir = Path(args.out or f"sluice-bench-{stamp:%Y%m%dT%H%M%SZ}")
     written = write_outputs(out_dir, run, record, summary, started=stamp.isoformat(timespec="seconds"),
                             plots=args.plots)

@@ -52,5 +52,6 @@ class Progress:
                 f"{rate:.1f} req/s, {elapsed:.1f}s")
 
     def close(self) -> None:
-        self.stream.write(("\r" if self.enabled else "") + self.line(self.clock.now()) + ("\x1b[K" if self.enabled else "") + "\n")
+        start, clear = ("\r", "\x1b[K") if self.enabled else ("", "")
+        self.stream.write(start + self.line(self.clock.now()) + clear + "\n")
         self.stream.flush()

@@ -5,10 +5,11 @@
     closed loop  --concurrency C alone: C users, each sending its next request when the last one ends
 
 With ``fit_span`` and a request count, the gaps are rescaled so the last arrival is at exactly requests/rate
-(``fitted_gaps``, as vLLM's benchmark always does). The run ends after ``requests`` requests were sent or when ``duration_s`` has passed (no new request starts
-after it; those in flight finish, each bounded by the request timeout). Its duration is from the first send to
-the last answer. The clock and the seed are injected; the arrivals and the request plan use separate RNGs
-derived from the seed, so the schedule and the requests are each reproducible.
+(``fitted_gaps``, as vLLM's benchmark always does). The run ends after ``requests`` requests were sent or when
+``duration_s`` has passed (no new request starts after it; those in flight finish, each bounded by the request
+timeout). Its duration is from the first send to the last answer. The clock and the seed are injected; the
+arrivals and the request plan use separate RNGs derived from the seed, so the schedule and the requests are each
+reproducible.
 """
 
 from __future__ import annotations

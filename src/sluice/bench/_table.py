@@ -58,8 +58,15 @@ def _row(stats: dict[str, float] | None) -> list[str]:
 
 def _grid(header: list[str], rows: list[list[str]]) -> str:
     widths = [max(len(str(c)) for c in col) for col in zip(header, *rows, strict=False)]
-    fmt = [lambda s, w=w, i=i: s.ljust(w) if i == 0 else s.rjust(w) for i, w in enumerate(widths)]
-    out = ["  ".join(f(h) for f, h in zip(fmt, header, strict=True))]
+    out = [_line(header, widths)]
     out.append("  ".join("-" * w for w in widths))
-    out += ["  ".join(f(c) for f, c in zip(fmt, row, strict=True)) for row in rows]
+    out += [_line(row, widths) for row in rows]
     return "\n".join(out)
+
+
+def _line(cells: list[str], widths: list[int]) -> str:
+    """The first column left-aligned, the others right-aligned."""
+    return "  ".join(
+        cell.ljust(width) if i == 0 else cell.rjust(width)
+        for i, (cell, width) in enumerate(zip(cells, widths, strict=True))
+    )

@@ -2,8 +2,8 @@
 
 from sluice.config.loader import CONFIG_ENV, config_path_from_env, load_settings, parse_settings
 from sluice.config.schema import (
-    AdmissionSettings,
     DEFAULT_MODEL,
+    AdmissionSettings,
     AuthSettings,
     Dialect,
     EngineSettings,
@@ -23,9 +23,9 @@ from sluice.config.schema import (
 )
 
 __all__ = [
-    "AdmissionSettings",
     "CONFIG_ENV",
     "DEFAULT_MODEL",
+    "AdmissionSettings",
     "AuthSettings",
     "Dialect",
     "EngineSettings",

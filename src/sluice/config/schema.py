@@ -10,6 +10,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+# the dialects of sluice.dialects.DIALECTS, whose facts live there (config sits below it in the import order, so
+# the names are repeated here; tests/contract/test_engine_dialects.py checks that both agree)
 Dialect = Literal["vllm", "sglang", "lmdeploy"]
 
 DEFAULT_MODEL = "sluice-sim"
@@ -286,7 +288,7 @@ class Rate(_Frozen):
 
 def _parse_rate(text: str) -> dict[str, Any]:
     m = _RATE.match(text.lower())
-    if not m or m.group(3) not in _PERIODS_S and m.group(3).rstrip("s") not in _PERIODS_S:
+    if not m or (m.group(3) not in _PERIODS_S and m.group(3).rstrip("s") not in _PERIODS_S):
         raise ValueError(f"{text!r} is not a rate like '60/minute', '1000/10s' or '5/hour'")
     unit = m.group(3) if m.group(3) in _PERIODS_S else m.group(3).rstrip("s")
     return {"amount": int(m.group(1)), "period_s": int(m.group(2) or 1) * _PERIODS_S[unit]}

@@ -10,21 +10,21 @@ from sluice.engines._scraper import LoadSample, LoadScraper, ScrapeError, parse_
 from sluice.engines._slots import ConnectionSlots
 
 __all__ = [
-    "EngineCommand",
-    "EngineLauncher",
-    "choose_backend",
-    "plan_commands",
     "BreakerState",
     "CircuitBreaker",
     "ConnectionSlots",
-    "Router",
-    "RoutingPolicy",
+    "EngineCommand",
+    "EngineLauncher",
     "EnginePool",
     "LoadSample",
     "LoadScraper",
     "Replica",
+    "Router",
+    "RoutingPolicy",
     "ScrapeError",
     "UpstreamResponse",
+    "choose_backend",
     "engine_error",
     "parse_load",
+    "plan_commands",
 ]

@@ -56,12 +56,12 @@ def _message_of(doc: Any, body: bytes) -> str | None:
         return text[:500] or None
     if isinstance(doc, dict):
         inner = doc.get("error")
-        if isinstance(inner, dict) and isinstance(inner.get("message"), str):
-            return inner["message"]
+        if isinstance(inner, dict) and isinstance(inner_message := inner.get("message"), str):
+            return inner_message
         if isinstance(inner, str):
             return inner
-        if isinstance(doc.get("message"), str):
-            return doc["message"]
-        if isinstance(doc.get("detail"), str):
-            return doc["detail"]
+        if isinstance(message := doc.get("message"), str):
+            return message
+        if isinstance(detail := doc.get("detail"), str):
+            return detail
     return None

@@ -141,7 +141,7 @@ class EnginePool:
             replica.outstanding += 1
             try:
                 resp = await self.session.post(replica.url + path, data=body, headers=headers)
-            except (aiohttp.ClientConnectionError, asyncio.TimeoutError) as exc:
+            except (TimeoutError, aiohttp.ClientConnectionError) as exc:
                 replica.outstanding -= 1
                 replica.breaker.on_failure()
                 unreachable = f"{type(exc).__name__}: {exc}"
@@ -204,7 +204,7 @@ class EnginePool:
         try:
             async with self.session.get(replica.url + path, timeout=aiohttp.ClientTimeout(total=2)) as resp:
                 return resp.status == 200
-        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, aiohttp.ClientError) as exc:
             exc.__traceback__ = None  # aiohttp's connect failures sit in cycles through their tracebacks
             return False
 

@@ -151,7 +151,7 @@ class LoadScraper:
                 if resp.status != 200:
                     raise ScrapeError(f"{replica.url}/metrics answered {resp.status}")
                 text = await resp.text(errors="replace")
-        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, aiohttp.ClientError) as exc:
             exc.__traceback__ = None  # aiohttp's connect failures sit in cycles through their tracebacks
             raise ScrapeError(f"{replica.url}/metrics: {type(exc).__name__}: {exc}") from exc
         return parse_load(text, names, self._clock.now())

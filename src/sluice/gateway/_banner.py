@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from sluice.config import Settings
 
-
 OPEN_ACCESS_WARNING = (
     "Access is OPEN: no API key is required (embedded default). Add keys in a config file to close it."
 )

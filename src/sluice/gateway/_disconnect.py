@@ -8,10 +8,10 @@ that and cancels the request's own task; the work itself runs in that task, with
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-Receive = Callable[[], Awaitable[dict[str, Any]]]
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 
 
 class ClientDisconnected(Exception):
@@ -53,10 +53,9 @@ class _Translate:
     def __enter__(self) -> None:
         return None
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> bool:
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
         if exc_type is asyncio.CancelledError and self._watch.disconnected:
             task = asyncio.current_task()
             if task is not None:
                 task.uncancel()
             raise ClientDisconnected from exc
-        return False

@@ -13,11 +13,11 @@ from contextlib import AsyncExitStack
 from sluice.admission import (
     AIMDLimit,
     FixedLimit,
+    Gate,
     GateSettings,
     GradientLimit,
     Limit,
     LoadReading,
-    PoolController,
     ProtectionMode,
     SaturationDetector,
 )
@@ -33,7 +33,7 @@ DEFAULT_WINDOW_PER_REPLICA = 128
 
 async def open_gate(model: ModelSettings, replicas: Sequence[Replica], scraper: LoadScraper | None,
                     settings: Settings, clock: Clock, metrics: GatewayMetrics,
-                    stack: AsyncExitStack, max_connections: int) -> PoolController | None:
+                    stack: AsyncExitStack, max_connections: int) -> Gate | None:
     """The pool's gate; ``scraper`` (the replicas' load, when watched) feeds saturation and KV room;
     ``max_connections`` (the pool's) caps the window."""
     admission = model.admission
@@ -57,7 +57,7 @@ async def open_gate(model: ModelSettings, replicas: Sequence[Replica], scraper: 
         protection = ProtectionMode(clock, engage_at=p.engage_at, relax_at=p.relax_at,
                                     engage_after_s=p.engage_after_s, relax_after_s=p.relax_after_s, name=model.name,
                                     on_change=lambda engaged: metrics.protection_changed(model.name, engaged))
-    gate = PoolController(
+    gate = Gate(
         model.name, _limit(model, len(replicas), clock, max_connections), clock,
         GateSettings(max_tokens_in_flight=admission.max_tokens_in_flight,
                      queue_max_requests=admission.queue_max_requests, queue_max_tokens=admission.queue_max_tokens,

@@ -1,6 +1,6 @@
 """A stream stopped by preemption, continued exactly where it stopped.
 
-vLLM never takes a running request's seat for a more important one, so Sluice's gate does (admission/_controller,
+vLLM never takes a running request's seat for a more important one, so Sluice's gate does (admission/_gate,
 ``preempt_gap``): it closes the stopped request's upstream stream, which aborts it in the engine, and later sends
 the rest as a new request. The rest is what the engine's own recompute preemption would run: a completions
 request whose prompt is the original prompt's token ids followed by the token ids generated so far, for what is
@@ -11,20 +11,28 @@ stopped request left in the cache. The ids come from the engine itself: the upst
 The client sees one stream: the continuation's chunks are written in the original's shape (its id, created, chat
 or completion chunk), and its usage counts the original prompt and every token generated.
 
-Exactness decides what may be preempted (``resumable``): one streamed choice, greedy or unseeded sampling, and no
+Exactness decides what may be preempted (``resumes_exactly``): one streamed choice, greedy or unseeded sampling, and no
 parameter whose effect depends on where the output began (stop strings, whose text the engine holds back;
 presence and frequency penalties, counted over the output only; logprobs; tools and structured output, whose
 parsers and grammars would restart; images). A token whose text the engine had not yet sent (a character split
 across tokens) is not kept: the continuation generates it again, and its text with it.
+
+``Resender`` sends such a stream and, each time the gate stops it, gives its place back, waits for a place again
+and sends the rest; ``Transcript`` keeps what it has produced and writes the rest's request.
 """
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 
+from sluice.engines import Replica, UpstreamResponse
+from sluice.errors import EngineUnavailableError
+from sluice.gateway._flight import Flight
 from sluice.protocol import sse_data, sse_event
 
 # Fields that shape only the prompt (already in its token ids), or that the continuation carries or adjusts.
@@ -42,7 +50,7 @@ _CARRIED = frozenset({
 COMPLETIONS_PATH = "/v1/completions"
 
 
-def resumable(doc: dict[str, Any]) -> bool:
+def resumes_exactly(doc: dict[str, Any]) -> bool:
     """Whether the continuation of this upstream request body would be the same computation."""
     if doc.get("stream") is not True or doc.get("n", 1) != 1 or doc.get("echo") or doc.get("logprobs"):
         return False
@@ -74,7 +82,7 @@ class Transcript:
     head: dict[str, Any] | None = None  # id, created, model: what every chunk the client sees carries
     before: int = 0  # tokens the segments before this one produced (settled when it was sent)
     translating: bool = False  # this segment is a continuation: its chunks are rewritten in the original's shape
-    resumable: bool = True
+    can_continue: bool = True  # what it produced so far still lets the rest be asked for
     finished: bool = False  # a finish reason went out
 
     @property
@@ -101,7 +109,7 @@ class Transcript:
         if prompt_ids and self.prompt_ids is None:
             self.prompt_ids = list(prompt_ids)
         elif self.prompt_ids is None:
-            self.resumable = False  # the engine did not say its prompt's ids: the rest could not be asked for
+            self.can_continue = False  # the engine did not say its prompt's ids: the rest could not be asked for
         if self.translating:
             doc = self._in_original_shape(doc)
         elif self.client_wants_ids and prompt_ids:
@@ -145,7 +153,7 @@ class Transcript:
         if isinstance(delta, dict):
             text = delta.get("content")
             if delta.get("tool_calls") or delta.get("reasoning_content") or delta.get("reasoning"):
-                self.resumable = False  # a parser is at work on the engine's side: its state cannot be resumed
+                self.can_continue = False  # a parser is at work on the engine's side: its state cannot be resumed
         else:
             text = choice.get("text")
         if ids:
@@ -179,3 +187,75 @@ class Transcript:
         prompt = len(self.prompt_ids or ())
         return {"prompt_tokens": prompt, "total_tokens": prompt + completion_tokens,
                 "completion_tokens": completion_tokens}
+
+
+class Resender:
+    """Sends one resumable stream to its pool, and the rest of it each time the gate stops it for a more important
+    request: the place is given back, the rest waits for a place at the head of its band, then goes out."""
+
+    def __init__(self, flight: Flight, transcript: Transcript, path: str,
+                 queue_deadline_s: Callable[[], float]) -> None:
+        self.flight = flight
+        self.transcript = transcript
+        self._path = path  # the client's endpoint
+        self._queue_deadline_s = queue_deadline_s  # when the rest stops waiting, asked each time it queues
+
+    async def send(self, *, affinity: str | None = None) -> UpstreamResponse:
+        """The first request (the original, asking for token ids)."""
+        return await self._send(self._path, self.transcript.first_request(), affinity=affinity)
+
+    async def resume(self, stopped: UpstreamResponse) -> UpstreamResponse:
+        """The rest of a stream the gate stopped after its engine answered, sent once the gate lets it in again."""
+        if not self.transcript.can_continue:  # what made it so was read in the same instant it was stopped
+            raise EngineUnavailableError("The request was stopped for a more important one, and could not be "
+                                         "resumed.", reason="preempted")
+        stopped.close()
+        path, body = await self._requeue()
+        return await self._send(path, body, prefer=stopped.replica)
+
+    def rewrite(self, frames: list[bytes]) -> list[bytes]:
+        """The frames as the client gets them; once they show the stream cannot be resumed, the gate may no
+        longer stop it."""
+        frames = [self.transcript.rewrite(frame) for frame in frames]
+        if not self.transcript.can_continue:
+            self.flight.disarm()
+        return frames
+
+    async def _send(self, path: str, body: bytes, *, affinity: str | None = None,
+                    prefer: Replica | None = None) -> UpstreamResponse:
+        """Send a request the gate may stop from the moment it is sent (``resume`` continues it once it answered);
+        stopped before the engine answered, nothing was generated, and it is sent again when the gate lets it in
+        again."""
+        flight = self.flight
+        while True:
+            sending = asyncio.ensure_future(flight.post(path, body, affinity=affinity, prefer=prefer))
+            flight.arm(sending.cancel)
+            try:
+                upstream = await sending
+            except asyncio.CancelledError:
+                if not flight.stopped or _cancelled():
+                    raise
+            else:
+                if not flight.stopped:
+                    flight.arm(upstream.close)
+                    return upstream
+                upstream.close()  # answered in the instant it was stopped
+            path, body = await self._requeue()
+
+    async def _requeue(self) -> tuple[str, bytes]:
+        """Give back the place of the stopped stream (its upstream closed), wait for a place again, at the head of
+        its band, and return the rest to send: (path, body), the client's path again when nothing had been
+        generated."""
+        record = self.flight.record
+        record.preempted = (record.preempted or 0) + 1
+        settled_before = self.transcript.before
+        rest_path, body = self.transcript.next_request()
+        generated = self.transcript.before - settled_before
+        await self.flight.resume(extra_prompt_tokens=generated, deadline_s=self._queue_deadline_s())
+        return rest_path or self._path, body
+
+
+def _cancelled() -> bool:
+    """Whether this request's own task is being cancelled (its client left), not only what it awaited."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0

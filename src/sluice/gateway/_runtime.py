@@ -10,13 +10,15 @@ from dataclasses import dataclass
 from sluice.cache import open_cache
 from sluice.clock import Clock
 from sluice.config import EngineSettings, ModelSettings, Settings
+from sluice.dialects import DIALECTS
 from sluice.engines import CircuitBreaker, EnginePool, LoadScraper, Replica, Router
 from sluice.engines.dialects import dialect_for
 from sluice.errors import ConfigError
 from sluice.gateway._gates import open_gate
 from sluice.gateway._live import LiveConfig
+from sluice.gateway._route import ModelRoute
 from sluice.gateway._scale_out import ScaleOutHook
-from sluice.gateway.service import GatewayService, ModelRoute
+from sluice.gateway.service import GatewayService
 from sluice.identity import Directory
 from sluice.quota import EstimateCounter, ExactCounter, Pricer, PromptCounter, QuotaLimiter, QuotaPolicy, open_store
 from sluice.sim import SimServer
@@ -48,6 +50,7 @@ async def open_service(settings: Settings, clock: Clock, metrics: GatewayMetrics
         usage = UsageLedger.for_state(state, clock)
         usage.start()
         stack.push_async_callback(usage.close)
+        live: LiveConfig  # the directory's tier callback applies the live config it is part of
         live = LiveConfig(settings, Directory.for_state(state, clock, on_tiers=lambda _: live.apply()), clock)
         await live.directory.start()
         stack.push_async_callback(live.directory.close)
@@ -114,12 +117,13 @@ async def _open_route(model: ModelSettings, settings: Settings, clock: Clock, me
     gate = await open_gate(model, replicas, scraper, settings, clock, metrics, stack, pool.max_connections)
     dialect = dialect_for(engine.dialect)
     if model.admission.preemption.enabled and not dialect.resumes_from_token_ids:
+        resuming = ", ".join(name for name, facts in DIALECTS.items() if facts.resumes_from_token_ids)
         raise ConfigError(f"model {model.name}: admission.preemption needs an engine that resumes streams from token "
-                          f"ids (vllm); {engine.dialect} does not")
+                          f"ids ({resuming}); {engine.dialect} does not")
     return ModelRoute(model.name, engine.served_model or model.name, pool, model.context_length, gate=gate,
                       tighten_factor=model.admission.protection.tighten_factor,
                       priority=dialect.priority if model.admission.priority_to_engine else None,
-                      resumable=model.admission.enabled and model.admission.preemption.enabled,
+                      resumes_preempted=model.admission.enabled and model.admission.preemption.enabled,
                       affinity=engine.routing == "prefix_affinity",
                       cache_ttl_s=model.cache.ttl_s if model.cache.enabled else None)
 

@@ -66,7 +66,7 @@ class ScaleOutHook:
             return None
         payload = {"event": "sluice.scale_out", "window_s": s.window_s, "requests": answered,
                    "rejected": rejected, "rejection_ratio": round(ratio, 4), "saturated_models": saturated,
-                   "saturation": {m: v for m, v in self._history[-1][3].items()}}
+                   "saturation": dict(self._history[-1][3])}
         self._last_call_s = now
         await self._deliver(payload)
         return payload
@@ -84,7 +84,7 @@ class ScaleOutHook:
                 proc = await asyncio.create_subprocess_exec(*self._settings.command, stdin=asyncio.subprocess.PIPE)
                 await asyncio.wait_for(proc.communicate(body), timeout=30)
                 log.warning("scale-out hook: command exited %s", proc.returncode)
-        except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             log.error("scale-out hook failed: %s", exc)
 
     async def _run(self) -> None:

@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import orjson
-
 import redis.asyncio as aioredis
 
 from sluice.clock import Clock

@@ -11,6 +11,7 @@ from sluice.quota._memory import MemoryStore
 from sluice.quota._model import Bucket, BucketState, Decision, Lease, LimitInfo
 from sluice.quota._policy import Plan, QuotaPolicy
 from sluice.quota._pricing import Price, Pricer
+from sluice.quota._redis import RedisStore
 from sluice.quota._store import QuotaStore
 from sluice.quota._stores import open_store
 from sluice.quota._tokenizer import ChatOverhead, EstimateCounter, ExactCounter, PromptCounter
@@ -34,6 +35,7 @@ __all__ = [
     "QuotaObserver",
     "QuotaPolicy",
     "QuotaStore",
+    "RedisStore",
     "Reservation",
     "duration",
     "open_store",

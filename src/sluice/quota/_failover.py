@@ -19,6 +19,7 @@ Settlements that cannot reach Redis are kept by the Redis store and applied once
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import math
@@ -110,10 +111,9 @@ class FailoverStore:
         await self.local.renew([self._share_lease(lease) for lease in leases], lease_id)
         if held[1] == "local" or self.degraded:
             return  # held in Redis by the hand-over, once Redis is back
-        try:
+        # If Redis is down, the lease may expire there; the hand-over takes it again once Redis is back.
+        with contextlib.suppress(StateUnavailableError):
             await self.shared.renew(leases, lease_id + LOCAL if held[1] == "handed" else lease_id)
-        except StateUnavailableError:
-            pass  # the lease may expire in Redis; the hand-over takes it again once Redis is back
 
     async def close(self) -> None:
         if self._handover is not None:

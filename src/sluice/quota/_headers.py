@@ -22,10 +22,10 @@ def ratelimit_headers(buckets: Sequence[Bucket], states: Sequence[BucketState]) 
         if kind in _HEADER_KINDS and (kind not in tightest or state.remaining < tightest[kind][1].remaining):
             tightest[kind] = (bucket, state)
     headers: dict[str, str] = {}
-    for kind, (bucket, state) in sorted(tightest.items()):
-        headers[f"x-ratelimit-limit-{kind}"] = str(bucket.info.amount)
-        headers[f"x-ratelimit-remaining-{kind}"] = str(state.remaining)
-        headers[f"x-ratelimit-reset-{kind}"] = duration(state.reset_s)
+    for header_kind, (bucket, state) in sorted(tightest.items()):
+        headers[f"x-ratelimit-limit-{header_kind}"] = str(bucket.info.amount)
+        headers[f"x-ratelimit-remaining-{header_kind}"] = str(state.remaining)
+        headers[f"x-ratelimit-reset-{header_kind}"] = duration(state.reset_s)
     return headers
 
 

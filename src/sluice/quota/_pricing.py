@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import cast
 
 from sluice.errors import NotFoundError
 from sluice.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
@@ -151,7 +152,7 @@ def _as_prompts(value: str | Sequence[str] | Sequence[int] | Sequence[Sequence[i
     """An embedding ``input`` as a list of prompts, each a string or a list of token ids."""
     if isinstance(value, str):
         return [value]
-    items = list(value)
+    items: list[str | int | Sequence[int]] = list(value)
     if items and all(isinstance(x, int) for x in items):
-        return [items]  # type: ignore[list-item]
-    return [x if isinstance(x, str) else list(x) for x in items]  # type: ignore[arg-type]
+        return [cast("list[int]", items)]
+    return [x if isinstance(x, str) else list(cast("Sequence[int]", x)) for x in items]

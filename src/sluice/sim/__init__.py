@@ -9,7 +9,7 @@ LMDeploy (``SimSettings.dialect``).
     await server.stop()
 """
 
-from sluice.sim._engine import EngineModel, Sequence, SeqState, Step
+from sluice.sim._engine import EngineModel, SeqState, Sequence, Step
 from sluice.sim._metrics import METRIC_NAMES, SimMetrics
 from sluice.sim._runner import EngineRunner, Generation
 from sluice.sim._server import SimServer, serve_sim

@@ -10,9 +10,16 @@ from aiohttp import web
 
 from sluice.clock import Clock
 from sluice.config import SimSettings
+from sluice.dialects import facts_for
 from sluice.errors import EngineUnavailableError, SluiceError
-from sluice.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, ModelCard, ModelList
-from sluice.protocol import parse_request
+from sluice.protocol import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    EmbeddingRequest,
+    ModelCard,
+    ModelList,
+    parse_request,
+)
 from sluice.sim._bodies import error_body
 from sluice.sim._embeddings import embedding_response
 from sluice.sim._metrics import CONTENT_TYPE, SimMetrics
@@ -65,11 +72,13 @@ class SimRoutes:
         app.router.add_post("/v1/completions", self.completions)
         app.router.add_post("/v1/embeddings", self.embeddings)
         app.router.add_get("/v1/models", self.models)
-        app.router.add_get("/health", self.health)
         app.router.add_get("/metrics", self.metrics)
-        if self._settings.dialect == "sglang":
-            app.router.add_get("/health_generate", self.health_generate)
-            app.router.add_get("/get_model_info", self.model_info)
+        facts = facts_for(self._settings.dialect)
+        app.router.add_get(facts.health_path, self.health)
+        if facts.ready_path != facts.health_path:  # a readiness probe that generates (SGLang's /health_generate)
+            app.router.add_get(facts.ready_path, self.health_generate)
+        if facts.model_info_path is not None:
+            app.router.add_get(facts.model_info_path, self.model_info)
         return app
 
     async def chat(self, request: web.Request) -> web.StreamResponse:

@@ -54,12 +54,12 @@ as SGLang does it (sgl-project/sglang, python/sglang/srt/):
 
 The rule modelled here: a sequence preempted for a seat gives its blocks back through the prefix cache (below):
 unless prefix caching is off, what its last prefill wrote stays cached, free but evictable, until the room is
-needed; re-admitted while it is there, it prefills only the rest and takes only the blocks it lacks. Its victims are chosen as SGLang chooses
-them, counting the blocks they hold (the simulator has no reservation for future tokens, which SGLang's budget
-counts instead). It goes back to the queue with a new entry stamp. Not modelled: SGLang's retraction when a
-decode finds the KV cache full (``ScheduleBatch.retract_decode``, by default the request with the fewest output
-tokens, not by priority): every dialect keeps vLLM's rule above for the victim. Both kinds count in
-``num_preemptions``.
+needed; re-admitted while it is there, it prefills only the rest and takes only the blocks it lacks. Its victims
+are chosen as SGLang chooses them, counting the blocks they hold (the simulator has no reservation for future
+tokens, which SGLang's budget counts instead). It goes back to the queue with a new entry stamp. Not modelled:
+SGLang's retraction when a decode finds the KV cache full (``ScheduleBatch.retract_decode``, by default the request
+with the fewest output tokens, not by priority): every dialect keeps vLLM's rule above for the victim. Both kinds
+count in ``num_preemptions``.
 
 Automatic prefix caching (``prefix_caching``; unset: on in the vllm and sglang dialects, as vLLM V1 and SGLang's
 radix cache are by default, off in lmdeploy, whose ``enable_prefix_caching`` defaults to false). The blocks and
@@ -118,17 +118,9 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from sluice.config import SimSettings
+from sluice.dialects import facts_for
 from sluice.errors import EngineUnavailableError
 from sluice.sim._prefix_cache import PrefixCache, block_hashes
-
-# dialects whose engine, under the priority policy, preempts running requests for a seat unless told not to
-SEAT_PREEMPTING_DIALECTS = frozenset({"sglang"})
-# dialects whose engine, unless told otherwise, runs a step that admits anything as prefill only
-UNMIXED_DIALECTS = frozenset({"sglang"})
-# dialects whose engine caches prefixes unless told not to (vLLM V1's --enable-prefix-caching, SGLang's radix cache)
-PREFIX_CACHING_DIALECTS = frozenset({"vllm", "sglang"})
-# dialects whose cache is a radix tree that gets a running request's tokens only at a prefill (SGLang's)
-RADIX_DIALECTS = frozenset({"sglang"})
 
 
 class SeqState(enum.Enum):
@@ -217,15 +209,14 @@ class EngineModel:
         self.prefix_cache_hits_total = 0  # of which found there
         self.last_cache_hit_rate = 0.0  # of the last step that admitted anything: cached / (cached + prefilled)
         self._stamps = itertools.count()
+        traits = facts_for(settings.dialect).scheduler  # the dialect's defaults, where the settings say none
         preempts = settings.priority_preemption
-        if preempts is None:
-            preempts = settings.dialect in SEAT_PREEMPTING_DIALECTS
-        self._seat_preemption = preempts and self._priority_policy()
+        self._seat_preemption = (traits.seat_preemption if preempts is None else preempts) and self._priority_policy()
         mixed = settings.mixed_batches
-        self._mixed = settings.dialect not in UNMIXED_DIALECTS if mixed is None else mixed
+        self._mixed = traits.mixed_batches if mixed is None else mixed
         caching = settings.prefix_caching
-        self._caching = settings.dialect in PREFIX_CACHING_DIALECTS if caching is None else caching
-        self._radix = settings.dialect in RADIX_DIALECTS
+        self._caching = traits.prefix_caching if caching is None else caching
+        self._radix = traits.radix_cache
 
     # -- state, for metrics and tests -------------------------------------------------------------------
 

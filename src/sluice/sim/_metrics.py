@@ -3,27 +3,21 @@
 Gauges and token counters are read off the engine model at scrape time; latency histograms and the success
 counter are fed by the runner (``StepObserver``).
 
-Names checked against the engines' sources:
-- vLLM v1: vllm/v1/metrics/loggers.py (labels ``model_name``, ``engine``; ``vllm:kv_cache_usage_perc``
-  replaced ``vllm:gpu_cache_usage_perc``; ``vllm:request_success`` has label ``finished_reason``;
-  ``vllm:prefix_cache_queries`` and ``vllm:prefix_cache_hits`` count tokens looked up in and found in the prefix
-  cache, exported whether or not caching is on);
-- SGLang: python/sglang/srt/metrics/collector.py and docs/references/production_metrics.md (label ``model_name``);
-  ``sglang:num_retracted_requests_total`` counts SGLang's retractions of decodes on a full KV cache; SGLang has no
-  counter of its priority preemptions (it logs them), the simulator counts both kinds there; the gauge
-  ``sglang:cache_hit_rate`` is the prefix cache's hit rate in the last prefill batch;
-- LMDeploy: lmdeploy/metrics/loggers.py (labels ``model_name``, ``engine``).
+The names are the dialect table's (``sluice.dialects``, where their sources are cited): for the load gauges, the
+first of each tuple, the name the engine exports today.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from sluice.config import Dialect
+from sluice.dialects import DIALECTS, MetricNames
 from sluice.sim._engine import EngineModel
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -38,7 +32,8 @@ E2E_BUCKETS_S = (0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0,
 
 @dataclass(frozen=True)
 class DialectMetricNames:
-    """One engine's metric names; ``None`` where the engine has no such metric. Counters lack ``_total``."""
+    """The names one engine exports (``sluice.dialects.MetricNames``, each load gauge by its current name);
+    ``None`` where the engine has no such metric. Counters lack ``_total``."""
 
     running: str
     waiting: str
@@ -55,47 +50,22 @@ class DialectMetricNames:
     cache_hit_rate: str | None = None  # gauge: of the last prefill step
     engine_label: bool = False  # vLLM and LMDeploy add engine="0"
 
+    @classmethod
+    def exported(cls, names: MetricNames) -> DialectMetricNames:
+        """What an engine of the dialect exports today: the first name of each load gauge, the rest as is."""
+        return cls(
+            running=names.running[0], waiting=names.waiting[0], kv_usage=names.kv_usage[0],
+            prompt_tokens=names.prompt_tokens, generation_tokens=names.generation_tokens, ttft=names.ttft,
+            e2e=names.e2e, itl=names.itl, preemptions=names.preemptions, success=names.success,
+            prefix_cache_queries=names.prefix_cache_queries, prefix_cache_hits=names.prefix_cache_hits,
+            cache_hit_rate=names.cache_hit_rate, engine_label=names.engine_label,
+        )
 
-METRIC_NAMES: dict[str, DialectMetricNames] = {
-    "vllm": DialectMetricNames(
-        running="vllm:num_requests_running",
-        waiting="vllm:num_requests_waiting",
-        kv_usage="vllm:kv_cache_usage_perc",
-        prompt_tokens="vllm:prompt_tokens",
-        generation_tokens="vllm:generation_tokens",
-        ttft="vllm:time_to_first_token_seconds",
-        e2e="vllm:e2e_request_latency_seconds",
-        itl="vllm:inter_token_latency_seconds",
-        preemptions="vllm:num_preemptions",
-        success="vllm:request_success",
-        prefix_cache_queries="vllm:prefix_cache_queries",
-        prefix_cache_hits="vllm:prefix_cache_hits",
-        engine_label=True,
-    ),
-    "sglang": DialectMetricNames(
-        running="sglang:num_running_reqs",
-        waiting="sglang:num_queue_reqs",
-        kv_usage="sglang:token_usage",
-        prompt_tokens="sglang:prompt_tokens",
-        generation_tokens="sglang:generation_tokens",
-        ttft="sglang:time_to_first_token_seconds",
-        e2e="sglang:e2e_request_latency_seconds",
-        itl="sglang:inter_token_latency_seconds",
-        preemptions="sglang:num_retracted_requests",
-        cache_hit_rate="sglang:cache_hit_rate",
-    ),
-    "lmdeploy": DialectMetricNames(
-        running="lmdeploy:num_requests_running",
-        waiting="lmdeploy:num_requests_waiting",
-        kv_usage="lmdeploy:gpu_cache_usage_perc",
-        prompt_tokens="lmdeploy:prompt_tokens",
-        generation_tokens="lmdeploy:generation_tokens",
-        ttft="lmdeploy:time_to_first_token_seconds",
-        e2e="lmdeploy:e2e_request_latency_seconds",
-        itl="lmdeploy:time_per_output_token_seconds",
-        engine_label=True,
-    ),
-}
+
+# every dialect's exported names (read by bench/overload.py to translate them)
+METRIC_NAMES: Mapping[str, DialectMetricNames] = MappingProxyType(
+    {name: DialectMetricNames.exported(facts.metrics) for name, facts in DIALECTS.items()}
+)
 
 
 class _EngineStateCollector:

@@ -19,7 +19,7 @@ from typing import Protocol
 
 from sluice.clock import Clock
 from sluice.errors import EngineUnavailableError
-from sluice.sim._engine import EngineModel, Sequence, SeqState, Step
+from sluice.sim._engine import EngineModel, SeqState, Sequence, Step
 
 MAX_BURST_STEPS = 64
 

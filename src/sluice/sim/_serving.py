@@ -16,13 +16,14 @@ import orjson
 
 from sluice.clock import Clock
 from sluice.config import SimSettings
+from sluice.dialects import facts_for
 from sluice.errors import EngineUnavailableError, InvalidRequestError, NotFoundError
 from sluice.protocol import DONE, ChatCompletionRequest, CompletionRequest
 from sluice.sim._bodies import Ids, ResponseHeader, TokenIds
 from sluice.sim._engine import Sequence
 from sluice.sim._runner import EngineRunner, Generation
 from sluice.sim._sampler import PlannedOutput, Sampler
-from sluice.sim._tokenizer import check_ids, chat_ids, count_chat, count_prompt, prompt_ids
+from sluice.sim._tokenizer import chat_ids, check_ids, count_chat, count_prompt, prompt_ids
 
 Write = Callable[[bytes], Awaitable[None]]
 
@@ -30,9 +31,6 @@ Write = Callable[[bytes], Awaitable[None]]
 # (about 150 ns and 16 bytes a token), so one request cannot hold the event loop for seconds or take gigabytes.
 MAX_SEQS_PER_REQUEST = 4096  # sequences: prompts x n
 MAX_PLANNED_TOKENS = 1 << 20  # tokens planned over all its sequences (128 choices of 8192 tokens fit)
-
-# dialects whose requests' "priority" runs higher values first (SGLang's default); the others' lower first (vLLM's)
-HIGHER_FIRST_DIALECTS = frozenset({"sglang"})
 
 
 @dataclass(frozen=True)
@@ -190,7 +188,9 @@ class Serving:
         value = (req.model_extra or {}).get("priority", 0)
         if not isinstance(value, int) or isinstance(value, bool):
             raise InvalidRequestError("priority must be an integer.", param="priority")
-        return -value if self._settings.dialect in HIGHER_FIRST_DIALECTS else value
+        # higher first (SGLang's default) is negated; lower first (vLLM's) is the model's, as is a dialect whose
+        # server takes no priority (LMDeploy's: the gateway strips it, the simulator reads it lower first)
+        return -value if facts_for(self._settings.dialect).priority.higher_first else value
 
     @staticmethod
     def _return_token_ids(req: ChatCompletionRequest | CompletionRequest) -> bool:

@@ -25,7 +25,7 @@ class AccessLog:
         """Lines to ``path`` (appended, line-buffered) or, without one, to stderr."""
         if path is None or not enabled:
             return cls(enabled=enabled)
-        return cls(open(path, "a", buffering=1, encoding="utf-8"), enabled=enabled, owned=True)  # noqa: SIM115
+        return cls(open(path, "a", buffering=1, encoding="utf-8"), enabled=enabled, owned=True)
 
     def write(self, record: RequestRecord) -> None:
         if self.enabled:

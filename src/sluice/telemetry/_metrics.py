@@ -6,6 +6,7 @@ reasons a fixed vocabulary. No label per key, user or request.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
@@ -81,7 +82,8 @@ class GatewayMetrics:
             buckets=LATENCY_BUCKETS_S, registry=r,
         )
         self.quota_degraded = Gauge(
-            "sluice_quota_store_degraded", "1 while the shared quota store is unavailable (limits fail open or closed).",
+            "sluice_quota_store_degraded",
+            "1 while the shared quota store is unavailable (limits fail open or closed).",
             registry=r,
         )
         self.quota_degraded_events = Counter(
@@ -145,7 +147,7 @@ class GatewayMetrics:
     def watch_connections(self, count: Callable[[str], int]) -> None:
         """Export ``sluice_connections{state}`` from ``count(state)`` ("busy" or "waiting"), read at scrape time."""
         for state in ("busy", "waiting"):
-            self.connections.labels(state).set_function(lambda state=state: count(state))
+            self.connections.labels(state).set_function(functools.partial(count, state))
 
     def watch_upstream(self, model: str, limit: int, in_use: Callable[[], int], waiting: Callable[[], int]) -> None:
         """Export ``sluice_upstream_connections{model,state}`` from the pool's slots, read at scrape time."""
@@ -184,7 +186,8 @@ class GatewayMetrics:
             waited = record.queue_wait_s or 0.0
             if record.ttft_s is not None:
                 self._child(self.replica_ttft, model, record.replica).observe(max(0.0, record.ttft_s - waited))
-            self._child(self.replica_latency, model, record.replica).observe(max(0.0, (record.duration_s or 0) - waited))
+            upstream_s = max(0.0, (record.duration_s or 0) - waited)
+            self._child(self.replica_latency, model, record.replica).observe(upstream_s)
         if record.cache is not None:
             self._child(self.cache, model, record.cache).inc()
         tenant = self._tenant_label(record.tenant)

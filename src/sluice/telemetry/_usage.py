@@ -120,7 +120,7 @@ class UsageLedger:
         return Usage(**{name: fields.get(name, 0) for name in FIELDS})
 
     def today(self) -> str:
-        return dt.datetime.fromtimestamp(self._clock.wall(), dt.timezone.utc).date().isoformat()
+        return dt.datetime.fromtimestamp(self._clock.wall(), dt.UTC).date().isoformat()
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._flush_forever())

@@ -1,4 +1,4 @@
-"""Engine dialects: what differs between vLLM, SGLang and LMDeploy, as data and pure functions.
+"""Engine dialects as the gateway uses them: the facts of ``sluice.dialects`` plus each engine's launch argv.
 
     dialect = dialect_for("sglang")
     dialect.ready_path                       # "/health_generate"
@@ -9,28 +9,28 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from types import MappingProxyType
+
 from sluice.config import Dialect
-from sluice.engines.dialects._base import (
-    EngineDialect,
-    LaunchSpec,
-    MetricNames,
-    OverloadSignature,
-    PriorityConvention,
+from sluice.dialects import DIALECTS, MetricNames, OverloadSignature, PriorityConvention, facts_for
+from sluice.engines.dialects._base import EngineDialect, LaunchSpec
+
+ENGINE_DIALECTS: Mapping[Dialect, EngineDialect] = MappingProxyType(
+    {name: EngineDialect(facts) for name, facts in DIALECTS.items()}
 )
-from sluice.engines.dialects.lmdeploy import LMDEPLOY
-from sluice.engines.dialects.sglang import SGLANG
-from sluice.engines.dialects.vllm import VLLM
+VLLM = ENGINE_DIALECTS["vllm"]
+SGLANG = ENGINE_DIALECTS["sglang"]
+LMDEPLOY = ENGINE_DIALECTS["lmdeploy"]
 
 
 def dialect_for(name: Dialect) -> EngineDialect:
     """The dialect called ``name``; ``KeyError`` names the known ones."""
-    for dialect in (VLLM, SGLANG, LMDEPLOY):
-        if dialect.name == name:
-            return dialect
-    raise KeyError(f"unknown engine dialect {name!r}: expected one of vllm, sglang, lmdeploy")
+    return ENGINE_DIALECTS[facts_for(name).name]
 
 
 __all__ = [
+    "ENGINE_DIALECTS",
     "LMDEPLOY",
     "SGLANG",
     "VLLM",

@@ -1,15 +1,15 @@
-"""What every engine dialect declares: probes, load metric names, priority convention, launch argv, overload.
+"""A dialect as the gateway uses it: the facts of ``sluice.dialects`` and the command line that starts the engine.
 
-A dialect is data plus a few pure functions; nothing here talks to the network or starts processes.
+Nothing here talks to the network or starts processes.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from pathlib import Path
 
 from sluice.config import Dialect
+from sluice.dialects import DialectFacts, LaunchFlags, MetricNames, OverloadSignature, PriorityConvention
 
 
 @dataclass(frozen=True)
@@ -28,68 +28,63 @@ class LaunchSpec:
 
 
 @dataclass(frozen=True)
-class MetricNames:
-    """Gauge names read for load; each a tuple tried in order (the first one present wins), so a renamed
-    metric keeps working with older engines."""
-
-    running: tuple[str, ...]
-    waiting: tuple[str, ...]
-    kv_usage: tuple[str, ...]
-
-
-@dataclass(frozen=True)
-class PriorityConvention:
-    """How an engine takes a request's priority. ``higher_first`` None: the engine takes none (strip it)."""
-
-    field: str = "priority"
-    higher_first: bool | None = None
-    needs_flag: str | None = None  # the engine flag without which the field is rejected or ignored
-
-    def fields(self, priority: int, *, scheduling_enabled: bool) -> dict[str, int]:
-        """Sluice's priority (higher = more important, negative = sheddable) as the engine's body fields."""
-        if self.higher_first is None or not scheduling_enabled:
-            return {}
-        return {self.field: priority if self.higher_first else -priority}
-
-    def apply(self, doc: Mapping[str, Any], priority: int, *, scheduling_enabled: bool) -> dict[str, Any]:
-        """A copy of the request body with the client's own priority field replaced by the mapped one (or
-        removed, where the engine would reject or misread it)."""
-        out = {k: v for k, v in doc.items() if k != self.field}
-        out.update(self.fields(priority, scheduling_enabled=scheduling_enabled))
-        return out
-
-
-@dataclass(frozen=True)
-class OverloadSignature:
-    """What an engine's "too busy, try later" answer looks like: its statuses, and message fragments seen in
-    error bodies (including the error event some engines send inside an HTTP 200 stream)."""
-
-    statuses: frozenset[int] = frozenset({429, 503})
-    messages: tuple[str, ...] = ()
-
-    def matches(self, status: int, message: str = "") -> bool:
-        if status in self.statuses:
-            return True
-        lowered = message.lower()
-        return any(m.lower() in lowered for m in self.messages)
-
-
-@dataclass(frozen=True)
 class EngineDialect:
-    name: Dialect
-    health_path: str  # liveness: the server process answers
-    ready_path: str  # readiness: the engine can serve (SGLang's runs one tiny generation)
-    metrics: MetricNames
-    priority: PriorityConvention
-    overload: OverloadSignature
-    _argv: Callable[[LaunchSpec], list[str]] = field(repr=False)
-    # streams carry token ids on request (``return_token_ids``) and a completions prompt may be token ids, so a
-    # stopped stream can be continued exactly (what Sluice's preemption needs)
-    resumes_from_token_ids: bool = False
+    """One engine dialect's facts (probes, load metrics, priority convention, overload), and its launch argv."""
+
+    facts: DialectFacts
+
+    @property
+    def name(self) -> Dialect:
+        return self.facts.name
+
+    @property
+    def health_path(self) -> str:
+        return self.facts.health_path
+
+    @property
+    def ready_path(self) -> str:
+        return self.facts.ready_path
+
+    @property
+    def metrics(self) -> MetricNames:
+        return self.facts.metrics
+
+    @property
+    def priority(self) -> PriorityConvention:
+        return self.facts.priority
+
+    @property
+    def overload(self) -> OverloadSignature:
+        return self.facts.overload
+
+    @property
+    def resumes_from_token_ids(self) -> bool:
+        return self.facts.resumes_from_token_ids
 
     def launch_argv(self, spec: LaunchSpec) -> list[str]:
         """The command line that starts this engine's OpenAI-compatible server as ``spec`` says."""
-        return self._argv(spec)
+        return launch_argv(self.facts.flags, spec)
+
+
+def launch_argv(flags: LaunchFlags, spec: LaunchSpec) -> list[str]:
+    """``spec`` in the flags of one engine: its entry point, the model, where it listens, then what is set."""
+    if flags.module is not None:
+        entry = [spec.python, "-m", flags.module]
+    else:  # a console script of the interpreter's environment (no ``python -m`` entry point)
+        script, *subcommand = flags.script
+        entry = [str(Path(spec.python).with_name(script)) if "/" in spec.python else script, *subcommand]
+    model = [spec.model] if flags.model is None else [flags.model, spec.model]
+    return [
+        *entry, *model,
+        flags.host, spec.host,
+        flags.port, str(spec.port),
+        flags.tp, str(spec.tp),
+        *optional(flags.memory_fraction, spec.gpu_memory_utilization),
+        *optional(flags.max_model_len, spec.max_model_len),
+        *optional(flags.served_model_name, spec.served_model_name),
+        *flags.always,
+        *spec.extra_args,
+    ]
 
 
 def optional(flag: str, value: object | None) -> list[str]:

@@ -105,7 +105,7 @@ async def usage(request: Request) -> Response:
     if scope not in ("key", "user", "tenant") or not ident:
         raise InvalidRequestError("Give scope=key|user|tenant and id=...", param="id")
     day = q.get("day") or service.usage.today()
-    used = await service.usage.read(scope, ident, day)  # type: ignore[arg-type]
+    used = await service.usage.read(scope, ident, day)
     return _json({"scope": scope, "id": ident, "day": day, "requests": used.requests,
                   "tokens_in": used.tokens_in, "tokens_out": used.tokens_out})
 

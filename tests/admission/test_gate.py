@@ -9,10 +9,10 @@ import pytest
 
 from sluice.admission import (
     FixedLimit,
+    Gate,
     GateSettings,
     LoadReading,
     Outcome,
-    PoolController,
     ProtectionMode,
     SaturationDetector,
     Ticket,
@@ -31,7 +31,7 @@ def gate(clock, limit=1, readings=None, protection=False, kv_capacity=None, **se
     mode = ProtectionMode(clock, engage_at=1.0, relax_at=0.7, engage_after_s=1.0, relax_after_s=2.0) \
         if protection else None
     defaults = {"top_priority": 10, "tick_s": 0.05}
-    return PoolController("pool", FixedLimit(limit), clock, GateSettings(**{**defaults, **settings}),
+    return Gate("pool", FixedLimit(limit), clock, GateSettings(**{**defaults, **settings}),
                           saturation=detector, protection=mode)
 
 

@@ -8,15 +8,18 @@ protection mode, expires deadlines and re-opens the gate when the engines drain.
 Preemption (``preempt_gap``): an engine like vLLM never takes a running request's seat for a more important one,
 so a top-tier request arriving when lower tiers hold the whole window would wait for one of them to finish. With a
 gap set, the gate takes the place back itself: the least important running request (newest first among equals,
-as vLLM picks its victims) that is at least ``preempt_gap`` below the head of the queue, and that is armed (a
-stream that can be resumed, from the moment it is sent), is stopped (its ``on_preempt``); its place goes to the queue's head, and the rest of it (``resume``)
-waits at the head of its own band. One waiting request preempts at most one running request.
+as vLLM picks its victims) that is at least ``preempt_gap`` below the head of the queue, and that is armed
+(``arm``: a stream that can be resumed, from the moment it is sent) is stopped; its place goes to the queue's
+head, and the rest of it (``resume``) waits at the head of its own band. One waiting request preempts at most one
+running request. What the holder of a permit sees of this is ``Permit.stopped``, ``arm``/``disarm`` and ``resume``:
+the ticket inside a permit is the gate's own.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import itertools
 import math
 from collections import deque
@@ -57,13 +60,20 @@ class GateSettings:
 
 @dataclass(slots=True)
 class Permit:
+    """A place in the pool's window, held until the gate's ``release`` (or ``resume``) settles it."""
+
     ticket: Ticket
     in_flight_at_admit: int
     waited_s: float
     released: bool = False
 
+    @property
+    def stopped(self) -> bool:
+        """Whether the gate stopped this request (preempted it for a more important one)."""
+        return self.ticket.preempted
 
-class PoolController:
+
+class Gate:
     def __init__(self, name: str, limit: Limit, clock: Clock, settings: GateSettings, *,
                  saturation: SaturationDetector | None = None, protection: ProtectionMode | None = None,
                  observer: AdmissionObserver | None = None, output_weight: float = 2.0) -> None:
@@ -122,20 +132,28 @@ class PoolController:
         self.limit.update(Sample(latency_s, permit.in_flight_at_admit, outcome, saturated))
         self._pump()
 
-    def arm(self, permit: Permit, stop: Callable[[], None] | None) -> None:
-        """Make a running request preemptible (``stop`` ends its upstream request), or not (None). A request
-        waiting for a place may have found nothing to preempt when it arrived: it looks again now."""
+    def arm(self, permit: Permit, stop: Callable[[], object]) -> None:
+        """Make a running request preemptible: ``stop`` ends its upstream request. A request waiting for a place
+        may have found nothing to preempt when it arrived: it looks again now."""
         if permit.released:
             return
         permit.ticket.on_preempt = stop
-        if stop is not None and self.queue:
+        if self.queue:
             self._preempt()
 
-    async def resume(self, permit: Permit, output_tokens: int, rest: Ticket) -> Permit:
+    def disarm(self, permit: Permit) -> None:
+        """Make a running request no longer preemptible (its stream could no longer be resumed)."""
+        permit.ticket.on_preempt = None
+
+    async def resume(self, permit: Permit, *, extra_prompt_tokens: int, deadline_s: float) -> Permit:
         """Give back the place of a request stopped by preemption (no sample for the window algorithm: it was
-        stopped, it did not finish) and wait for a place for its ``rest``, at the head of its band."""
-        self._settle(permit, output_tokens)
-        rest.resumed = True
+        stopped, it did not finish) and wait for a place for the rest of it, at the head of its band, until
+        ``deadline_s`` (clock time). ``extra_prompt_tokens``: what the stopped part generated, billed to its
+        tenant as output, and prompt of the rest."""
+        self._settle(permit, extra_prompt_tokens)
+        stopped = permit.ticket
+        rest = dataclasses.replace(stopped, granted=None, on_preempt=None, preempted=False, resumed=True,
+                                   deadline_s=deadline_s, prompt_tokens=stopped.prompt_tokens + extra_prompt_tokens)
         return await self.admit(rest)
 
     @property
@@ -196,7 +214,9 @@ class PoolController:
             if not victims:
                 return
             victim = min(victims, key=lambda t: (t.priority, -t.seq))
-            stop, victim.on_preempt, victim.preempted = victim.on_preempt, None, True
+            stop = victim.on_preempt
+            assert stop is not None  # only armed requests are victims
+            victim.on_preempt, victim.preempted = None, True
             self._preempting += 1
             if self._observer:
                 self._observer.admission_preempted(self.name, victim.priority)

@@ -1,0 +1,149 @@
+"""A streamed answer relayed to the client: SSE frames passed through as they arrive, what they say tallied (usage,
+tokens, the end), the time to first token taken, and, for a resumable stream, its frames rewritten and the rest of
+it sent each time the gate stops it (gateway/_resume.py)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from sluice.admission import Outcome
+from sluice.clock import Clock
+from sluice.engines import UpstreamResponse
+from sluice.errors import SluiceError
+from sluice.gateway._flight import Flight, outcome_of
+from sluice.gateway._resume import Resender
+from sluice.protocol import SSEParser, sse_data, sse_event
+
+
+async def relay(upstream: UpstreamResponse, flight: Flight, clock: Clock, *, wants_usage: bool,
+                resender: Resender | None) -> AsyncIterator[bytes]:
+    """The client's stream. Closing it early (client gone) closes the upstream, aborting the request there, and
+    charges what was generated so far; an engine dying mid-answer ends it with an error event."""
+    stream = _Stream(upstream, flight, clock, _Tally(wants_usage), resender)
+    record = flight.record
+    outcome = Outcome.IGNORED
+    try:
+        while (out := await stream.read()) is not None:
+            yield out
+        if stream.tally.finished:
+            outcome = Outcome.SUCCESS
+    except SluiceError as exc:  # the engine died mid-answer: say so in the stream, and end it cleanly
+        outcome, record.reason = Outcome.DROPPED, exc.reason
+        exc.__traceback__ = None  # answered: its traceback would tie this stream's frames into a cycle with it
+        yield sse_event(orjson.dumps(exc.body()))
+    except BaseException as exc:
+        outcome = outcome_of(exc)
+        raise
+    finally:
+        stream.upstream.close()
+        tally = stream.tally
+        if not tally.finished:
+            record.reason = record.reason or "client_disconnected"
+        usage = tally.usage if isinstance(tally.usage, dict) else {"completion_tokens": tally.generated}
+        flight.finish(usage, outcome)
+
+
+class _Stream:
+    """The upstream stream being relayed (the rest of it, after each stop), read one client write at a time."""
+
+    def __init__(self, upstream: UpstreamResponse, flight: Flight, clock: Clock, tally: _Tally,
+                 resender: Resender | None) -> None:
+        self.upstream = upstream
+        self.tally = tally
+        self._flight = flight
+        self._clock = clock
+        self._resender = resender
+        self._chunks = upstream.chunks()
+        self._parser = SSEParser()
+        self._over = False
+
+    async def read(self) -> bytes | None:
+        """What goes to the client next; None when the stream is over."""
+        while not self._over:
+            try:
+                chunk: bytes | None = await self._chunks.__anext__()
+            except StopAsyncIteration:
+                chunk = None  # the upstream's answer ended
+            except SluiceError:
+                if not self._flight.stopped:
+                    raise
+                chunk = None  # the gate stopped it
+            out = self._take(chunk) if chunk is not None else await self._after_segment()
+            if out:
+                return out
+        return None
+
+    async def _after_segment(self) -> bytes | None:
+        """An upstream answer ended: the stream is over, or it was stopped by the gate and goes on with its rest
+        (None then: nothing to write yet), or it was stopped after its last token (its ending is written here)."""
+        resender = self._resender
+        if self.tally.finished or resender is None or not self._flight.stopped:
+            self._over = True
+            return None
+        if resender.transcript.finished:  # stopped between its last token and its [DONE]: end it here
+            self._over = self.tally.finished = True
+            return self._flight.route.rename(resender.transcript.ending(self.tally.wants_usage))
+        self.upstream = await resender.resume(self.upstream)
+        self._chunks = self.upstream.chunks()
+        self._parser = SSEParser()
+        return None
+
+    def _take(self, chunk: bytes) -> bytes | None:
+        frames = self._parser.feed(chunk)
+        if self._resender is not None and frames:
+            frames = self._resender.rewrite(frames)
+        record = self._flight.record
+        if record.ttft_s is None and any(map(_has_generated_text, frames)):
+            record.ttft_s = self._clock.now() - record.started_s
+        out = self.tally.take(frames)
+        return self._flight.route.rename(b"".join(out)) if out else None
+
+
+@dataclass(slots=True)
+class _Tally:
+    """What a relayed stream has said so far. Only a frame carrying usage is parsed: its usage is kept, and the
+    usage-only frame is dropped if the client did not ask for it."""
+
+    wants_usage: bool
+    usage: Any = None
+    generated: int = 0  # data frames: about one token each, the charge when the stream is cut before its usage
+    finished: bool = False  # [DONE] came
+
+    def take(self, frames: list[bytes]) -> list[bytes]:
+        """The frames that go on to the client."""
+        out = []
+        for frame in frames:
+            if b'"usage":{' in frame or b'"usage": {' in frame:
+                doc = json_object(sse_data(frame) or b"")
+                self.usage = doc.get("usage")
+                if not doc.get("choices") and not self.wants_usage:
+                    continue
+            elif frame.startswith(b"data: [DONE]"):
+                self.finished = True
+            else:
+                self.generated += 1
+            out.append(frame)
+        return out
+
+
+def _has_generated_text(frame: bytes) -> bool:
+    """Whether an SSE frame carries generated text (not only the opening ``role`` chunk): the first such frame
+    is the time to first token. Engines write compact JSON, so a byte test does it without parsing."""
+    for marker in (b'"content":"', b'"text":"', b'"reasoning_content":"'):
+        at = frame.find(marker)
+        if at >= 0 and frame[at + len(marker):at + len(marker) + 1] != b'"':
+            return True
+    return False
+
+
+def json_object(data: bytes) -> dict[str, Any]:
+    """An engine's JSON body or frame as an object; empty when it is not one."""
+    try:
+        doc = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return {}
+    return doc if isinstance(doc, dict) else {}
