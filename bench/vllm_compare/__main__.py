@@ -1,0 +1,5 @@
+import sys
+
+from bench.vllm_compare.run import main
+
+sys.exit(main())
