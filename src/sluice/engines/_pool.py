@@ -20,22 +20,13 @@ from dataclasses import dataclass, field
 import aiohttp
 
 from sluice.clock import Clock, MonotonicClock
-from sluice.config import Dialect
-from sluice.engines._breaker import BreakerState, CircuitBreaker
+from sluice.engines._breaker import BreakerState
 from sluice.engines._errors import engine_error
+from sluice.engines._replica import Replica
 from sluice.engines._routing import Router
 from sluice.engines._slots import ConnectionSlots
 from sluice.engines.dialects import dialect_for
 from sluice.errors import EngineUnavailableError, SluiceError
-
-
-@dataclass(eq=False)
-class Replica:
-    url: str
-    dialect: Dialect = "vllm"
-    weight: float = 1.0
-    outstanding: int = 0
-    breaker: CircuitBreaker = field(default_factory=lambda: CircuitBreaker(MonotonicClock()))
 
 
 @dataclass

@@ -12,10 +12,9 @@ from __future__ import annotations
 import bisect
 import hashlib
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
-if TYPE_CHECKING:
-    from sluice.engines._pool import Replica
+from sluice.engines._replica import Replica
 
 RoutingPolicy = Literal["least_outstanding", "least_kv", "prefix_affinity"]
 VIRTUAL_NODES = 64  # per unit of weight, on the ring

@@ -20,7 +20,7 @@ import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
 from sluice.clock import Clock
-from sluice.engines._pool import Replica
+from sluice.engines._replica import Replica
 from sluice.engines.dialects import MetricNames, dialect_for
 
 log = logging.getLogger("sluice.engines")

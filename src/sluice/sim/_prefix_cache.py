@@ -18,17 +18,27 @@ one). Only these free blocks are matched: a block in use by a running sequence i
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from collections.abc import Iterable, Sequence
+from typing import Protocol
 
-if TYPE_CHECKING:
-    from sluice.sim._engine import Sequence
+
+class Hashed(Protocol):
+    """What block hashing reads of a sequence (``sim._engine.Sequence``)."""
+
+    @property
+    def seq_id(self) -> int: ...
+
+    @property
+    def token_ids(self) -> Sequence[int] | None: ...
+
+    @property
+    def block_hashes(self) -> list[int]: ...
 
 _ROOT_HASH = 0  # the parent of a sequence's first block (vLLM's NONE_HASH)
 _OWN = -1  # marks the hashes of a sequence without token ids: (_OWN, seq_id, block index)
 
 
-def block_hashes(seq: Sequence, count: int, block_size: int) -> list[int]:
+def block_hashes(seq: Hashed, count: int, block_size: int) -> list[int]:
     """The hashes of ``seq``'s first ``count`` full blocks, computed once (kept on the sequence).
 
     Python's ``hash`` of a tuple of ints is the same in every process (only str and bytes hashes are salted)."""

@@ -1,34 +1,4 @@
-"""Sluice in front of a real vLLM: the same workload through the gateway and straight to the engine.
-
-One command, one run:
-
-    python -m bench.vllm   # --requests 100 --rounds 5 --concurrency 1,8 --rate 25 --input-len 64 --output-len 16
-
-It builds the tiny random-weight Llama of ``bench/tiny_llama.py`` (its tokenizer makes each of sluice bench's prompt
-words one token), starts on 127.0.0.1 and free ports
-
-  - a real CPU vLLM, ``/opt/vllm-venv/bin/python -m vllm.entrypoints.openai.api_server --model DIR
-    --served-model-name tiny --enforce-eager --no-enable-prefix-caching --max-model-len 1024``
-    (``VLLM_CPU_KVCACHE_SPACE=1 HF_HUB_OFFLINE=1``);
-  - the gateway, ``sluice serve --config <temp file>``: API keys on (one generated key, sent as
-    ``Authorization: Bearer`` on every request of both paths), a per-key quota (requests, tokens, concurrency)
-    far above what the run spends, admission on with a fixed window (``--window``), the engine's tokenizer for exact
-    prompt counts, vLLM's /metrics scraped (admission's default ``watch_load``), the access log on (to a file);
-
-and stops both by PID at the end (vLLM by its process group: API server, engine core, worker), also on error or
-SIGTERM. Load comes from ``sluice.bench`` (``run_load``, in this process): streamed chat completions, prompts of
-``--input-len`` words, ``max_tokens`` ``--output-len`` with ``ignore_eos``, in closed loops of each
-``--concurrency``, and open-loop Poisson arrivals at ``--rate`` requests/s (``--rate 0``: none). First a warm-up
-through each path (not measured); then ``--rounds`` rounds, in each of which every scenario runs through both
-paths, one after the other (never at once), the path that goes first alternating. Both paths of a scenario in a
-round get the same requests (the same seed; prefix caching is off, so the second gets no cache hits); each round
-has a new seed.
-
-Reported per scenario and path: request and output-token throughput (median over rounds, min-max), TTFT and TPOT
-mean/p50/p99 over every request of every round, and Sluice/direct ratios; also each process's CPU time per request
-(/proc) and the load average (the machine is shared). Output: a markdown table on stdout; everything in
-bench/results/vllm.json.
-"""
+"""The runs: a CPU vLLM started and stopped by PID, the same load straight to it and through Sluice."""
 
 from __future__ import annotations
 
@@ -38,7 +8,6 @@ import contextlib
 import datetime
 import math
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -61,14 +30,11 @@ from bench.harness import (
     wait_vllm_healthy,
     write_result,
 )
-from sluice.bench import WORDS, Fixed, LoadSpec, Poisson, RequestShape, Tenant, describe, run_load, summarize
+from bench.vllm.report import compare, markdown
+from bench.vllm.settings import PATHS, RESULTS, SERVED, TINY_LLAMA
+from sluice.bench import WORDS, Fixed, LoadSpec, Poisson, RequestShape, Tenant, run_load, summarize
 from sluice.clock import MonotonicClock
 from sluice.identity import generate_key, hash_key
-
-HERE = Path(__file__).resolve().parent
-RESULTS = HERE / "results" / "vllm.json"
-SERVED = "tiny"
-PATHS = ("direct", "sluice")
 
 
 def main() -> int:
@@ -216,7 +182,7 @@ def measure(base: str, key: str, args: argparse.Namespace, load: LoadSpec, seed:
 def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     model_dir, words = workdir / "tiny-llama", workdir / "words.txt"
     words.write_text("\n".join(WORDS))
-    subprocess.run([args.vllm_python, str(HERE / "tiny_llama.py"), str(model_dir), str(words)], check=True,
+    subprocess.run([args.vllm_python, str(TINY_LLAMA), str(model_dir), str(words)], check=True,
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     key = generate_key()
     procs = Processes(workdir)
@@ -292,83 +258,3 @@ def brief(m: dict[str, Any]) -> str:
     return (f"{m['succeeded']}/{m['sent']} ok, {m['requests_per_s']:.2f} req/s, {m['output_tokens_per_s']:.0f} tok/s, "
             f"TTFT mean {ttft.get('mean', math.nan):.1f} ms p50 {ttft.get('p50', math.nan):.1f}, "
             f"TPOT mean {tpot.get('mean', math.nan):.2f} ms, gateway CPU {m['cpu_s']['gateway']:.2f} s")
-
-
-# ---------------------------------------------------------------------------------------------- report
-
-
-def compare(rounds: dict[str, list[dict[str, dict[str, Any]]]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for name, measured in rounds.items():
-        paths = {}
-        for path in PATHS:
-            ms = [m[path] for m in measured]
-            ok = max(1, sum(m["succeeded"] for m in ms))
-            paths[path] = {
-                "requests_per_s": statistics.median(m["requests_per_s"] for m in ms),
-                "requests_per_s_min_max": [min(m["requests_per_s"] for m in ms), max(m["requests_per_s"] for m in ms)],
-                "output_tokens_per_s": statistics.median(m["output_tokens_per_s"] for m in ms),
-                "ttft_ms": describe([x for m in ms for x in m["ttft_s"]], scale=1e3),
-                "tpot_ms": describe([x for m in ms for x in m["tpot_s"]], scale=1e3),
-                "sent": sum(m["sent"] for m in ms), "failed": sum(m["failed"] for m in ms),
-                "prompt_tokens_per_request": sum(m["prompt_tokens"] for m in ms) / ok,
-                "output_tokens_per_request": sum(m["output_tokens"] for m in ms) / ok,
-                "gateway_cpu_ms_per_request": statistics.median(m["cpu_ms_per_request"]["gateway"] for m in ms),
-                "vllm_cpu_ms_per_request": statistics.median(m["cpu_ms_per_request"]["vllm"] for m in ms),
-                "loadavg_1m": [m["loadavg_1m_after"] for m in ms],
-            }
-        d, s = paths["direct"], paths["sluice"]
-        out[name] = {
-            "paths": paths,
-            "ratios": {
-                "requests_per_s": s["requests_per_s"] / d["requests_per_s"],
-                "requests_per_s_per_round": [m["sluice"]["requests_per_s"] / m["direct"]["requests_per_s"]
-                                             for m in measured],
-                "output_tokens_per_s": s["output_tokens_per_s"] / d["output_tokens_per_s"],
-                "ttft_mean": s["ttft_ms"]["mean"] / d["ttft_ms"]["mean"],
-                "ttft_p50": s["ttft_ms"]["p50"] / d["ttft_ms"]["p50"],
-                "ttft_p99": s["ttft_ms"]["p99"] / d["ttft_ms"]["p99"],
-                "tpot_mean": s["tpot_ms"]["mean"] / d["tpot_ms"]["mean"],
-                "added_ttft_mean_ms": s["ttft_ms"]["mean"] - d["ttft_ms"]["mean"],
-                "added_ttft_p50_ms": s["ttft_ms"]["p50"] - d["ttft_ms"]["p50"],
-                "added_ttft_p50_ms_per_round": [
-                    m["sluice"]["ttft_ms"]["p50"] - m["direct"]["ttft_ms"]["p50"] for m in measured],
-            },
-        }
-    return out
-
-
-def markdown(comparison: dict[str, Any]) -> str:
-    lines = [
-        "| scenario | path | req/s (median; min–max) | output tok/s | TTFT mean ms | TTFT p50 ms | TTFT p99 ms "
-        "| TPOT mean ms | TPOT p50 ms | TPOT p99 ms | gateway CPU ms/req | vLLM CPU ms/req | failed |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    for name, c in comparison.items():
-        for path in PATHS:
-            p = c["paths"][path]
-            lo, hi = p["requests_per_s_min_max"]
-            t, o = p["ttft_ms"], p["tpot_ms"]
-            gw = f"{p['gateway_cpu_ms_per_request']:.2f}" if path == "sluice" else "–"
-            lines.append(f"| {name} | {path} | {p['requests_per_s']:.2f} ({lo:.2f}–{hi:.2f}) | "
-                         f"{p['output_tokens_per_s']:.0f} | {t['mean']:.1f} | {t['p50']:.1f} | {t['p99']:.1f} | "
-                         f"{o['mean']:.2f} | {o['p50']:.2f} | {o['p99']:.2f} | {gw} | "
-                         f"{p['vllm_cpu_ms_per_request']:.1f} | {p['failed']} of {p['sent']} |")
-    lines += [
-        "",
-        "| scenario | req/s sluice ÷ direct (per round) | output tok/s ratio | TTFT mean ratio | TTFT p50 ratio "
-        "| TTFT p99 ratio | TPOT mean ratio | added TTFT mean ms | added TTFT p50 ms (per round) |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    for name, c in comparison.items():
-        r = c["ratios"]
-        each = ", ".join(f"{x:.2f}" for x in r["requests_per_s_per_round"])
-        added = ", ".join(f"{x:.1f}" for x in r["added_ttft_p50_ms_per_round"])
-        lines.append(f"| {name} | {r['requests_per_s']:.3f} ({each}) | {r['output_tokens_per_s']:.3f} | "
-                     f"{r['ttft_mean']:.2f} | {r['ttft_p50']:.2f} | {r['ttft_p99']:.2f} | {r['tpot_mean']:.2f} | "
-                     f"{r['added_ttft_mean_ms']:.1f} | {r['added_ttft_p50_ms']:.1f} ({added}) |")
-    return "\n".join(lines)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
