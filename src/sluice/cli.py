@@ -159,7 +159,7 @@ def _add_model_flags(parser: argparse.ArgumentParser, model: type[SimSettings]) 
 
 # A server process allocates and frees many small containers per request. At CPython's default gen-0 threshold (700)
 # the collector ran ~100 times a second under load and walked the ~80,000 objects of the imported modules on every
-# full collection: 10-12% of a gateway's CPU (bench/limiter.py's gateways, measured with gc.callbacks).
+# full collection: 10-12% of a gateway's CPU (the gateways of bench.limiter, measured with gc.callbacks).
 GC_GEN0_THRESHOLD = 10_000
 STARTUP_FAILURE = 3  # uvicorn's exit status when the server could not start
 

@@ -3,7 +3,7 @@
 The router orders the replicas; replicas whose circuit is open are skipped; a connect error or an engine's
 "overloaded" answer (429/503) moves on to the next replica, since nothing has reached the client yet. Active
 health checks probe every replica. aiohttp is the upstream client: measured against httpx as a proxy client in
-bench/upstream_client.py.
+``python -m bench.upstream_client``.
 
 A request holds one of the pool's ``max_connections`` slots (``ConnectionSlots``) from the moment it is sent
 until its answer is read or closed; the slots, not aiohttp's connector (unlimited here, whose queue has no

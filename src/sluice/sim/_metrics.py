@@ -62,7 +62,7 @@ class DialectMetricNames:
         )
 
 
-# every dialect's exported names (read by bench/overload.py to translate them)
+# every dialect's exported names (read by bench.overload to translate them)
 METRIC_NAMES: Mapping[str, DialectMetricNames] = MappingProxyType(
     {name: DialectMetricNames.exported(facts.metrics) for name, facts in DIALECTS.items()}
 )
