@@ -18,7 +18,6 @@ import argparse
 import asyncio
 import contextlib
 import datetime
-import json
 import os
 import signal
 import statistics
@@ -28,12 +27,11 @@ import time
 import urllib.request
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import httpx
 
-from bench.harness import MODEL, command_line, exit_on_signals, free_port, machine, write_result
+from bench.harness import MODEL, command_line, exit_on_signals, free_port, machine, request_body, write_result
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "upstream_client.json"
@@ -42,15 +40,7 @@ MODES = ("sequential", "concurrent")
 
 
 def body(stream: bool, max_tokens: int) -> bytes:
-    doc: dict[str, Any] = {
-        "model": MODEL,
-        "messages": [{"role": "user", "content": "Hello, how are you today?"}],
-        "max_tokens": max_tokens,
-        "ignore_eos": True,
-    }
-    if stream:
-        doc["stream"] = True
-    return json.dumps(doc, separators=(",", ":")).encode()
+    return request_body(stream, max_tokens).encode()
 
 
 Post = Callable[[bytes, bool], Awaitable[int]]  # (body, stream) -> bytes received

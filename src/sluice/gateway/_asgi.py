@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from types import SimpleNamespace
 
 from pydantic import BaseModel
-from starlette.requests import ClientDisconnect, Request
+from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
@@ -73,7 +73,7 @@ class GatewayApp:
             request.state.record.reason = exc.reason
             response = error_response(exc)
             exc.__traceback__ = None  # answered: its traceback would tie the request's frames into a cycle with it
-        except (ClientDisconnected, ClientDisconnect):  # starlette's: a handler reading the body itself (admin)
+        except ClientDisconnected:
             request.state.record.reason = "client_disconnected"
             return
         except Exception:

@@ -17,7 +17,7 @@ from sluice.dialects import DIALECTS, MetricNames, OverloadSignature, PriorityCo
 from sluice.engines.dialects._base import EngineDialect, LaunchSpec
 
 ENGINE_DIALECTS: Mapping[Dialect, EngineDialect] = MappingProxyType(
-    {name: EngineDialect(facts) for name, facts in DIALECTS.items()}
+    {name: EngineDialect.of(facts) for name, facts in DIALECTS.items()}
 )
 VLLM = ENGINE_DIALECTS["vllm"]
 SGLANG = ENGINE_DIALECTS["sglang"]

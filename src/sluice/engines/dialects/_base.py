@@ -5,11 +5,10 @@ Nothing here talks to the network or starts processes.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
-from sluice.config import Dialect
-from sluice.dialects import DialectFacts, LaunchFlags, MetricNames, OverloadSignature, PriorityConvention
+from sluice.dialects import DialectFacts, LaunchFlags
 
 
 @dataclass(frozen=True)
@@ -28,42 +27,17 @@ class LaunchSpec:
 
 
 @dataclass(frozen=True)
-class EngineDialect:
-    """One engine dialect's facts (probes, load metrics, priority convention, overload), and its launch argv."""
+class EngineDialect(DialectFacts):
+    """One engine dialect's facts (``sluice.dialects``: probes, load metrics, priority convention, overload), and
+    the command line that launches it."""
 
-    facts: DialectFacts
-
-    @property
-    def name(self) -> Dialect:
-        return self.facts.name
-
-    @property
-    def health_path(self) -> str:
-        return self.facts.health_path
-
-    @property
-    def ready_path(self) -> str:
-        return self.facts.ready_path
-
-    @property
-    def metrics(self) -> MetricNames:
-        return self.facts.metrics
-
-    @property
-    def priority(self) -> PriorityConvention:
-        return self.facts.priority
-
-    @property
-    def overload(self) -> OverloadSignature:
-        return self.facts.overload
-
-    @property
-    def resumes_from_token_ids(self) -> bool:
-        return self.facts.resumes_from_token_ids
+    @classmethod
+    def of(cls, facts: DialectFacts) -> EngineDialect:
+        return cls(**{f.name: getattr(facts, f.name) for f in fields(facts)})
 
     def launch_argv(self, spec: LaunchSpec) -> list[str]:
         """The command line that starts this engine's OpenAI-compatible server as ``spec`` says."""
-        return launch_argv(self.facts.flags, spec)
+        return launch_argv(self.flags, spec)
 
 
 def launch_argv(flags: LaunchFlags, spec: LaunchSpec) -> list[str]:

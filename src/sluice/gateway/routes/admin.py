@@ -16,6 +16,7 @@ from starlette.responses import Response
 from sluice.config import TierSettings
 from sluice.errors import AuthenticationError, InvalidRequestError, NotFoundError, PermissionDeniedError
 from sluice.gateway._asgi import RouteSpec
+from sluice.gateway.routes._proxy import read_body
 from sluice.identity import IssuedKey, Principal, generate_key, hash_key, presented_key
 from sluice.protocol import parse_request
 from sluice.quota import Price
@@ -56,10 +57,16 @@ async def list_keys(request: Request) -> Response:
     return _json({"object": "list", "data": rows})
 
 
+async def _body(request: Request) -> bytes:
+    """The body, read as every route reads one: bounded in size and time, a client gone mid-body a 499."""
+    state = request.app.state
+    return await read_body(request, state.max_body_bytes, state.body_timeout_s)
+
+
 async def create_key(request: Request) -> Response:
     """Issue a key: the answer holds it once; the store keeps only its hash."""
     service = _admin(request)
-    new = parse_request(NewKey, await request.body())
+    new = parse_request(NewKey, await _body(request))
     if new.tier not in service.limiter.policy.tiers:
         raise InvalidRequestError(f"Unknown tier {new.tier!r}.", param="tier")
     if _known_ids(request) & {new.id}:
@@ -74,7 +81,7 @@ async def create_key(request: Request) -> Response:
 async def revoke_key(request: Request) -> Response:
     """Revoke a key, configured or issued: refused on every replica within a second."""
     service = _admin(request)
-    target = parse_request(KeyId, await request.body())
+    target = parse_request(KeyId, await _body(request))
     if target.id not in _known_ids(request):
         raise NotFoundError(f"No key with id {target.id!r}.", param="id", code="key_not_found")
     await service.directory.revoke(target.id)
@@ -84,7 +91,7 @@ async def revoke_key(request: Request) -> Response:
 async def change_tier(request: Request) -> Response:
     """Replace a tier's settings (limits, priority, waits) live, on every replica, keeping quota state."""
     service = _admin(request)
-    change = parse_request(TierChange, await request.body())
+    change = parse_request(TierChange, await _body(request))
     if change.name not in service.limiter.policy.tiers:
         raise NotFoundError(f"No tier {change.name!r}.", param="name", code="tier_not_found")
     try:
