@@ -141,6 +141,24 @@ def redis():
     server.kill()
 
 
+@pytest.fixture(scope="session")
+def redis_cluster():
+    """A Redis Cluster of three masters and three replicas for the session (tests/redis_cluster.py); a test that
+    fails a master over leaves it running as a replica, the cluster ok."""
+    from tests.redis_cluster import RedisCluster, redis_cli
+    from tests.redis_server import redis_binary, required
+
+    binary = redis_binary()
+    if binary is None or redis_cli() is None:
+        message = "no redis-server/redis-cli: install Debian's redis-server to run the Redis Cluster tests"
+        if required():
+            pytest.fail(message)
+        pytest.skip(message)
+    cluster = RedisCluster(binary).start()
+    yield cluster
+    cluster.stop()
+
+
 def metric_value(url: str, name: str, **labels: str) -> float | None:
     """A sample's value from a live ``/metrics`` (labels matched exactly), or None when it is not there."""
     import httpx

@@ -9,7 +9,6 @@ import gc
 import json
 import logging
 import os
-import shlex
 import sys
 import typing
 import urllib.error
@@ -19,6 +18,7 @@ from typing import TYPE_CHECKING
 
 from sluice.config import (
     DEFAULT_MODEL,
+    Dialect,
     EngineSettings,
     ModelSettings,
     Settings,
@@ -65,15 +65,24 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", help="YAML configuration file (default: $SLUICE_CONFIG, else the embedded default)")
     serve.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port to listen on (default 8000)")
+    serve.add_argument("--workers", type=int, help="gateway processes on that port (default server.workers, 1); "
+                       "more than one needs state: redis://")
     launch = serve.add_argument_group("launching engines", "start engine servers for a model (args after -- go "
                                       "to the engine)")
     launch.add_argument("--model", help="the model's directory: start engines for it and serve it")
-    launch.add_argument("--backend", choices=[*DIALECT_NAMES, "auto"], default="auto",
-                        help="auto: multimodal models go to SGLang, text models to vLLM (read from config.json)")
+    launch.add_argument("--backend", choices=[*DIALECT_NAMES, "sim", "auto"], default="auto",
+                        help="auto: multimodal models go to SGLang, text models to vLLM (read from config.json); "
+                             "sim: the built-in simulator (no GPU), speaking vLLM's dialect")
     launch.add_argument("--replicas", type=int, default=1)
     launch.add_argument("--tp", type=int, default=1, help="tensor parallel size of each replica")
-    launch.add_argument("--gpu-memory-utilization", type=float)
-    launch.add_argument("--max-model-len", type=int)
+    launch.add_argument("--pp", type=int, default=1, help="pipeline parallel size (a replica takes tp*pp GPUs)")
+    launch.add_argument("--gpus", help="the GPUs replicas may use, e.g. 0,1,2,3 (default: $CUDA_VISIBLE_DEVICES, "
+                                       "else what nvidia-smi lists); each replica gets tp*pp of its own")
+    launch.add_argument("--gpu-memory-utilization", type=float,
+                        help="fraction of each GPU's memory an engine may take (vLLM, SGLang; refused for LMDeploy)")
+    launch.add_argument("--max-model-len", type=int, help="context length (default: config.json's)")
+    launch.add_argument("--engine-log-dir", default="sluice-engines",
+                        help="directory of the engines' logs, one file per replica (default ./sluice-engines)")
     launch.add_argument("--served-model-name", help="the name clients use (default: the directory's name)")
     launch.add_argument("--engine-python", default=sys.executable,
                         help="the Python of the engine's environment, e.g. /opt/vllm-venv/bin/python")
@@ -161,7 +170,6 @@ def _add_model_flags(parser: argparse.ArgumentParser, model: type[SimSettings]) 
 # the collector ran ~100 times a second under load and walked the ~80,000 objects of the imported modules on every
 # full collection: 10-12% of a gateway's CPU (the gateways of bench.limiter, measured with gc.callbacks).
 GC_GEN0_THRESHOLD = 10_000
-STARTUP_FAILURE = 3  # uvicorn's exit status when the server could not start
 
 
 def tune_gc() -> None:
@@ -175,18 +183,26 @@ def tune_gc() -> None:
 
 def _serve(args: argparse.Namespace) -> int:
     from sluice.gateway.app import create_app
-    from sluice.gateway.server import gateway_server
+    from sluice.gateway.server import STARTUP_FAILURE, gateway_server
 
     config_path = args.config or config_path_from_env()
     settings = load_settings(config_path)
     overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
     if overrides:
         settings = settings.model_copy(update={"server": settings.server.model_copy(update=overrides)})
+    if args.workers is not None:
+        settings = _with_workers(settings, args.workers)
     launcher = None
     if args.model:
         settings, launcher = _launch_plan(args, settings, config_path is None)
         if launcher is None:
             return 0
+    if settings.server.workers > 1:  # a supervisor: it starts the engines once, then the workers
+        from sluice.gateway._workers import run_workers
+
+        _refuse_launcher_autoscaling(settings)
+
+        return run_workers(settings, config_path=config_path, launcher=launcher, prepare=tune_gc)
     app = create_app(settings, config_path=config_path, launcher=launcher)
     server = gateway_server(app, settings.server, app.state.metrics)
     tune_gc()
@@ -195,32 +211,92 @@ def _serve(args: argparse.Namespace) -> int:
     return 0 if server.started else STARTUP_FAILURE
 
 
+def _refuse_launcher_autoscaling(settings: Settings) -> None:
+    """Autoscaling launched replicas needs the launcher in the gateway's process; with several workers it is the
+    supervisor's, and the workers know the launched replicas as fixed URLs."""
+    for model in settings.models:
+        if model.autoscale is not None and model.autoscale.actuator == "launcher":
+            raise ConfigError(f"model {model.name}: autoscale actuator launcher needs one gateway process "
+                              "(--workers 1); with several workers scale the engines with another actuator")
+
+
+def _with_workers(settings: Settings, workers: int) -> Settings:
+    if workers < 1:
+        raise ConfigError(f"--workers {workers}: at least 1")
+    try:
+        return settings.with_workers(workers)
+    except ValueError as exc:  # memory:// state: the check the YAML field goes through
+        raise ConfigError(f"--workers {workers}: {exc}") from exc
+
+
 def _launch_plan(args: argparse.Namespace, settings: Settings,
                  embedded: bool) -> tuple[Settings, EngineLauncher | None]:
     """The engines ``--model`` asks for, and the settings that route to them (``None`` launcher: dry run)."""
     from pathlib import Path
 
     from sluice.clock import MonotonicClock
-    from sluice.engines import EngineLauncher, choose_backend, plan_commands
+    from sluice.engines import (
+        EngineLauncher,
+        GpuPool,
+        ReplicaPlanner,
+        VisibleGpus,
+        choose_backend,
+        context_length,
+        visible_gpus,
+    )
     from sluice.engines.dialects import LaunchSpec
 
-    backend, why = choose_backend(args.model, args.backend)
-    log.info("engine backend: %s (%s)", backend, why)
+    for flag, value in (("--replicas", args.replicas), ("--tp", args.tp), ("--pp", args.pp)):
+        if value < 1:
+            raise ConfigError(f"{flag} {value}: at least 1")
+    choice = choose_backend(args.model, args.backend)
+    if choice.guessed:
+        log.warning("engine backend: %s, a guess: %s", choice.backend, choice.why)
+    else:
+        log.info("engine backend: %s (%s)", choice.backend, choice.why)
+    if choice.backend != "sim" and not Path(args.model).is_dir():
+        log.warning("model directory %s does not exist here: the engine will take it as a hub id and download it",
+                    args.model)
     name = args.served_model_name or Path(args.model).name
-    spec = LaunchSpec(model=args.model, port=0, tp=args.tp, gpu_memory_utilization=args.gpu_memory_utilization,
-                      max_model_len=args.max_model_len, served_model_name=name, extra_args=tuple(args.engine_args),
-                      python=args.engine_python)
-    commands = plan_commands(backend, spec, args.replicas)
+    spec = LaunchSpec(model=args.model, port=0, tp=args.tp, pp=args.pp,
+                      gpu_memory_utilization=args.gpu_memory_utilization, max_model_len=args.max_model_len,
+                      served_model_name=name, extra_args=tuple(args.engine_args), python=args.engine_python)
+    # the simulator needs no GPU: it takes some (a rehearsal of the layout) only when --gpus names them
+    visible = visible_gpus(args.gpus, os.environ) if choice.backend != "sim" or args.gpus else VisibleGpus((), "sim")
+    gpus = GpuPool(visible)
+    if not gpus.enabled and choice.backend != "sim":
+        log.info("no GPU visible (%s lists none): replicas get no CUDA_VISIBLE_DEVICES and share what the engine "
+                 "runs on", visible.source)
+    planner = ReplicaPlanner(choice.backend, spec, gpus)  # type: ignore[arg-type]
+    commands = planner.plan(args.replicas)
     if args.dry_run:
-        for command in commands:
-            print(shlex.join(command.argv))
+        for i, command in enumerate(commands):
+            print(f"# replica {i}: {command.url}")
+            print(command.shell())
         return settings, None
-    entry = ModelSettings(name=name, max_model_len=args.max_model_len,
-                          engine=EngineSettings(dialect=backend, urls=[c.url for c in commands]))
+    entry = _launched_model(name, settings, embedded, planner.dialect, [c.url for c in commands],
+                            args.max_model_len or context_length(args.model))
     models = [m for m in settings.models if m.name != name and not embedded] + [entry]
-    launcher = EngineLauncher(commands, MonotonicClock(), log_dir=Path("sluice-engines"),
-                              health_timeout_s=args.engine_timeout, warmup_model=name)
+    launcher = EngineLauncher(commands, MonotonicClock(), log_dir=Path(args.engine_log_dir),
+                              health_timeout_s=args.engine_timeout, warmup_model=name, planner=planner)
     return settings.model_copy(update={"models": models}), launcher
+
+
+def _launched_model(name: str, settings: Settings, embedded: bool, dialect: Dialect, urls: list[str],
+                    max_model_len: int | None) -> ModelSettings:
+    """The launched model's settings: the config's model of that name (admission, autoscale, cache, engine tuning
+    kept) with its engine pointed at the launched replicas; a model of its own when the config has none."""
+    configured = None if embedded else next((m for m in settings.models if m.name == name), None)
+    if configured is None:
+        return ModelSettings(name=name, max_model_len=max_model_len,
+                             engine=EngineSettings(dialect=dialect, urls=urls))
+    engine = configured.engine or EngineSettings(urls=urls)
+    if configured.sim is not None or engine.urls or engine.discovery is not None:
+        log.warning("model %s: the engines --model launches replace the config's %s; its other settings are kept",
+                    name, "simulator" if configured.sim is not None else "engine urls/discovery")
+    launched = engine.model_copy(update={"dialect": dialect, "urls": urls, "weights": None, "discovery": None})
+    return configured.model_copy(update={"engine": launched, "sim": None,
+                                         "max_model_len": configured.max_model_len or max_model_len})
 
 
 def _sim(args: argparse.Namespace) -> int:

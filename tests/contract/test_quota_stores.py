@@ -1,4 +1,6 @@
-"""One contract, every quota store: memory, Redis (a real server), and Redis behind the failover wrapper."""
+"""One contract, every quota store: memory, Redis (a real server), Redis behind the failover wrapper, and a real Redis
+Cluster (three masters, three replicas). A decision's keys share one hash tag, as the gateway's do (``{sluice}``):
+a cluster runs a script on one slot."""
 
 from __future__ import annotations
 
@@ -19,15 +21,15 @@ from tests.redis_server import free_port
 HOUR = 3600.0
 
 
-@pytest.fixture(params=["memory", "redis", "failover"])
+@pytest.fixture(params=["memory", "redis", "failover", "cluster"])
 async def store(request):
     kind = request.param
     if kind == "memory":
         yield MemoryStore(MonotonicClock())
         return
-    server = request.getfixturevalue("redis_server")
+    server = request.getfixturevalue("redis_cluster" if kind == "cluster" else "redis_server")
     shared = RedisStore.from_url(server.url, timeout_s=2.0)
-    if kind == "redis":
+    if kind in ("redis", "cluster"):
         yield shared
     else:
         yield FailoverStore(shared, MonotonicClock(), replicas=1)
@@ -36,11 +38,11 @@ async def store(request):
 
 def bucket(capacity: int, cost: int = 1, interval_s: float = HOUR, kind: str = "requests", key: str | None = None):
     info = LimitInfo(kind, "test", capacity, interval_s * capacity)  # type: ignore[arg-type]
-    return Bucket(key or f"test:{uuid.uuid4().hex}", interval_s, capacity, cost, info)
+    return Bucket(key or f"{{test}}:{uuid.uuid4().hex}", interval_s, capacity, cost, info)
 
 
 def lease(limit: int, ttl_s: float = 60.0, key: str | None = None):
-    return Lease(key or f"test:{uuid.uuid4().hex}", limit, ttl_s, "test")
+    return Lease(key or f"{{test}}:{uuid.uuid4().hex}", limit, ttl_s, "test")
 
 
 def rid() -> str:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import aiohttp
 import pytest
 
@@ -35,11 +37,12 @@ def test_sglang_argv() -> None:
 
 
 def test_lmdeploy_argv() -> None:
-    argv = LMDEPLOY.launch_argv(SPEC)
+    argv = LMDEPLOY.launch_argv(dataclasses.replace(SPEC, gpu_memory_utilization=None))
     assert argv[:4] == ["/venv/bin/lmdeploy", "serve", "api_server", "/models/m"]
     assert flag(argv, "--server-port") == "9000" and flag(argv, "--server-name") == "0.0.0.0"
-    assert flag(argv, "--tp") == "2" and flag(argv, "--cache-max-entry-count") == "0.8"
+    assert flag(argv, "--tp") == "2" and "--cache-max-entry-count" not in argv  # free memory, not all: refused
     assert flag(argv, "--session-len") == "4096" and flag(argv, "--model-name") == "m"
+    assert "--enable-metrics" not in argv  # gone from LMDeploy (metrics on by default)
     assert LMDEPLOY.launch_argv(LaunchSpec(model="m", port=1))[0] == "lmdeploy"
 
 

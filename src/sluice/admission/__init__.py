@@ -6,7 +6,7 @@ from sluice.admission._gate import AdmissionObserver, Gate, GateSettings, Permit
 from sluice.admission._protection import ProtectionMode
 from sluice.admission._saturation import STALE, LoadReading, SaturationDetector
 from sluice.admission._ticket import Outcome, Ticket
-from sluice.admission._window import AIMDLimit, FixedLimit, GradientLimit, Limit, Sample
+from sluice.admission._window import AIMDLimit, FixedLimit, GradientLimit, Limit, PerReplicaLimit, Sample
 
 __all__ = [
     "STALE",
@@ -20,6 +20,7 @@ __all__ = [
     "Limit",
     "LoadReading",
     "Outcome",
+    "PerReplicaLimit",
     "Permit",
     "ProtectionMode",
     "Sample",

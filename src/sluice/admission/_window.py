@@ -7,12 +7,14 @@ the long-run latency to the recent one (Gradient2), once per sampling window (as
 ``WindowedLimit``: moved per sample, it overshoots the engine's seats and collapses in turn). Neither adaptive limit
 grows while the engines say they are saturated (their own queues are full): growing then only moves the queue from
 the gateway, where priorities and fair shares hold, into the engine, where they do not; the gradient shrinks then.
+``PerReplicaLimit`` applies a limit learnt per replica to a pool whose replicas come and go.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 from sluice.admission._ticket import Outcome
@@ -134,3 +136,22 @@ class GradientLimit:
             self._value = min(self._max, max(self._min, (1 - self._smoothing) * self._value + self._smoothing * target))
         self._sum, self._count = 0.0, 0
         self._dropped = self._saturated = False
+
+
+class PerReplicaLimit:
+    """A limit learnt per replica and applied to the pool: ``inner`` (in one replica's units) times the replicas that
+    take requests now, within [minimum, maximum]. A replica added widens the window at once; one that drains
+    narrows it. Samples reach ``inner`` in its own units (in flight per replica)."""
+
+    def __init__(self, inner: Limit, replicas: Callable[[], int], *, minimum: int, maximum: int) -> None:
+        self.inner = inner
+        self._replicas = replicas
+        self._min, self._max = minimum, maximum
+
+    @property
+    def value(self) -> int:
+        return min(self._max, max(self._min, self.inner.value * max(1, self._replicas())))
+
+    def update(self, sample: Sample) -> None:
+        replicas = max(1, self._replicas())
+        self.inner.update(replace(sample, in_flight=math.ceil(sample.in_flight / replicas)))

@@ -15,11 +15,10 @@ from collections import OrderedDict
 from typing import Any, Protocol, cast
 
 import orjson
-import redis.asyncio as aioredis
 
 from sluice.clock import Clock, MonotonicClock
 from sluice.errors import StateUnavailableError
-from sluice.state import MemoryState, RedisState, State
+from sluice.state import Client, MemoryState, RedisState, State
 
 log = logging.getLogger("sluice.cache")
 
@@ -72,7 +71,7 @@ class RedisCache:
         self._logged_outage = 0
 
     async def get(self, key: str) -> bytes | None:
-        async def read(client: aioredis.Redis) -> bytes | None:
+        async def read(client: Client) -> bytes | None:
             return cast("bytes | None", await client.get(key))  # the client answers bytes (decode_responses off)
 
         try:

@@ -5,6 +5,7 @@ Nothing here reads files or the environment: ``loader.py`` does, once, and hands
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from typing import Any, Literal
 
@@ -125,11 +126,97 @@ class SimSettings(_Frozen):
         return self
 
 
+_DNS_LABEL = re.compile(r"^[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?$")
+
+
+class DiscoverySettings(_Frozen):
+    """Engine replicas found in DNS, re-resolved every ``interval_s``: the A and AAAA records of ``dns`` (a
+    Kubernetes headless Service) on ``port``, or its SRV records (each target's addresses on the record's port)."""
+
+    dns: str
+    record: Literal["A", "SRV"] = "A"  # A: the A and AAAA records together
+    port: int | None = Field(None, ge=1, le=65535)  # for A records (default 8000); SRV records carry their own
+    scheme: Literal["http", "https"] = "http"
+    interval_s: float = Field(5.0, ge=0.1)
+    timeout_s: float = Field(2.0, gt=0)  # one resolution (every query it needs), retries included
+    nameservers: list[str] | None = None  # "ip", "ip:port", "[ipv6]:port"; None: the system's (/etc/resolv.conf)
+
+    @property
+    def nameserver_addresses(self) -> list[tuple[str, int]]:
+        """``nameservers`` as (ip, port) pairs."""
+        return [_host_port(n) for n in self.nameservers or []]
+
+    @field_validator("dns")
+    @classmethod
+    def _fqdn(cls, name: str) -> str:
+        if _is_ip(name):
+            raise ValueError(f"{name!r} is an address, not a name: list it in engine.urls")
+        labels = name.removesuffix(".").split(".")
+        if len(labels) < 2 or len(name.removesuffix(".")) > 253 or not all(_DNS_LABEL.match(x) for x in labels):
+            raise ValueError(f"{name!r} is not a fully qualified DNS name such as vllm-headless.llm.svc.cluster.local"
+                             " (search domains are not applied)")
+        return name.removesuffix(".").lower()
+
+    @field_validator("nameservers")
+    @classmethod
+    def _addresses(cls, nameservers: list[str] | None) -> list[str] | None:
+        if nameservers is not None and not nameservers:
+            raise ValueError("nameservers must list at least one address, or be left out for the system's")
+        return None if nameservers is None else [_join_host_port(*_host_port(n)) for n in nameservers]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _port_fits(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("record", "A") == "A" and data.get("port") is None:
+            return {**data, "port": 8000}
+        if isinstance(data, dict) and data.get("record") == "SRV" and data.get("port") is not None:
+            raise ValueError("port applies to record: A; SRV records carry their own ports")
+        return data
+
+    @model_validator(mode="after")
+    def _record_fits(self) -> DiscoverySettings:
+        if self.record == "A" and self.dns.startswith("_"):
+            raise ValueError(f"{self.dns!r} is an SRV name (it starts with '_'): set record: SRV")
+        return self
+
+
+def _host_port(text: str) -> tuple[str, int]:
+    host, port = text.strip(), "53"
+    if host.startswith("["):
+        host, _, rest = host[1:].partition("]")
+        port = rest.removeprefix(":") if rest else port
+        if rest and not rest.startswith(":"):
+            raise ValueError(f"nameserver {text!r}: expected [ipv6]:port")
+    elif host.count(":") == 1:
+        host, port = host.split(":")
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        raise ValueError(f"nameserver {text!r} is not an IP address (optionally with :port)") from None
+    if not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ValueError(f"nameserver {text!r}: the port must be 1..65535")
+    return str(address), int(port)
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _join_host_port(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 class EngineSettings(_Frozen):
-    """Inference servers started elsewhere, reached over their OpenAI HTTP API."""
+    """Inference servers started elsewhere, reached over their OpenAI HTTP API: listed in ``urls``, found by
+    ``discovery`` in DNS, or both."""
 
     dialect: Dialect = "vllm"
-    urls: list[str] = Field(min_length=1)
+    urls: list[str] = []
+    discovery: DiscoverySettings | None = None
     served_model: str | None = None  # the engine's own name for the model, when it differs from ours
     weights: list[float] | None = None  # one per url: a replica's share of the traffic (default all 1)
     routing: Literal["least_outstanding", "least_kv", "prefix_affinity"] = "least_outstanding"
@@ -227,6 +314,57 @@ class CacheSettings(_Frozen):
     ttl_s: float = Field(300.0, gt=0)
 
 
+class KubernetesScaleSettings(_Frozen):
+    """The Deployment or StatefulSet whose scale subresource the ``kubernetes`` actuator PATCHes. The defaults are
+    the in-cluster ones (the pod's service account)."""
+
+    kind: Literal["deployment", "statefulset"] = "deployment"
+    name: str = Field(min_length=1)
+    namespace: str | None = None  # None: the pod's own (the service account's namespace file)
+    api_url: str = "https://kubernetes.default.svc"
+    token_file: str = "/var/run/secrets/kubernetes.io/serviceaccount/token"
+    ca_file: str | None = "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt"  # None: the system's CAs
+
+
+class AutoscaleSettings(_Frozen):
+    """Scale the model's replicas between ``min_replicas`` and ``max_replicas`` on its refusals and saturation
+    (docs/autoscaling.md); ``actuator`` carries the decisions out."""
+
+    actuator: Literal["launcher", "command", "webhook", "kubernetes"]
+    command: list[str] | None = None  # actuator command: argv (no shell), the decision as JSON on stdin
+    webhook: str | None = None  # actuator webhook: POSTed the decision as JSON
+    kubernetes: KubernetesScaleSettings | None = None  # actuator kubernetes
+    timeout_s: float = Field(30.0, gt=0)  # one command, webhook or Kubernetes call
+    min_replicas: int = Field(1, ge=0)
+    max_replicas: int = Field(4, ge=1)
+    step: int = Field(1, ge=1)  # replicas added per decision (more when the refusal share says more are missing)
+    check_s: float = Field(5.0, gt=0)
+    window_s: float = Field(120.0, gt=0)  # evidence for scaling up
+    refusal_ratio: float = Field(0.05, ge=0, lt=1)  # up when more than this share is refused for capacity ...
+    min_requests: int = Field(20, ge=1)  # ... of at least this many requests in the window
+    scale_up_saturation: float = Field(1.0, gt=0)  # or when saturation stayed at or above this the whole window
+    scale_down_saturation: float = Field(0.3, ge=0)  # down when below this for scale_down_window_s (0: never)
+    scale_down_window_s: float = Field(600.0, gt=0)
+    cooldown_up_s: float = Field(60.0, ge=0)  # after a decision settles, before the next one up
+    cooldown_down_s: float = Field(600.0, ge=0)  # ... before the next one down
+    settle_timeout_s: float = Field(900.0, gt=0)  # a decision whose replicas are not there by then is given up
+
+    @model_validator(mode="after")
+    def _consistent(self) -> AutoscaleSettings:
+        targets = {"command": self.command, "webhook": self.webhook, "kubernetes": self.kubernetes}
+        given = sorted(name for name, value in targets.items() if value)
+        wanted = [self.actuator] if self.actuator in targets else []
+        if given != wanted:
+            raise ValueError(f"autoscale: actuator {self.actuator} needs {wanted or 'none'} of command, webhook, "
+                             f"kubernetes; got {given or 'none'}")
+        if self.min_replicas > self.max_replicas:
+            raise ValueError("autoscale: min_replicas is above max_replicas")
+        if self.scale_down_saturation >= self.scale_up_saturation:
+            raise ValueError("autoscale: scale_down_saturation must be below scale_up_saturation (hysteresis: "
+                             "between the two nothing changes)")
+        return self
+
+
 class ModelSettings(_Frozen):
     name: str = Field(min_length=1)
     engine: EngineSettings | None = None
@@ -235,6 +373,7 @@ class ModelSettings(_Frozen):
     max_model_len: int | None = Field(None, ge=1)  # context length, to cap reservations (a sim knows its own)
     admission: AdmissionSettings = AdmissionSettings()
     cache: CacheSettings = CacheSettings()
+    autoscale: AutoscaleSettings | None = None  # scale the replicas on refusals and saturation (docs/autoscaling.md)
 
     @property
     def context_length(self) -> int | None:
@@ -365,8 +504,8 @@ class KeySettings(_Frozen):
 
 
 class ScaleOutSettings(_Frozen):
-    """Tell an autoscaler when the engines are too few: refusals for capacity above ``rejection_ratio`` over
-    ``window_s``, or a pool at ``saturation`` or more for the whole window; at most once per ``interval_s``."""
+    """Deprecated (still accepted): tell an autoscaler when the engines are too few. Runs as each model's
+    ``autoscale`` block, up decisions only (sluice.gateway.autoscale.from_scale_out)."""
 
     webhook: str | None = None  # POSTed a JSON payload
     command: list[str] | None = None  # run with the JSON payload on stdin
@@ -396,8 +535,9 @@ class Settings(_Frozen):
     @field_validator("state")
     @classmethod
     def _state_url(cls, state: str) -> str:
-        if not state.startswith(("memory://", "redis://", "rediss://", "unix://")):
-            raise ValueError("state must be memory:// or a redis:// URL")
+        if not state.startswith(("memory://", "redis://", "rediss://", "unix://", "redis+cluster://",
+                                 "rediss+cluster://")):
+            raise ValueError("state must be memory://, a redis:// URL or a redis+cluster:// one")
         return state
 
     @model_validator(mode="after")
@@ -418,12 +558,20 @@ class Settings(_Frozen):
                              "or set auth: {mode: open}")
         if self.auth.jwt is not None and self.auth.jwt.default_tier not in self.tiers:
             raise ValueError(f"auth.jwt.default_tier {self.auth.jwt.default_tier!r} is not in tiers")
-        if self.server.workers > 1 and self.state.startswith("memory://"):
+        self._check_workers(self.server.workers)
+        return self
+
+    def with_workers(self, workers: int) -> Settings:
+        """These settings served by ``workers`` processes (``sluice serve --workers``), checked as the YAML field."""
+        self._check_workers(workers)
+        return self.model_copy(update={"server": self.server.model_copy(update={"workers": workers})})
+
+    def _check_workers(self, workers: int) -> None:
+        if workers > 1 and self.state.startswith("memory://"):
             raise ValueError(
                 "server.workers > 1 needs shared state (state: redis://...): with memory:// every worker "
                 "would keep its own counters and multiply every limit"
             )
-        return self
 
     @classmethod
     def embedded(cls) -> Settings:

@@ -2,8 +2,9 @@
 
 The router orders the replicas; replicas whose circuit is open are skipped; a connect error or an engine's
 "overloaded" answer (429/503) moves on to the next replica, since nothing has reached the client yet. Active
-health checks probe every replica. aiohttp is the upstream client: measured against httpx as a proxy client in
-``python -m bench.upstream_client``.
+health checks probe every replica. The replicas are the pool's live ``ReplicaSet``: a replica added is tried by
+the next request, a draining one gets no new request and leaves when its last answer is closed. aiohttp is the
+upstream client: measured against httpx as a proxy client in ``python -m bench.upstream_client``.
 
 A request holds one of the pool's ``max_connections`` slots (``ConnectionSlots``) from the moment it is sent
 until its answer is read or closed; the slots, not aiohttp's connector (unlimited here, whose queue has no
@@ -14,7 +15,7 @@ are not counted: one per replica at a time.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import aiohttp
@@ -23,6 +24,7 @@ from sluice.clock import Clock, MonotonicClock
 from sluice.engines._breaker import BreakerState
 from sluice.engines._errors import engine_error
 from sluice.engines._replica import Replica
+from sluice.engines._replica_set import ReplicaSet
 from sluice.engines._routing import Router
 from sluice.engines._slots import ConnectionSlots
 from sluice.engines.dialects import dialect_for
@@ -38,6 +40,7 @@ class UpstreamResponse:
     content_type: str
     _resp: aiohttp.ClientResponse = field(repr=False)
     _slots: ConnectionSlots = field(repr=False)
+    _replicas: ReplicaSet = field(repr=False)
     _closed: bool = False
 
     async def read(self) -> bytes:
@@ -61,7 +64,7 @@ class UpstreamResponse:
         aborts the request."""
         if not self._closed:
             self._closed = True
-            self.replica.outstanding -= 1
+            self._replicas.release(self.replica)
             self._resp.close()
             self._slots.release()
 
@@ -69,7 +72,7 @@ class UpstreamResponse:
 class EnginePool:
     def __init__(
         self,
-        replicas: list[Replica],
+        replicas: Sequence[Replica] | ReplicaSet,
         *,
         router: Router | None = None,
         connect_timeout_s: float = 5.0,
@@ -78,10 +81,8 @@ class EnginePool:
         connection_wait_s: float = 1.0,
         clock: Clock | None = None,
     ) -> None:
-        if not replicas:
-            raise ValueError("an engine pool needs at least one replica")
-        self.replicas = replicas
-        self.router = router or Router(replicas)
+        self.replicas = replicas if isinstance(replicas, ReplicaSet) else ReplicaSet.of(replicas)
+        self.router = router or Router(self.replicas)
         self.connections = ConnectionSlots(max_connections, connection_wait_s, clock or MonotonicClock())
         self._health_task: asyncio.Task[None] | None = None
         self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout_s, sock_read=read_timeout_s)
@@ -107,8 +108,8 @@ class EnginePool:
         (the replica whose KV cache holds the request's prefix, for a resumed stream) is tried first. It needs
         one of the pool's connection slots, for at most ``connection_wait_s`` (else 503 ``upstream_saturated``);
         the answer holds it until closed."""
-        if not any(r.breaker.allows() for r in self.replicas):
-            raise _all_failing()  # at once: no point waiting for a connection
+        if not any(r.breaker.allows() for r in self.replicas.routable()):
+            raise _all_failing(bool(self.replicas.routable()))  # at once: no point waiting for a connection
         await self.connections.acquire()
         try:
             return await self._send(path, body, headers, affinity, prefer)
@@ -118,9 +119,9 @@ class EnginePool:
 
     async def _send(self, path: str, body: bytes, headers: Mapping[str, str], affinity: str | None,
                     prefer: Replica | None) -> UpstreamResponse:
-        usable = [r for r in self.replicas if r.breaker.allows()]
+        usable = [r for r in self.replicas.routable() if r.breaker.allows()]
         if not usable:
-            raise _all_failing()
+            raise _all_failing(bool(self.replicas.routable()))
         unreachable = ""  # what the last unreachable replica raised, as text: the exception would hold this frame
         overloaded: SluiceError | None = None
         order = self.router.order(usable, affinity)
@@ -133,24 +134,24 @@ class EnginePool:
             try:
                 resp = await self.session.post(replica.url + path, data=body, headers=headers)
             except (TimeoutError, aiohttp.ClientConnectionError) as exc:
-                replica.outstanding -= 1
+                self.replicas.release(replica)
                 replica.breaker.on_failure()
                 unreachable = f"{type(exc).__name__}: {exc}"
                 exc.__traceback__ = None  # aiohttp's connect failures sit in cycles through their tracebacks
                 continue
             except BaseException:
-                replica.outstanding -= 1
+                self.replicas.release(replica)
                 replica.breaker.on_abandon()
                 raise
             if resp.status < 400:
                 replica.breaker.on_success()
                 return UpstreamResponse(replica, resp.status, resp.headers.get("content-type", ""), resp,
-                                        self.connections)
+                                        self.connections, self.replicas)
             try:
                 err_body = await resp.read()
             finally:
                 resp.close()
-                replica.outstanding -= 1
+                self.replicas.release(replica)
             error = engine_error(resp.status, err_body, replica.url, dialect_for(replica.dialect).overload)
             if error.reason == "engine_overloaded":
                 overloaded = error  # alive but full: the next replica may have room
@@ -175,7 +176,8 @@ class EnginePool:
         async def run() -> None:
             while True:
                 await clock.sleep(interval_s)
-                for replica, healthy in zip(self.replicas, await asyncio.gather(*map(self._probe, self.replicas)),
+                replicas = self.replicas.all()
+                for replica, healthy in zip(replicas, await asyncio.gather(*map(self._probe, replicas)),
                                             strict=True):
                     if not healthy:
                         replica.breaker.on_failure()
@@ -186,7 +188,7 @@ class EnginePool:
 
     async def is_ready(self) -> bool:
         """True when at least one replica answers its readiness probe (SGLang's generates a token)."""
-        results = await asyncio.gather(*(self._probe(r, ready=True) for r in self.replicas))
+        results = await asyncio.gather(*(self._probe(r, ready=True) for r in self.replicas.routable()))
         return any(results)
 
     async def _probe(self, replica: Replica, ready: bool = False) -> bool:
@@ -208,6 +210,8 @@ class EnginePool:
             self._session = None
 
 
-def _all_failing() -> EngineUnavailableError:
-    return EngineUnavailableError("Every replica of this model is failing (circuits open); retry shortly.",
-                                  code="engine_unavailable", reason="engine_unavailable", headers={"retry-after": "1"})
+def _all_failing(any_replica: bool) -> EngineUnavailableError:
+    why = "Every replica of this model is failing (circuits open)" if any_replica else \
+        "This model has no engine replica right now"
+    return EngineUnavailableError(f"{why}; retry shortly.", code="engine_unavailable", reason="engine_unavailable",
+                                  headers={"retry-after": "1"})

@@ -1,5 +1,5 @@
 """One engine replica as the gateway sees it: its address and dialect, its routing weight, the requests it has
-outstanding, and its circuit breaker."""
+outstanding, its circuit breaker, and whether it is draining (no new requests; it leaves its set when idle)."""
 
 from __future__ import annotations
 
@@ -17,3 +17,4 @@ class Replica:
     weight: float = 1.0
     outstanding: int = 0
     breaker: CircuitBreaker = field(default_factory=lambda: CircuitBreaker(MonotonicClock()))
+    draining: bool = False

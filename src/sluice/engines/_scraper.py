@@ -3,7 +3,8 @@
 ``parse_load`` turns one exposition into a ``LoadSample`` (requests running and waiting, summed over every
 series; KV-cache usage 0..1, the fullest series). ``LoadScraper`` keeps the latest sample of every replica,
 scraping each one every ``interval_s`` in a task of its own (a slow or dead replica delays nobody else),
-through one aiohttp session. A sample older than ``max_age_s`` is stale: ``fresh()`` answers ``None`` for it,
+through one aiohttp session. It follows its pool's ``ReplicaSet``: a replica added is scraped from then on, one
+that leaves is forgotten. A sample older than ``max_age_s`` is stale: ``fresh()`` answers ``None`` for it,
 as for a replica never scraped, and the consumer treats it as unknown (saturated, for admission).
 """
 
@@ -21,6 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from sluice.clock import Clock
 from sluice.engines._replica import Replica
+from sluice.engines._replica_set import ReplicaSet
 from sluice.engines.dialects import MetricNames, dialect_for
 
 log = logging.getLogger("sluice.engines")
@@ -101,7 +103,7 @@ class LoadScraper:
 
     def __init__(
         self,
-        replicas: Sequence[Replica],
+        replicas: Sequence[Replica] | ReplicaSet,
         clock: Clock,
         *,
         interval_s: float = DEFAULT_INTERVAL_S,
@@ -111,7 +113,7 @@ class LoadScraper:
     ) -> None:
         if interval_s <= 0 or timeout_s <= 0 or max_age_s <= 0:
             raise ValueError("interval_s, timeout_s and max_age_s must be positive")
-        self._replicas = list(replicas)
+        self._replicas = replicas if isinstance(replicas, ReplicaSet) else ReplicaSet.of(replicas)
         self._clock = clock
         self.interval_s = interval_s
         self.max_age_s = max_age_s
@@ -120,7 +122,8 @@ class LoadScraper:
         self._owns_session = session is None
         self._latest: dict[str, LoadSample] = {}
         self._errors: dict[str, str] = {}
-        self._tasks: list[asyncio.Task[None]] = []
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._running = False
 
     # -- read API -------------------------------------------------------------------------------------------
 
@@ -158,7 +161,7 @@ class LoadScraper:
 
     async def scrape_once(self, replicas: Iterable[Replica] | None = None) -> None:
         """Scrape every replica (or those given) once, concurrently; failures are recorded, not raised."""
-        await asyncio.gather(*(self._refresh(r) for r in (self._replicas if replicas is None else replicas)))
+        await asyncio.gather(*(self._refresh(r) for r in (self._replicas.all() if replicas is None else replicas)))
 
     async def _refresh(self, replica: Replica) -> None:
         try:
@@ -181,14 +184,30 @@ class LoadScraper:
     # -- lifecycle -------------------------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Start one scraping task per replica, in the running event loop."""
-        if self._tasks:
+        """Start one scraping task per replica, in the running event loop, and follow the set's changes."""
+        if self._running:
             raise RuntimeError("the scraper is already running")
+        self._running = True
+        self._replicas.subscribe(self._follow)
+        self._follow(self._replicas)
+
+    def _follow(self, replicas: ReplicaSet) -> None:
+        """Scrape the replicas in the set now; forget those that left (their samples too)."""
+        if not self._running:
+            return
+        current = {r.url: r for r in replicas.all()}
+        for url in [u for u in self._tasks if u not in current]:
+            self._tasks.pop(url).cancel()
+            self._latest.pop(url, None)
+            self._errors.pop(url, None)
         loop = asyncio.get_running_loop()
-        self._tasks = [loop.create_task(self._run(r), name=f"scrape {r.url}") for r in self._replicas]
+        for url, replica in current.items():
+            if url not in self._tasks:
+                self._tasks[url] = loop.create_task(self._run(replica), name=f"scrape {url}")
 
     async def stop(self) -> None:
-        tasks, self._tasks = self._tasks, []
+        self._running = False
+        tasks, self._tasks = list(self._tasks.values()), {}
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)

@@ -1,13 +1,13 @@
 """Admission for one model's pool, assembled from its settings: the window, the load it watches, protection.
 
-The window never exceeds the pool's ``engine.max_connections``: every request the gate dispatches holds an
-upstream connection, so a wider window would only move the excess into a wait for a connection, out of reach of
-priorities, fair shares and queue deadlines."""
+Unless ``admission.window.initial`` sets the pool's total, the window is learnt per replica and follows the live
+replica set (``PerReplicaLimit``): a replica added widens it at once. The window never exceeds the pool's
+``engine.max_connections``: every request the gate dispatches holds an upstream connection, so a wider window would
+only move the excess into a wait for a connection, out of reach of priorities, fair shares and queue deadlines."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
 from contextlib import AsyncExitStack
 
 from sluice.admission import (
@@ -18,12 +18,13 @@ from sluice.admission import (
     GradientLimit,
     Limit,
     LoadReading,
+    PerReplicaLimit,
     ProtectionMode,
     SaturationDetector,
 )
 from sluice.clock import Clock
 from sluice.config import ModelSettings, Settings
-from sluice.engines import LoadScraper, Replica
+from sluice.engines import LoadScraper, ReplicaSet
 from sluice.telemetry import GatewayMetrics
 
 log = logging.getLogger("sluice")
@@ -31,7 +32,7 @@ log = logging.getLogger("sluice")
 DEFAULT_WINDOW_PER_REPLICA = 128
 
 
-async def open_gate(model: ModelSettings, replicas: Sequence[Replica], scraper: LoadScraper | None,
+async def open_gate(model: ModelSettings, replicas: ReplicaSet, scraper: LoadScraper | None,
                     settings: Settings, clock: Clock, metrics: GatewayMetrics,
                     stack: AsyncExitStack, max_connections: int) -> Gate | None:
     """The pool's gate; ``scraper`` (the replicas' load, when watched) feeds saturation and KV room;
@@ -44,7 +45,7 @@ async def open_gate(model: ModelSettings, replicas: Sequence[Replica], scraper: 
         sat = admission.saturation
 
         def readings() -> list[LoadReading | None]:
-            samples = [scraper.latest(r.url) for r in replicas]
+            samples = [scraper.latest(r.url) for r in replicas.routable()]
             return [None if s is None else LoadReading(s.running, s.waiting, s.kv_usage, s.scraped_at)
                     for s in samples]
 
@@ -58,7 +59,7 @@ async def open_gate(model: ModelSettings, replicas: Sequence[Replica], scraper: 
                                     engage_after_s=p.engage_after_s, relax_after_s=p.relax_after_s, name=model.name,
                                     on_change=lambda engaged: metrics.protection_changed(model.name, engaged))
     gate = Gate(
-        model.name, _limit(model, len(replicas), clock, max_connections), clock,
+        model.name, _limit(model, replicas, clock, max_connections), clock,
         GateSettings(max_tokens_in_flight=admission.max_tokens_in_flight,
                      queue_max_requests=admission.queue_max_requests, queue_max_tokens=admission.queue_max_tokens,
                      reserve_top_share=admission.protection.reserve_top_share,
@@ -72,15 +73,22 @@ async def open_gate(model: ModelSettings, replicas: Sequence[Replica], scraper: 
     return gate
 
 
-def _limit(model: ModelSettings, replicas: int, clock: Clock, max_connections: int) -> Limit:
+def _limit(model: ModelSettings, replicas: ReplicaSet, clock: Clock, max_connections: int) -> Limit:
     window = model.admission.window
     maximum = min(window.max, max_connections)
     minimum = min(window.min, maximum)
-    initial = window.initial or (model.sim.max_num_seqs if model.sim else DEFAULT_WINDOW_PER_REPLICA * replicas)
     if max(window.initial or 0, window.min) > max_connections:
         log.warning("model %s: admission.window asks for more requests in flight than engine.max_connections "
                     "(%d): the window is capped there", model.name, max_connections)
-    initial = min(max(initial, minimum), maximum)
+    if window.initial is not None:  # the pool's total, whatever the replicas
+        return _algorithm(model, clock, min(max(window.initial, minimum), maximum), minimum, maximum)
+    per_replica = model.sim.max_num_seqs if model.sim else DEFAULT_WINDOW_PER_REPLICA
+    inner = _algorithm(model, clock, min(per_replica, maximum), 1, maximum)
+    return PerReplicaLimit(inner, lambda: len(replicas), minimum=minimum, maximum=maximum)
+
+
+def _algorithm(model: ModelSettings, clock: Clock, initial: int, minimum: int, maximum: int) -> Limit:
+    window = model.admission.window
     if window.kind == "aimd":
         return AIMDLimit(clock, initial=initial, minimum=minimum, maximum=maximum,
                          latency_threshold_s=window.latency_threshold_s)

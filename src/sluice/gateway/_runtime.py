@@ -11,13 +11,15 @@ from sluice.cache import open_cache
 from sluice.clock import Clock
 from sluice.config import EngineSettings, ModelSettings, Settings
 from sluice.dialects import DIALECTS
-from sluice.engines import CircuitBreaker, EnginePool, LoadScraper, Replica, Router
+from sluice.engines import CircuitBreaker, DnsDiscovery, EngineLauncher, EnginePool, LoadScraper, ReplicaSet, Router
 from sluice.engines.dialects import dialect_for
 from sluice.errors import ConfigError
+from sluice.gateway._fleet import apply_admin_fleet
 from sluice.gateway._gates import open_gate
+from sluice.gateway._launched import LaunchedFleet
 from sluice.gateway._live import LiveConfig
 from sluice.gateway._route import ModelRoute
-from sluice.gateway._scale_out import ScaleOutHook
+from sluice.gateway.autoscale import build_autoscalers, signals_for
 from sluice.gateway.service import GatewayService
 from sluice.identity import Directory
 from sluice.quota import EstimateCounter, ExactCounter, Pricer, PromptCounter, QuotaLimiter, QuotaPolicy, open_store
@@ -35,11 +37,21 @@ class Runtime:
 
 
 @asynccontextmanager
-async def open_service(settings: Settings, clock: Clock, metrics: GatewayMetrics) -> AsyncIterator[Runtime]:
+async def open_service(settings: Settings, clock: Clock, metrics: GatewayMetrics,
+                       launcher: EngineLauncher | None = None) -> AsyncIterator[Runtime]:
+    """The running service; ``launcher``: the engines Sluice launched for one model (already started)."""
     async with AsyncExitStack() as stack:
         routes: dict[str, ModelRoute] = {}
+        fleets: dict[str, LaunchedFleet] = {}
         for model in settings.models:
             routes[model.name] = await _open_route(model, settings, clock, metrics, stack)
+            if launcher is not None and launcher.model == model.name:  # its replicas come and go with the launcher
+                replicas = routes[model.name].pool.replicas
+                fleets[model.name] = LaunchedFleet(launcher, replicas, clock)
+                replicas.sync("static", [u for u in replicas_of(model) if u not in launcher.urls])
+            if not routes[model.name].pool.replicas.all():
+                log.warning("model %s has no engine replica yet: it answers 503 until one is added (POST "
+                            "/admin/replicas) or found (engine.discovery)", model.name)
         state = open_state(settings.state, settings.quota, clock)  # one Redis client for quota, cache, usage, keys
         stack.push_async_callback(state.close)
         store = open_store(state, settings.quota, clock, observer=metrics)
@@ -51,7 +63,9 @@ async def open_service(settings: Settings, clock: Clock, metrics: GatewayMetrics
         usage.start()
         stack.push_async_callback(usage.close)
         live: LiveConfig  # the directory's tier callback applies the live config it is part of
-        live = LiveConfig(settings, Directory.for_state(state, clock, on_tiers=lambda _: live.apply()), clock)
+        directory = Directory.for_state(state, clock, on_tiers=lambda _: live.apply(),
+                                        on_fleet=lambda fleet: apply_admin_fleet(routes, fleet))
+        live = LiveConfig(settings, directory, clock)
         await live.directory.start()
         stack.push_async_callback(live.directory.close)
         cache = open_cache(state, clock)
@@ -61,13 +75,16 @@ async def open_service(settings: Settings, clock: Clock, metrics: GatewayMetrics
         live.attach(service)
         live.apply()
         stack.push_async_callback(service.drain)
-        if settings.scale_out is not None:
-            hook = ScaleOutHook(settings.scale_out, clock,
-                                lambda: {n: r.gate.last_saturation for n, r in routes.items() if r.gate},
-                                lambda: (metrics.answered, metrics.refused_for_capacity))
-            hook.start()
-            stack.push_async_callback(hook.close)
+        for autoscaler in build_autoscalers(settings, signals_for(routes, metrics.engine_capacity_counts), clock,
+                                            state, metrics, fleets):
+            routes[autoscaler.model].pool.replicas.describe("autoscaler", autoscaler.snapshot)
+            autoscaler.start()
+            stack.push_async_callback(autoscaler.close)
         yield Runtime(service, live)
+
+
+def replicas_of(model: ModelSettings) -> list[str]:
+    return model.engine.urls if model.engine is not None else []
 
 
 def pricer_for(settings: Settings) -> Pricer:
@@ -93,10 +110,16 @@ async def _open_route(model: ModelSettings, settings: Settings, clock: Clock, me
         log.info("model %s: built-in engine simulator (%s dialect) at %s", model.name, model.sim.dialect, sim.url)
         engine = EngineSettings(dialect=model.sim.dialect, urls=[sim.url], served_model=model.name)
     assert engine is not None
-    weights = engine.weights or [1.0] * len(engine.urls)
-    replicas = [Replica(url, engine.dialect, weight,
-                        breaker=CircuitBreaker(clock, failures=engine.breaker_failures, open_s=engine.breaker_open_s))
-                for url, weight in zip(engine.urls, weights, strict=True)]
+    replicas = ReplicaSet(engine.dialect, clock=clock, name=model.name, breaker=lambda: CircuitBreaker(
+        clock, failures=engine.breaker_failures, open_s=engine.breaker_open_s))
+    replicas.sync("static", engine.urls, engine.weights)
+    if engine.discovery is not None:
+        dns = DnsDiscovery(engine.discovery, clock, lambda urls: replicas.sync("dns", urls))
+        replicas.describe("dns", dns.snapshot)
+        await dns.resolve_once()  # before serving: a failure keeps the pool as it is, and retries in the loop
+        dns.start()
+        stack.push_async_callback(dns.close)
+    metrics.watch_replica_set(model.name, replicas)
     scraper = None
     if (model.admission.enabled and model.admission.watch_load) or engine.routing == "least_kv":
         sat = model.admission.saturation
@@ -105,7 +128,7 @@ async def _open_route(model: ModelSettings, settings: Settings, clock: Clock, me
         stack.push_async_callback(scraper.stop)
         metrics.watch_replicas(lambda: [(model.name, r.url, scraper.latest(r.url) is not None
                                          and scraper.last_error(r.url) is None, r.breaker.state.value)
-                                        for r in replicas])
+                                        for r in replicas.all()])
     router = Router(replicas, engine.routing, kv_usage=_kv_usage(scraper))
     pool = EnginePool(replicas, router=router, connect_timeout_s=settings.server.connect_timeout_s,
                       read_timeout_s=settings.server.upstream_timeout_s, max_connections=engine.max_connections,

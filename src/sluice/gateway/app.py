@@ -22,9 +22,10 @@ log = logging.getLogger("sluice")
 
 
 def create_app(settings: Settings, *, config_path: str | Path | None = None, clock: Clock | None = None,
-               launcher: EngineLauncher | None = None) -> GatewayApp:
+               launcher: EngineLauncher | None = None, announce: bool = True) -> GatewayApp:
     """The gateway for ``settings``. With ``config_path``, edits to that file (tiers, limits, keys) apply live.
-    With ``launcher``, the engines it starts are up before the gateway serves, and stopped after it."""
+    With ``launcher``, the engines it starts are up before the gateway serves, and stopped after it. Without
+    ``announce``, no startup banner (a worker of several: its supervisor announces once)."""
     clock = clock or MonotonicClock()
     metrics = GatewayMetrics()
 
@@ -41,16 +42,17 @@ def create_app(settings: Settings, *, config_path: str | Path | None = None, clo
 
     @asynccontextmanager
     async def _serving(app: GatewayApp) -> AsyncIterator[None]:
-        async with open_service(settings, clock, metrics) as runtime:
+        async with open_service(settings, clock, metrics, launcher) as runtime:
             app.state.service = runtime.service
             app.state.live = runtime.live
             app.state.max_body_bytes = settings.server.max_body_bytes
             app.state.body_timeout_s = settings.server.body_timeout_s
             app.state.admin_key_hash = settings.auth.admin_key_hash
-            for line in banner(settings):
-                log.info(line)
-            if settings.auth.mode == "open":
-                log.warning(OPEN_ACCESS_WARNING)
+            if announce:
+                for line in banner(settings):
+                    log.info(line)
+                if settings.auth.mode == "open":
+                    log.warning(OPEN_ACCESS_WARNING)
             reloader = None
             if config_path is not None:
                 app.state.reloader = ConfigReloader(Path(config_path), runtime.live)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import resource
+import socket
 
 import uvicorn
 from starlette.types import ASGIApp
@@ -21,8 +22,10 @@ log = logging.getLogger("sluice")
 
 # File descriptors kept for everything but client connections: listening sockets, Redis, log files, engine
 # processes' pipes, metrics scrapes, and connections being refused or shed.
+STARTUP_FAILURE = 3  # uvicorn's exit status when the server could not start (also a supervisor's)
 FD_RESERVE = 256
 MIN_CONNECTIONS = 16
+LISTEN_BACKLOG = 2048  # uvicorn's default
 
 
 def raise_fd_limit() -> int:
@@ -70,3 +73,19 @@ def gateway_server(app: ASGIApp, server: ServerSettings, metrics: GatewayMetrics
              "bytes / %g s", limits.max_connections, fd_limit, limits.max_header_bytes, limits.max_headers,
              limits.header_timeout_s, server.max_body_bytes, server.body_timeout_s)
     return uvicorn.Server(uvicorn_config(app, server, limits, metrics))
+
+
+def reuseport_socket(host: str, port: int) -> socket.socket:
+    """A TCP socket bound to ``host:port`` with SO_REUSEPORT, not yet listening: every worker binds its own on the
+    same port and the kernel spreads new connections over those listening. Port 0 picks a free port."""
+    family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                                         flags=socket.AI_PASSIVE)[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind(address)
+    except OSError:
+        sock.close()
+        raise
+    return sock

@@ -1,5 +1,5 @@
 """What the admin API changes at run time, shared by every gateway replica through the state store: keys issued
-(stored hashed), keys revoked, and tiers' live settings.
+(stored hashed), keys revoked, tiers' live settings, and engine replicas added or drained (the fleet).
 
 Each replica mirrors it locally (so checking a key costs a dict lookup) and refreshes its mirror every
 ``refresh_s``: a change made on one replica is in force on all of them within a second. One version number in
@@ -13,14 +13,13 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import orjson
-import redis.asyncio as aioredis
 
 from sluice.clock import Clock
-from sluice.state import MemoryState, RedisState, State
+from sluice.state import Client, MemoryState, RedisState, State
 
 log = logging.getLogger("sluice")
 
@@ -42,6 +41,7 @@ class Snapshot:
     keys: dict[str, IssuedKey]  # by hash
     revoked: frozenset[str]  # key ids
     tiers: dict[str, dict[str, Any]]  # tier name -> settings, as given to the admin API
+    fleet: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)  # model -> replica URL -> its doc
 
 
 class DirectoryBackend(Protocol):
@@ -54,6 +54,8 @@ class DirectoryBackend(Protocol):
     async def revoke(self, key_id: str) -> None: ...
 
     async def put_tier(self, name: str, settings: dict[str, Any]) -> None: ...
+
+    async def put_replica(self, model: str, url: str, doc: dict[str, Any] | None) -> None: ...
 
     async def close(self) -> None: ...
 
@@ -70,15 +72,20 @@ class MemoryDirectory:
 
     async def put_key(self, key: IssuedKey) -> None:
         s = self._snapshot
-        self._snapshot = Snapshot(s.version + 1, {**s.keys, key.hash: key}, s.revoked - {key.id}, s.tiers)
+        self._snapshot = Snapshot(s.version + 1, {**s.keys, key.hash: key}, s.revoked - {key.id}, s.tiers, s.fleet)
 
     async def revoke(self, key_id: str) -> None:
         s = self._snapshot
-        self._snapshot = Snapshot(s.version + 1, s.keys, s.revoked | {key_id}, s.tiers)
+        self._snapshot = Snapshot(s.version + 1, s.keys, s.revoked | {key_id}, s.tiers, s.fleet)
 
     async def put_tier(self, name: str, settings: dict[str, Any]) -> None:
         s = self._snapshot
-        self._snapshot = Snapshot(s.version + 1, s.keys, s.revoked, {**s.tiers, name: settings})
+        self._snapshot = Snapshot(s.version + 1, s.keys, s.revoked, {**s.tiers, name: settings}, s.fleet)
+
+    async def put_replica(self, model: str, url: str, doc: dict[str, Any] | None) -> None:
+        s = self._snapshot
+        replicas = {u: d for u, d in s.fleet.get(model, {}).items() if u != url} | ({url: doc} if doc else {})
+        self._snapshot = Snapshot(s.version + 1, s.keys, s.revoked, s.tiers, {**s.fleet, model: replicas})
 
     async def close(self) -> None:
         return None
@@ -92,24 +99,32 @@ class RedisDirectory:
         self._state = state
         self._version, self._keys = f"{prefix}:directory:version", f"{prefix}:directory:keys"
         self._revoked, self._tiers = f"{prefix}:directory:revoked", f"{prefix}:directory:tiers"
+        self._fleet = f"{prefix}:directory:fleet"  # "<model> <url>" -> the replica's doc
 
     async def version(self) -> int:
         return int(await self._state.run(lambda client: client.get(self._version), "key directory read") or 0)
 
     async def snapshot(self) -> Snapshot:
-        async def read(client: aioredis.Redis) -> list[Any]:
+        async def read(client: Client) -> list[Any]:
             async with client.pipeline(transaction=True) as pipe:
-                pipe.get(self._version)
-                pipe.hgetall(self._keys)
-                pipe.smembers(self._revoked)
-                pipe.hgetall(self._tiers)
+                # Raw commands: in a Redis Cluster transaction, redis-py (8.1) hands the helpers' ``keys=`` to reply
+                # parsers that do not take it; the replies are parsed the same way on both clients.
+                pipe.execute_command("GET", self._version)
+                pipe.execute_command("HGETALL", self._keys)
+                pipe.execute_command("SMEMBERS", self._revoked)
+                pipe.execute_command("HGETALL", self._tiers)
+                pipe.execute_command("HGETALL", self._fleet)
                 return await pipe.execute()
 
-        version, keys, revoked, tiers = await self._state.run(read, "key directory read",
-                                                              timeout_s=SNAPSHOT_TIMEOUT_S)
+        version, keys, revoked, tiers, replicas = await self._state.run(read, "key directory read",
+                                                                        timeout_s=SNAPSHOT_TIMEOUT_S)
+        fleet: dict[str, dict[str, dict[str, Any]]] = {}
+        for where, doc in replicas.items():
+            model, url = where.decode().split(" ", 1)
+            fleet.setdefault(model, {})[url] = orjson.loads(doc)
         issued = {h.decode(): IssuedKey(**orjson.loads(doc)) for h, doc in keys.items()}
         return Snapshot(int(version or 0), issued, frozenset(r.decode() for r in revoked),
-                        {name.decode(): orjson.loads(doc) for name, doc in tiers.items()})
+                        {name.decode(): orjson.loads(doc) for name, doc in tiers.items()}, fleet)
 
     async def put_key(self, key: IssuedKey) -> None:
         doc = orjson.dumps({"id": key.id, "hash": key.hash, "user": key.user, "tenant": key.tenant, "tier": key.tier})
@@ -121,12 +136,17 @@ class RedisDirectory:
     async def put_tier(self, name: str, settings: dict[str, Any]) -> None:
         await self._write(lambda pipe: pipe.hset(self._tiers, name, orjson.dumps(settings)))
 
+    async def put_replica(self, model: str, url: str, doc: dict[str, Any] | None) -> None:
+        where = f"{model} {url}"
+        await self._write(lambda pipe: pipe.hset(self._fleet, where, orjson.dumps(doc)) if doc
+                          else pipe.hdel(self._fleet, where))
+
     async def close(self) -> None:
         return None  # the state store is the process's, closed by its owner
 
     async def _write(self, change: Callable[[Any], Any]) -> None:
         """One change and a new version, in one transaction (sent again on a fresh connection: both repeat safely)."""
-        async def write(client: aioredis.Redis) -> None:
+        async def write(client: Client) -> None:
             async with client.pipeline(transaction=True) as pipe:
                 change(pipe)
                 pipe.incr(self._version)
@@ -139,11 +159,13 @@ class Directory:
     """The local mirror of the shared directory, and the way to change it."""
 
     def __init__(self, backend: DirectoryBackend, clock: Clock, *, refresh_s: float = 0.25,
-                 on_tiers: Callable[[dict[str, dict[str, Any]]], None] | None = None) -> None:
+                 on_tiers: Callable[[dict[str, dict[str, Any]]], None] | None = None,
+                 on_fleet: Callable[[dict[str, dict[str, dict[str, Any]]]], None] | None = None) -> None:
         self.backend = backend
         self._clock = clock
         self._refresh_s = refresh_s
         self._on_tiers = on_tiers
+        self._on_fleet = on_fleet
         self.snapshot = Snapshot(-1, {}, frozenset(), {})
         self._task: asyncio.Task[None] | None = None
 
@@ -169,6 +191,8 @@ class Directory:
         self.snapshot = await self.backend.snapshot()
         if self.snapshot.tiers != previous.tiers and self._on_tiers is not None:
             self._on_tiers(self.snapshot.tiers)
+        if self.snapshot.fleet != previous.fleet and self._on_fleet is not None:
+            self._on_fleet(self.snapshot.fleet)
 
     async def put_key(self, key: IssuedKey) -> None:
         await self.backend.put_key(key)
@@ -180,6 +204,15 @@ class Directory:
 
     async def put_tier(self, name: str, settings: dict[str, Any]) -> None:
         await self.backend.put_tier(name, settings)
+        await self.refresh()
+
+    def replica(self, model: str, url: str) -> dict[str, Any]:
+        """What the admin API said of one replica: ``{"added": bool, "weight": float, "cordoned": bool}``."""
+        return {"added": False, "weight": 1.0, "cordoned": False, **self.snapshot.fleet.get(model, {}).get(url, {})}
+
+    async def put_replica(self, model: str, url: str, doc: dict[str, Any]) -> None:
+        """Record what the admin API says of one replica (a doc saying nothing is removed)."""
+        await self.backend.put_replica(model, url, doc if doc.get("added") or doc.get("cordoned") else None)
         await self.refresh()
 
     async def close(self) -> None:

@@ -23,8 +23,9 @@ from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
 
-import redis.asyncio as aioredis
-from redis.exceptions import NoScriptError
+from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.connection import Connection
+from redis.exceptions import AskError, NoScriptError, TryAgainError
 
 from sluice.clock import Clock, MonotonicClock
 from sluice.config import QuotaSettings
@@ -32,7 +33,7 @@ from sluice.errors import StateUnavailableError
 from sluice.quota import _wire
 from sluice.quota._give_back import GiveBack, GiveBackQueue
 from sluice.quota._model import Bucket, BucketState, Decision, Lease
-from sluice.state import RedisState
+from sluice.state import Client, RedisState
 
 _US = 1_000_000
 # Calls (one or two script operations each) per script call: a call must stay well inside the store timeout even
@@ -193,25 +194,57 @@ class RedisStore:
             elif pending.lost is not None:
                 pending.lost(reply)
 
-    async def _evalsha(self, client: aioredis.Redis, keys: list[str], args: list[bytes]) -> Any:
+    async def _evalsha(self, client: Client, keys: list[str], args: list[bytes]) -> Any:
         """EVALSHA on a pooled connection, loading the script on NOSCRIPT (a restarted or flushed Redis). Straight
         on the connection: redis-py's per-command path (retries, metrics hooks) cost ~180 µs of CPU per call here,
         and its argument packing (an encoder call and type checks per argument) ~8% of a decision's client CPU.
         An interrupted call drops its connection (redis-py does, on any error while sending or reading)."""
+        if isinstance(client, RedisCluster):
+            return await self._evalsha_on_cluster(client, keys, args)
         pool = client.connection_pool
         conn = await pool.get_connection()  # type: ignore[no-untyped-call]
         try:
-            for attempt in range(2):
-                await conn.send_packed_command(_resp("EVALSHA", self._sha, str(len(keys)), *keys, *args))
-                try:
-                    return await conn.read_response()
-                except NoScriptError:
-                    if attempt:
-                        raise
-                    await conn.send_command("SCRIPT", "LOAD", self._source)
-                    await conn.read_response()
+            return await self._evalsha_on(conn, keys, args)
         finally:
             await pool.release(conn)
+
+    async def _evalsha_on(self, conn: Connection, keys: list[str], args: list[bytes]) -> Any:
+        for attempt in range(2):
+            await conn.send_packed_command(_resp("EVALSHA", self._sha, str(len(keys)), *keys, *args))
+            try:
+                return await conn.read_response()
+            except NoScriptError:
+                if attempt:
+                    raise
+                await conn.send_command("SCRIPT", "LOAD", self._source)
+                await conn.read_response()
+        raise AssertionError("unreachable")
+
+    async def _evalsha_on_cluster(self, client: RedisCluster, keys: list[str], args: list[bytes]) -> Any:
+        """On a cluster: straight on a connection to the master of the keys' one slot (they share a hash tag), as
+        the client's slot map says. A master that never ran the script (a promoted replica: scripts are not
+        replicated) answers NOSCRIPT, and the script is loaded on it. No slot map yet (the client connects
+        lazily), or a slot that moved (MOVED/ASK: the EVALSHA did not run): through the client, which follows."""
+        owners = client.nodes_manager.slots_cache.get(client.keyslot(keys[0]))
+        if owners:
+            node = owners[0]
+            conn = node.acquire_connection()
+            try:
+                await node.disconnect_if_needed(conn)
+                return await self._evalsha_on(conn, keys, args)
+            except (AskError, TryAgainError):  # MOVED is an AskError
+                pass
+            finally:
+                node.release(conn)
+        for attempt in range(2):
+            try:
+                return await client.execute_command("EVALSHA", self._sha, len(keys), *keys, *args)
+            except NoScriptError:
+                if attempt:
+                    raise
+                owner = client.get_node_from_key(keys[0])
+                await client.execute_command("SCRIPT LOAD", self._source, target_nodes=owner)
+        raise AssertionError("unreachable")
 
     def _next_call(self) -> None:
         self._calls_in_flight -= 1

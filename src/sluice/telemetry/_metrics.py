@@ -6,9 +6,10 @@ reasons a fixed vocabulary. No label per key, user or request.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from typing import Any
+from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
@@ -16,12 +17,30 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 from sluice.telemetry._record import RequestRecord
 
+
+class _Member(Protocol):
+    url: str
+    draining: bool
+
+
+class WatchedReplicas(Protocol):
+    """What the metrics read of a pool's live replica set."""
+
+    def all(self) -> tuple[_Member, ...]: ...
+
+    def subscribe(self, subscriber: Callable[[Any], None]) -> None: ...
+
 # Refusals that more engines would have avoided (client errors and disconnects are not among them).
 CAPACITY_REASONS = frozenset({
     "quota_requests", "quota_tokens", "quota_input_tokens", "quota_output_tokens", "quota_concurrent",
     "quota_store_unavailable", "queue_timeout", "queue_full", "displaced", "shed", "engine_overloaded",
     "upstream_saturated",
 })
+# Of those, the ones more engine replicas would have avoided (quota refusals are budgets, not capacity): the
+# autoscaler's signal.
+ENGINE_CAPACITY_REASONS = CAPACITY_REASONS - {
+    "quota_requests", "quota_tokens", "quota_input_tokens", "quota_output_tokens", "quota_concurrent",
+    "quota_store_unavailable"}
 MAX_TENANT_LABELS = 200
 INFERENCE_ROUTES = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/embeddings"})
 
@@ -118,13 +137,31 @@ class GatewayMetrics:
         self.upstream = Gauge("sluice_upstream_connections", "Requests holding one of the model pool's upstream "
                               "connections (in_use), and requests waiting for one (waiting).", ["model", "state"],
                               registry=r)
+        self.engine_replicas = Gauge("sluice_engine_replicas", "Replicas in the model's pool: active (taking new "
+                                     "requests) or draining (finishing theirs).", ["model", "state"], registry=r)
+        self.replica_changes = Counter("sluice_engine_replica_changes_total", "Replicas that joined or left a "
+                                       "model's pool.", ["model", "change"], registry=r)
         self.upstream_limit = Gauge("sluice_upstream_connections_limit", "The model pool's upstream connections "
                                     "(engine.max_connections).", ["model"], registry=r)
         self._children: dict[tuple[Any, ...], Any] = {}
         self._replica_health: _ReplicaHealth | None = None
         self._tenants: set[str] = set()
-        self.answered = 0  # plain counts for the scale-out hook: requests answered, and refused for capacity
+        self.answered = 0  # plain counts: requests answered, and refused for capacity
         self.refused_for_capacity = 0
+        self._engine_counts: dict[str, list[int]] = {}  # model -> [answered, refused for engine capacity]
+        self.autoscaler_desired = Gauge("sluice_autoscaler_desired_replicas", "The replicas the autoscaler wants "
+                                        "for the model (its current count when no decision is in progress).",
+                                        ["model"], registry=r)
+        self.autoscaler_max = Gauge("sluice_autoscaler_max_replicas", "The model's autoscale.max_replicas.",
+                                    ["model"], registry=r)
+        self.autoscaler_decisions = Counter("sluice_autoscaler_decisions", "Scaling decisions, by model, direction "
+                                            "(up, down) and reason (refusals, saturation, calm).",
+                                            ["model", "direction", "reason"], registry=r)
+        self.autoscaler_limits = Counter("sluice_autoscaler_at_limit", "Overload episodes the autoscaler met at "
+                                           "max_replicas (limit=max), counted once each.", ["model", "limit"],
+                                           registry=r)
+        self.autoscaler_failures = Counter("sluice_autoscaler_failures", "Scaling actions that failed (retried "
+                                           "after the cooldown).", ["model"], registry=r)
 
     # AdmissionObserver, for each pool's gate
     def admission_state(self, pool: str, *, in_flight: int, limit: int, queued: Mapping[int, int],
@@ -143,6 +180,30 @@ class GatewayMetrics:
             self._replica_health = _ReplicaHealth()
             self.registry.register(self._replica_health)
         self._replica_health.sources.append(health)
+
+    def watch_replica_set(self, model: str, replicas: WatchedReplicas) -> None:
+        """Export ``sluice_engine_replicas{model,state}`` (read at scrape time) and count the set's changes; a
+        replica that leaves takes its ``replica``-labelled series with it (DNS churn must not grow /metrics)."""
+        def counting(draining: bool) -> Callable[[], float]:
+            return lambda: sum(1 for r in replicas.all() if r.draining is draining)
+
+        self.engine_replicas.labels(model, "active").set_function(counting(False))
+        self.engine_replicas.labels(model, "draining").set_function(counting(True))
+        known = {r.url for r in replicas.all()}
+
+        def changed(_: object) -> None:
+            now = {r.url for r in replicas.all()}
+            self._child(self.replica_changes, model, "added").inc(len(now - known))
+            self._child(self.replica_changes, model, "removed").inc(len(known - now))
+            for url in known - now:
+                for metric in (self.replica_ttft, self.replica_latency):
+                    self._children.pop((id(metric), model, url), None)
+                    with contextlib.suppress(KeyError):
+                        metric.remove(model, url)
+            known.clear()
+            known.update(now)
+
+        replicas.subscribe(changed)
 
     def watch_connections(self, count: Callable[[str], int]) -> None:
         """Export ``sluice_connections{state}`` from ``count(state)`` ("busy" or "waiting"), read at scrape time."""
@@ -180,6 +241,9 @@ class GatewayMetrics:
             self.answered += 1
             if record.reason in CAPACITY_REASONS and record.status in (429, 503):
                 self.refused_for_capacity += 1
+            counts = self._engine_counts.setdefault(model, [0, 0])
+            counts[0] += 1
+            counts[1] += record.reason in ENGINE_CAPACITY_REASONS and record.status in (429, 503)
         if record.ttft_s is not None:
             self._child(self.ttft, model).observe(record.ttft_s)
         if record.replica is not None:
@@ -198,6 +262,26 @@ class GatewayMetrics:
         if record.stream and record.ttft_s is not None and record.tokens_out and record.tokens_out > 1:
             decode_s = (record.duration_s or 0.0) - record.ttft_s
             self._child(self.tpot, model).observe(max(0.0, decode_s) / (record.tokens_out - 1))
+
+    def engine_capacity_counts(self, model: str) -> tuple[int, int]:
+        """(requests answered for ``model`` on the inference routes, of which refused for engine capacity), since
+        start: the autoscaler's signal."""
+        answered, refused = self._engine_counts.get(model, (0, 0))
+        return answered, refused
+
+    # AutoscaleObserver, for each model's autoscaler
+    def autoscaler_replicas(self, model: str, desired: int, max_replicas: int) -> None:
+        self._child(self.autoscaler_desired, model).set(desired)
+        self._child(self.autoscaler_max, model).set(max_replicas)
+
+    def autoscaler_decided(self, model: str, direction: str, reason: str) -> None:
+        self._child(self.autoscaler_decisions, model, direction, reason).inc()
+
+    def autoscaler_at_limit(self, model: str, limit: str) -> None:
+        self._child(self.autoscaler_limits, model, limit).inc()
+
+    def autoscaler_failed(self, model: str) -> None:
+        self._child(self.autoscaler_failures, model).inc()
 
     def in_flight_for(self, route: str) -> Any:
         return self._child(self.in_flight, route)

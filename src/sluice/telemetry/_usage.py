@@ -16,10 +16,8 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Literal, Protocol, cast
 
-import redis.asyncio as aioredis
-
 from sluice.clock import Clock
-from sluice.state import MemoryState, RedisState, State
+from sluice.state import Client, MemoryState, RedisState, State
 
 log = logging.getLogger("sluice")
 
@@ -72,7 +70,7 @@ class RedisUsage:
         self._state = state
 
     async def add(self, counts: Counts) -> None:
-        async def write(client: aioredis.Redis) -> None:
+        async def write(client: Client) -> None:
             async with client.pipeline(transaction=False) as pipe:
                 for key, fields in counts.items():
                     for name, n in fields.items():
@@ -83,7 +81,7 @@ class RedisUsage:
         await self._state.run(write, "usage write", idempotent=False, timeout_s=WRITE_TIMEOUT_S)
 
     async def get(self, key: str) -> dict[str, int]:
-        async def read(client: aioredis.Redis) -> dict[bytes, bytes]:
+        async def read(client: Client) -> dict[bytes, bytes]:
             return cast("dict[bytes, bytes]", await client.hgetall(key))
 
         return {k.decode(): int(v) for k, v in (await self._state.run(read, "usage read")).items()}

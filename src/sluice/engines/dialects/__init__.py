@@ -14,7 +14,7 @@ from types import MappingProxyType
 
 from sluice.config import Dialect
 from sluice.dialects import DIALECTS, MetricNames, OverloadSignature, PriorityConvention, facts_for
-from sluice.engines.dialects._base import EngineDialect, LaunchSpec
+from sluice.engines.dialects._base import EngineDialect, LaunchSpec, sim_argv
 
 ENGINE_DIALECTS: Mapping[Dialect, EngineDialect] = MappingProxyType(
     {name: EngineDialect.of(facts) for name, facts in DIALECTS.items()}
@@ -40,4 +40,5 @@ __all__ = [
     "OverloadSignature",
     "PriorityConvention",
     "dialect_for",
+    "sim_argv",
 ]

@@ -8,7 +8,9 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from pathlib import Path
 
+from sluice.config import Dialect
 from sluice.dialects import DialectFacts, LaunchFlags
+from sluice.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -19,6 +21,7 @@ class LaunchSpec:
     port: int
     host: str = "127.0.0.1"
     tp: int = 1
+    pp: int = 1  # pipeline parallel size: a replica takes tp * pp GPUs
     gpu_memory_utilization: float | None = None  # fraction of accelerator memory the engine may take (KV cache)
     max_model_len: int | None = None
     served_model_name: str | None = None
@@ -41,9 +44,10 @@ class EngineDialect(DialectFacts):
 
 
 def launch_argv(flags: LaunchFlags, spec: LaunchSpec) -> list[str]:
-    """``spec`` in the flags of one engine: its entry point, the model, where it listens, then what is set."""
+    """``spec`` in the flags of one engine: its entry point, the model, where it listens, then what is set.
+    A setting the engine has no flag for is refused (``ConfigError``), never passed under another meaning."""
     if flags.module is not None:
-        entry = [spec.python, "-m", flags.module]
+        entry = [spec.python, "-m", flags.module, *flags.subcommand]
     else:  # a console script of the interpreter's environment (no ``python -m`` entry point)
         script, *subcommand = flags.script
         entry = [str(Path(spec.python).with_name(script)) if "/" in spec.python else script, *subcommand]
@@ -53,7 +57,8 @@ def launch_argv(flags: LaunchFlags, spec: LaunchSpec) -> list[str]:
         flags.host, spec.host,
         flags.port, str(spec.port),
         flags.tp, str(spec.tp),
-        *optional(flags.memory_fraction, spec.gpu_memory_utilization),
+        *supported(flags, "pp", flags.pp, spec.pp if spec.pp != 1 else None),
+        *supported(flags, "gpu_memory_utilization", flags.memory_fraction, spec.gpu_memory_utilization),
         *optional(flags.max_model_len, spec.max_model_len),
         *optional(flags.served_model_name, spec.served_model_name),
         *flags.always,
@@ -61,6 +66,27 @@ def launch_argv(flags: LaunchFlags, spec: LaunchSpec) -> list[str]:
     ]
 
 
+def supported(flags: LaunchFlags, setting: str, flag: str | None, value: object | None) -> list[str]:
+    """``optional(flag, value)`` where the engine has the flag; a value it has none for is refused."""
+    if value is None:
+        return []
+    if flag is None:
+        why = dict(flags.refusals).get(setting, "the engine has no flag for it")
+        raise ConfigError(f"{setting.replace('_', '-')} {value} cannot be passed: {why}")
+    return [flag, str(value)]
+
+
 def optional(flag: str, value: object | None) -> list[str]:
     """``[flag, str(value)]``, or nothing when the value is unset (the engine keeps its own default)."""
     return [] if value is None else [flag, str(value)]
+
+
+def sim_argv(spec: LaunchSpec, dialect: Dialect) -> list[str]:
+    """The built-in simulator as a launched engine (``sluice sim``): a cheap real server speaking ``dialect``,
+    for demos and tests of launching. It has no GPUs, tp or memory fraction; the served name is its model."""
+    return [
+        spec.python, "-m", "sluice.cli", "sim", "--dialect", dialect, "--host", spec.host, "--port", str(spec.port),
+        "--model", spec.served_model_name or spec.model,
+        *optional("--max-model-len", spec.max_model_len),
+        *spec.extra_args,
+    ]

@@ -46,7 +46,7 @@ class TierChange(BaseModel):
 
 async def list_keys(request: Request) -> Response:
     """Every key: configured and issued, with its state (never the key itself)."""
-    service = _admin(request)
+    service = admin_service(request)
     directory = service.directory
     rows = [{"id": k.id, "user": k.user or k.id, "tenant": k.tenant, "tier": k.tier, "source": "config"}
             for k in request.app.state.live.settings.keys]
@@ -54,10 +54,10 @@ async def list_keys(request: Request) -> Response:
              for k in directory.snapshot.keys.values()]
     for row in rows:
         row["revoked"] = directory.is_revoked(row["id"])
-    return _json({"object": "list", "data": rows})
+    return json_response({"object": "list", "data": rows})
 
 
-async def _body(request: Request) -> bytes:
+async def admin_body(request: Request) -> bytes:
     """The body, read as every route reads one: bounded in size and time, a client gone mid-body a 499."""
     state = request.app.state
     return await read_body(request, state.max_body_bytes, state.body_timeout_s)
@@ -65,8 +65,8 @@ async def _body(request: Request) -> bytes:
 
 async def create_key(request: Request) -> Response:
     """Issue a key: the answer holds it once; the store keeps only its hash."""
-    service = _admin(request)
-    new = parse_request(NewKey, await _body(request))
+    service = admin_service(request)
+    new = parse_request(NewKey, await admin_body(request))
     if new.tier not in service.limiter.policy.tiers:
         raise InvalidRequestError(f"Unknown tier {new.tier!r}.", param="tier")
     if _known_ids(request) & {new.id}:
@@ -74,24 +74,24 @@ async def create_key(request: Request) -> Response:
                                   code="key_exists")
     key = generate_key()
     await service.directory.put_key(IssuedKey(new.id, hash_key(key), new.user or new.id, new.tenant, new.tier))
-    return _json({"id": new.id, "key": key, "user": new.user or new.id, "tenant": new.tenant, "tier": new.tier},
+    return json_response({"id": new.id, "key": key, "user": new.user or new.id, "tenant": new.tenant, "tier": new.tier},
                  status=201)
 
 
 async def revoke_key(request: Request) -> Response:
     """Revoke a key, configured or issued: refused on every replica within a second."""
-    service = _admin(request)
-    target = parse_request(KeyId, await _body(request))
+    service = admin_service(request)
+    target = parse_request(KeyId, await admin_body(request))
     if target.id not in _known_ids(request):
         raise NotFoundError(f"No key with id {target.id!r}.", param="id", code="key_not_found")
     await service.directory.revoke(target.id)
-    return _json({"id": target.id, "revoked": True})
+    return json_response({"id": target.id, "revoked": True})
 
 
 async def change_tier(request: Request) -> Response:
     """Replace a tier's settings (limits, priority, waits) live, on every replica, keeping quota state."""
-    service = _admin(request)
-    change = parse_request(TierChange, await _body(request))
+    service = admin_service(request)
+    change = parse_request(TierChange, await admin_body(request))
     if change.name not in service.limiter.policy.tiers:
         raise NotFoundError(f"No tier {change.name!r}.", param="name", code="tier_not_found")
     try:
@@ -101,25 +101,25 @@ async def change_tier(request: Request) -> Response:
         where = ".".join(str(p) for p in err["loc"])
         raise InvalidRequestError(f"Invalid tier setting {where}: {err['msg']}", param=f"settings.{where}") from exc
     await service.directory.put_tier(change.name, change.settings)
-    return _json({"name": change.name, "settings": change.settings})
+    return json_response({"name": change.name, "settings": change.settings})
 
 
 async def usage(request: Request) -> Response:
     """Requests and tokens of a key, user or tenant on a day (UTC; today by default)."""
-    service = _admin(request)
+    service = admin_service(request)
     q = request.query_params
     scope, ident = q.get("scope", "key"), q.get("id")
     if scope not in ("key", "user", "tenant") or not ident:
         raise InvalidRequestError("Give scope=key|user|tenant and id=...", param="id")
     day = q.get("day") or service.usage.today()
     used = await service.usage.read(scope, ident, day)
-    return _json({"scope": scope, "id": ident, "day": day, "requests": used.requests,
+    return json_response({"scope": scope, "id": ident, "day": day, "requests": used.requests,
                   "tokens_in": used.tokens_in, "tokens_out": used.tokens_out})
 
 
 async def budget(request: Request) -> Response:
     """What a key may still spend now on a model: every bucket that applies, as it stands."""
-    service = _admin(request)
+    service = admin_service(request)
     q = request.query_params
     principal = _principal(request, q.get("key_id", ""))
     model = q.get("model") or next(iter(service.routes))
@@ -129,10 +129,10 @@ async def budget(request: Request) -> Response:
     rows = [{"scope": b.info.scope, "kind": b.info.kind, "limit": b.info.amount, "period_s": b.info.period_s,
              "remaining": s.remaining, "reset_s": round(s.reset_s, 3)}
             for b, s in zip(plan.buckets, decision.states, strict=True)]
-    return _json({"key_id": principal.key_id, "model": model, "limits": rows})
+    return json_response({"key_id": principal.key_id, "model": model, "limits": rows})
 
 
-def _admin(request: Request) -> Any:
+def admin_service(request: Request) -> Any:
     """The service, once the caller has shown the admin credential (compared in constant time)."""
     expected = request.app.state.admin_key_hash
     if expected is None:
@@ -160,7 +160,7 @@ def _principal(request: Request, key_id: str) -> Principal:
     raise NotFoundError(f"No key with id {key_id!r}.", param="key_id", code="key_not_found")
 
 
-def _json(doc: Any, status: int = 200) -> Response:
+def json_response(doc: Any, status: int = 200) -> Response:
     return Response(orjson.dumps(doc), status_code=status, media_type="application/json")
 
 

@@ -22,9 +22,12 @@ async def ready(request: Request) -> Response:
 
 
 async def metrics(request: Request) -> Response:
-    """Prometheus metrics."""
+    """Prometheus metrics: of every worker, merged (``?worker=self``: of the worker answering alone)."""
     gateway_metrics = request.app.state.metrics
-    return Response(gateway_metrics.render(), media_type=gateway_metrics.content_type)
+    workers = getattr(request.app.state, "worker_metrics", None)
+    if workers is None or request.query_params.get("worker") == "self":
+        return Response(gateway_metrics.render(), media_type=gateway_metrics.content_type)
+    return Response(await workers.merged(), media_type=gateway_metrics.content_type)
 
 
 async def openapi(request: Request) -> Response:
