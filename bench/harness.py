@@ -28,12 +28,13 @@ MODEL = "sluice-sim"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 ANY_CPU = "0-" + str(max(0, (os.cpu_count() or 1) - 1))
 
-WRK_LUA = """\
+WRK_REQUEST_LUA = """\
 wrk.method = "POST"
 wrk.body = [==[{body}]==]
 wrk.headers["Content-Type"] = "application/json"
 wrk.headers["Authorization"] = "Bearer {key}"
-
+"""
+WRK_DONE_LUA = """\
 done = function(summary, latency, requests)
   local e = summary.errors
   io.write(string.format(
@@ -42,7 +43,8 @@ done = function(summary, latency, requests)
     summary.requests, summary.duration, summary.bytes, e.status, e.connect, e.read, e.write, e.timeout,
     latency:percentile(50), latency:percentile(90), latency:percentile(99), latency.max, latency.mean))
 end
-"""
+"""  # the summary ``run_wrk`` reads (a format string: its braces doubled)
+WRK_LUA = WRK_REQUEST_LUA + "\n" + WRK_DONE_LUA
 
 
 # ---------------------------------------------------------------------------------------------- processes

@@ -159,6 +159,21 @@ def redis_cluster():
     cluster.stop()
 
 
+@pytest.fixture
+def dns_server() -> Iterator[Any]:
+    """A real dnsmasq on a loopback port, answering only from the test's records (tests/dns_server.py)."""
+    from tests.dns_server import DnsServer, dnsmasq_binary, required
+
+    binary = dnsmasq_binary()
+    if binary is None:
+        if required():
+            pytest.fail("dnsmasq is not installed (.ci/run installs it)")
+        pytest.skip("dnsmasq is not installed")
+    server = DnsServer(binary)
+    yield server
+    server.close()
+
+
 def metric_value(url: str, name: str, **labels: str) -> float | None:
     """A sample's value from a live ``/metrics`` (labels matched exactly), or None when it is not there."""
     import httpx

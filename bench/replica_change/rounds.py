@@ -9,7 +9,7 @@ import threading
 import time
 from typing import Any
 
-from bench.harness import MODEL, run_wrk
+from bench.harness import MODEL, WRK_DONE_LUA, run_wrk
 from bench.replica_change.probes import PATHS, Changer, Control, fetch, metric_sum
 from bench.replica_change.report import quantiles
 
@@ -23,17 +23,7 @@ request = function()
   n = n + 1
   return wrk.format("POST", nil, {{["Content-Type"] = "application/json"}}, bodies[n % 2 + 1])
 end
-
-done = function(summary, latency, requests)
-  local e = summary.errors
-  io.write(string.format(
-    'WRKJSON {{"requests": %d, "duration_us": %d, "bytes": %d, "non2xx": %d, "connect": %d, "read": %d, ' ..
-    '"write": %d, "timeout": %d, "p50_us": %d, "p90_us": %d, "p99_us": %d, "max_us": %d, "mean_us": %.1f}}\\n',
-    summary.requests, summary.duration, summary.bytes, e.status, e.connect, e.read, e.write, e.timeout,
-    latency:percentile(50), latency:percentile(90), latency:percentile(99), latency.max, latency.mean))
-end
-"""
-
+""" + "\n" + WRK_DONE_LUA
 
 
 def self_cpu_s() -> float:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -18,22 +18,10 @@ from sluice.engines._dns import DnsDiscovery, DnsFailure, Endpoint, NameNotFound
 from sluice.engines._replica import Replica
 from sluice.engines._replica_set import ReplicaSet
 from sluice.errors import ConfigError
-from tests.dns_server import DnsServer, Srv, dnsmasq_binary, required
+from tests.dns_server import DnsServer, Srv
 
 SVC = "vllm-headless.llm.svc.cluster.local"
 SRV_NAME = f"_http._tcp.{SVC}"
-
-
-@pytest.fixture
-def dns_server() -> Iterator[DnsServer]:
-    binary = dnsmasq_binary()
-    if binary is None:
-        if required():
-            pytest.fail("dnsmasq is not installed (.ci/run installs it)")
-        pytest.skip("dnsmasq is not installed")
-    server = DnsServer(binary)
-    yield server
-    server.close()
 
 
 def discovery(server: DnsServer, published: list[list[str]], clock: Any = None, **settings: Any) -> DnsDiscovery:

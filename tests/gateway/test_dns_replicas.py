@@ -3,30 +3,14 @@ traffic to the new replicas and drain the old ones, with no stream lost."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
-import pytest
-
 from sluice.config import SimSettings, parse_settings
 from sluice.identity import hash_key
 from tests.conftest import LiveServer, LiveSim, serve_gateway, wait_until
-from tests.dns_server import DnsServer, Srv, dnsmasq_binary, required
+from tests.dns_server import DnsServer, Srv
 from tests.gateway.test_live_replicas import ADMIN, MODEL, StreamLoad, replicas
 
 SRV_NAME = "_http._tcp.engines.llm.svc.cluster.local"
 POD = "pod.llm.svc.cluster.local"
-
-
-@pytest.fixture
-def dns_server() -> Iterator[DnsServer]:
-    binary = dnsmasq_binary()
-    if binary is None:
-        if required():
-            pytest.fail("dnsmasq is not installed (.ci/run installs it)")
-        pytest.skip("dnsmasq is not installed")
-    server = DnsServer(binary)
-    yield server
-    server.close()
 
 
 def port(sim: LiveSim) -> int:
