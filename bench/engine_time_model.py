@@ -101,13 +101,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--load", type=float, default=3.0)
     parser.add_argument("--capacity", type=float, default=30.5, help="requests/s at the engine's maximum")
-    parser.add_argument("--duration", type=float, default=60.0)
+    parser.add_argument("--duration", type=float, default=60.0, help="simulated seconds (> 10: the first 10 settle)")
     parser.add_argument("--seeds", default="0,1")
     parser.add_argument("--pace-ms", default="0,4,8,12")
     parser.add_argument("--stop", type=int, default=15)
     parser.add_argument("--window", type=int, default=24)
     parser.add_argument("--threshold", type=int, default=5)
     args = parser.parse_args()
+    if args.duration <= SETTLE_S:
+        parser.error(f"--duration must exceed the {SETTLE_S:.0f} s the model settles for before it measures")
     common = {"stop": args.stop, "window": args.window, "threshold": args.threshold, "duration_s": args.duration}
     unloaded, _ = run(0.1 * args.capacity, pace_s=0.0, seed=0, premium_only=True, **common)
     base = p(unloaded["premium"], 0.99)
