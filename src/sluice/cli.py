@@ -1,4 +1,4 @@
-"""The ``sluice`` command: serve | sim | bench | keys (create, list, revoke) | check-config."""
+"""The ``sluice`` command: serve | sim | bench | keys (create, list, revoke, restore, rotate) | check-config."""
 
 from __future__ import annotations
 
@@ -6,16 +6,14 @@ import argparse
 import asyncio
 import contextlib
 import gc
-import json
 import logging
 import os
 import sys
 import typing
-import urllib.error
-import urllib.request
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from sluice.clock import MonotonicClock
 from sluice.config import (
     DEFAULT_MODEL,
     Dialect,
@@ -28,6 +26,8 @@ from sluice.config import (
 )
 from sluice.dialects import DIALECT_NAMES
 from sluice.errors import ConfigError
+from sluice.identity import add_keys_parser
+from sluice.telemetry import limit_repeats
 
 if TYPE_CHECKING:
     from sluice.engines import EngineLauncher
@@ -47,11 +47,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not hasattr(args, "run"):
         parser.print_help()
         return 2
+    args.own_log_handlers = not logging.getLogger().handlers  # else the embedding program's (tests): left as they are
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     try:
         return int(args.run(args) or 0)
-    except ConfigError as exc:
-        print(f"sluice: configuration error: {exc}", file=sys.stderr)
+    except ConfigError as exc:  # one problem a line: FILE:LINE: field.path: what is wrong
+        problems = str(exc).splitlines()
+        heading = "sluice: configuration error" + (f" ({len(problems)} problems):" if len(problems) > 1 else ":")
+        print("\n".join([heading, *problems]) if len(problems) > 1 else f"{heading} {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
@@ -65,6 +68,8 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", help="YAML configuration file (default: $SLUICE_CONFIG, else the embedded default)")
     serve.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port to listen on (default 8000)")
+    serve.add_argument("--ops-port", type=int, help="serve the admin API and /metrics on this port only "
+                       "(default server.ops_port; none: on --port)")
     serve.add_argument("--workers", type=int, help="gateway processes on that port (default server.workers, 1); "
                        "more than one needs state: redis://")
     launch = serve.add_argument_group("launching engines", "start engine servers for a model (args after -- go "
@@ -98,16 +103,25 @@ def _parser() -> argparse.ArgumentParser:
     sim.set_defaults(run=_sim)
 
     bench = sub.add_parser("bench", help="load-test an OpenAI-compatible server (the gateway or an engine)")
-    bench.add_argument("--base-url", required=True, help="e.g. http://127.0.0.1:8000")
+    bench.add_argument("--base-url", required=True, help="e.g. http://127.0.0.1:8000 (a trailing /v1 is accepted)")
     bench.add_argument("--model", required=True)
     bench.add_argument("--endpoint", choices=["chat", "completions"], default="chat")
-    bench.add_argument("--rate", type=float, help="arrivals per second (inf: all at once); omit for a closed loop")
+    bench.add_argument("--rate", type=float, help="arrivals per second (inf: all at once); omit for a closed loop "
+                       "(of 8 users unless --concurrency says)")
     bench.add_argument("--arrival", choices=["poisson", "constant", "burst"], default="poisson")
     bench.add_argument("--burst-size", type=int, default=10, help="requests per burst (--arrival burst)")
-    bench.add_argument("--concurrency", type=int, help="users in a closed loop; with --rate, the cap in flight")
+    bench.add_argument("--concurrency", type=int, help="users in a closed loop (default 8 without --rate); with "
+                       "--rate, the cap in flight")
     bench.add_argument("--fit-span", action="store_true",
                        help="with --rate and --requests: last arrival at exactly requests/rate (as vLLM's benchmark)")
-    bench.add_argument("--duration", type=float, help="seconds to send requests for")
+    bench.add_argument("--duration", type=float, help="seconds to send requests for; the requests then in flight "
+                       "finish after it (see --drain-timeout)")
+    bench.add_argument("--drain-timeout", type=float, default=30.0,
+                       help="after --duration: seconds the requests still in flight may take before they are cut "
+                            "(default 30); the wall time printed at the end includes it")
+    bench.add_argument("--max-failures", type=int, default=20,
+                       help="stop early after this many failures before any success, or in a row not counting 429 "
+                            "and 503 (default 20; 0: never)")
     bench.add_argument("--requests", type=int, help="requests to send (default 100 without --duration)")
     bench.add_argument("--input-len", default="128",
                        help="N | A-B | lognormal:MEAN:SIGMA[:MAX] | sharegpt | lmsys | alpaca")
@@ -126,23 +140,7 @@ def _parser() -> argparse.ArgumentParser:
                        help="progress bar on stderr (default: when it is a terminal)")
     bench.set_defaults(run=_bench)
 
-    keys = sub.add_parser("keys", help="manage API keys")
-    keys_sub = keys.add_subparsers(title="keys commands")
-    create = keys_sub.add_parser("create", help="make a new key: through the admin API with --url, else offline "
-                                                "(prints it once, with the config line for it)")
-    create.add_argument("--id", required=True, help="the key's id (shown in logs and metrics, never the key)")
-    create.add_argument("--user")
-    create.add_argument("--tenant", default="default")
-    create.add_argument("--tier", default="default")
-    _add_admin_flags(create, required=False)
-    create.set_defaults(run=_keys_create)
-    listing = keys_sub.add_parser("list", help="list the keys a gateway knows (admin API)")
-    _add_admin_flags(listing, required=True)
-    listing.set_defaults(run=_keys_list)
-    revoke = keys_sub.add_parser("revoke", help="revoke a key on every gateway sharing the state (admin API)")
-    revoke.add_argument("--id", required=True)
-    _add_admin_flags(revoke, required=True)
-    revoke.set_defaults(run=_keys_revoke)
+    add_keys_parser(sub)
 
     check = sub.add_parser("check-config", help="validate a configuration file and summarise it")
     check.add_argument("config")
@@ -182,14 +180,13 @@ def tune_gc() -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from sluice.gateway.app import create_app
-    from sluice.gateway.server import STARTUP_FAILURE, gateway_server
-
     config_path = args.config or config_path_from_env()
     settings = load_settings(config_path)
-    overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
+    overrides = {k: v for k, v in (("host", args.host), ("port", args.port), ("ops_port", args.ops_port))
+                 if v is not None}
     if overrides:
         settings = settings.model_copy(update={"server": settings.server.model_copy(update=overrides)})
+    _check_ops_port(settings.server.port, settings.server.ops_port)
     if args.workers is not None:
         settings = _with_workers(settings, args.workers)
     launcher = None
@@ -203,11 +200,40 @@ def _serve(args: argparse.Namespace) -> int:
         _refuse_launcher_autoscaling(settings)
 
         return run_workers(settings, config_path=config_path, launcher=launcher, prepare=tune_gc)
-    app = create_app(settings, config_path=config_path, launcher=launcher)
-    server = gateway_server(app, settings.server, app.state.metrics)
-    tune_gc()
-    with contextlib.suppress(KeyboardInterrupt):  # uvicorn re-raises the Ctrl-C it handled: a clean stop
-        server.run()
+    # a gateway's repeated lines (Redis down: one per outage, per request) at most twice a minute per kind; not the
+    # supervisor's above, whose every line is an event (a worker restarted)
+    limiters = limit_repeats(logging.getLogger().handlers, MonotonicClock()) if args.own_log_handlers else []
+    try:
+        return _serve_one(settings, config_path, launcher)
+    finally:
+        for limiter in limiters:
+            limiter.flush()
+
+
+def _serve_one(settings: Settings, config_path: str | None, launcher: EngineLauncher | None) -> int:
+    """One gateway process: the port bound first (taken: one line, exit 3), the banner once it serves."""
+    from sluice.clock import MonotonicClock
+    from sluice.console import create_console_app
+    from sluice.gateway._banner import announce
+    from sluice.gateway._startup import bind_port, serve_then_announce
+    from sluice.gateway.server import STARTUP_FAILURE, gateway_server
+
+    host, port = settings.server.host, settings.server.port
+    try:
+        sock = bind_port(host, port)
+    except OSError as exc:
+        print(f"sluice: cannot listen on {host}:{port}: {exc.strerror or exc} (another server has that port? "
+              "choose another with --port)", file=sys.stderr)
+        return STARTUP_FAILURE
+    with sock:
+        settings = settings.model_copy(update={"server": settings.server.model_copy(
+            update={"port": sock.getsockname()[1]})})  # port 0: the one the kernel chose, in the banner
+        app = create_console_app(settings, config_path=config_path, launcher=launcher)
+        server = gateway_server(app, settings.server, app.state.metrics)
+        tune_gc()
+        with contextlib.suppress(KeyboardInterrupt), asyncio.Runner(  # uvicorn re-raises the Ctrl-C it handled
+                loop_factory=server.config.get_loop_factory()) as runner:
+            runner.run(serve_then_announce(server, sock, lambda: announce(settings, config_path), MonotonicClock()))
     return 0 if server.started else STARTUP_FAILURE
 
 
@@ -218,6 +244,14 @@ def _refuse_launcher_autoscaling(settings: Settings) -> None:
         if model.autoscale is not None and model.autoscale.actuator == "launcher":
             raise ConfigError(f"model {model.name}: autoscale actuator launcher needs one gateway process "
                               "(--workers 1); with several workers scale the engines with another actuator")
+
+
+def _check_ops_port(port: int, ops_port: int | None) -> None:
+    """What ``server.ops_port`` is checked for in YAML, for ``--port``/``--ops-port`` too."""
+    if ops_port is not None and not 1 <= ops_port <= 65535:
+        raise ConfigError(f"--ops-port {ops_port}: a port from 1 to 65535")
+    if ops_port is not None and ops_port == port:
+        raise ConfigError(f"--ops-port {ops_port} is the public port (--port): the operations port must be another")
 
 
 def _with_workers(settings: Settings, workers: int) -> Settings:
@@ -317,53 +351,6 @@ def _bench(args: argparse.Namespace) -> int:
 
     tune_gc()  # the load tester's own pauses would be measured as the server's latency
     return run_command(args)
-
-
-def _add_admin_flags(parser: argparse.ArgumentParser, *, required: bool) -> None:
-    parser.add_argument("--url", required=required, help="the gateway, e.g. http://127.0.0.1:8000")
-    parser.add_argument("--admin-key", default=os.environ.get("SLUICE_ADMIN_KEY"),
-                        help="the admin key (default $SLUICE_ADMIN_KEY)")
-
-
-def _admin_call(args: argparse.Namespace, method: str, path: str, body: dict[str, object] | None = None) -> int:
-    """Call the admin API and print its JSON answer; exit code 0 on 2xx, 1 otherwise."""
-    if not args.admin_key:
-        print("sluice: the admin API needs --admin-key or $SLUICE_ADMIN_KEY", file=sys.stderr)
-        return 2
-    request = urllib.request.Request(
-        args.url.rstrip("/") + path, method=method, data=json.dumps(body).encode() if body is not None else None,
-        headers={"authorization": f"Bearer {args.admin_key}", "content-type": "application/json"})
-    try:
-        with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310 - the operator's own URL
-            print(json.dumps(json.load(response), indent=2))
-            return 0
-    except urllib.error.HTTPError as exc:
-        print(exc.read().decode(errors="replace"), file=sys.stderr)
-    except urllib.error.URLError as exc:
-        print(f"sluice: cannot reach {args.url}: {exc.reason}", file=sys.stderr)
-    return 1
-
-
-def _keys_list(args: argparse.Namespace) -> int:
-    return _admin_call(args, "GET", "/admin/keys")
-
-
-def _keys_revoke(args: argparse.Namespace) -> int:
-    return _admin_call(args, "POST", "/admin/keys/revoke", {"id": args.id})
-
-
-def _keys_create(args: argparse.Namespace) -> int:
-    from sluice.identity import generate_key, hash_key
-
-    if args.url:
-        body = {"id": args.id, "tenant": args.tenant, "tier": args.tier, **({"user": args.user} if args.user else {})}
-        return _admin_call(args, "POST", "/admin/keys", body)
-    key = generate_key()
-    user = f", user: {args.user}" if args.user else ""
-    print(f"API key (shown once, store it now): {key}")
-    print("Config line, under keys:")
-    print(f'  - {{id: {args.id}, hash: "{hash_key(key)}"{user}, tenant: {args.tenant}, tier: {args.tier}}}')
-    return 0
 
 
 def _check_config(args: argparse.Namespace) -> int:

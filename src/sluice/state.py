@@ -296,6 +296,30 @@ class RedisState:
         return StateUnavailableError(f"The shared state store is unavailable ({what}); please retry shortly.",
                                      headers={"retry-after": str(max(1, round(self.retry_s)))})
 
+    async def check_persistence(self) -> str | None:
+        """Ask Redis whether it keeps its data across a restart (``CONFIG GET appendonly`` and ``save``), and log
+        what it says: a warning when nothing persists (a restart forgets every key revoked or issued through the
+        admin API), or when it cannot tell (CONFIG renamed or denied by an ACL). Returns what persists ("AOF",
+        "RDB snapshots"), or None. Never raises: the gateway runs either way."""
+        try:
+            nodes = await self.run(_persistence_of_every_master, "persistence check")
+        except StateUnavailableError as exc:
+            cause = exc.__cause__ if exc.__cause__ is not None else exc
+            log.warning("could not check whether the state store persists (%s: %s): make sure it does (AOF "
+                        "recommended), or a Redis restart brings revoked keys back and forgets issued ones",
+                        type(cause).__name__, cause)
+            return None
+        missing = [node for node, kind in nodes.items() if kind is None]
+        if missing:
+            log.warning("the state store does not persist (appendonly no, save \"\" on %s): a Redis restart forgets "
+                        "every key issued, revoked or rotated and every tier changed through the admin API (a revoked "
+                        "key works again). Turn on AOF (appendonly yes)", ", ".join(missing))
+            return None
+        kinds = sorted({kind for kind in nodes.values() if kind is not None})
+        log.info("the state store persists (%s)%s", ", ".join(kinds),
+                 "" if "AOF" in kinds else ": changes since the last snapshot are lost on a crash (AOF recommended)")
+        return kinds[0] if len(kinds) == 1 else ", ".join(kinds)
+
     async def drop_idle_connections(self) -> None:
         """Disconnect every idle pooled connection: the next calls open fresh ones (in-use ones fail on their own,
         and redis-py drops each that fails). On a cluster, also fetch the slot map again (within the store
@@ -365,6 +389,25 @@ class RedisState:
 
 
 State = MemoryState | RedisState
+
+
+async def _persistence_of_every_master(client: Client) -> dict[str, str | None]:
+    """For each Redis (each master of a cluster): "AOF", "RDB snapshots" or None (nothing persists)."""
+    nodes = client.get_primaries() if isinstance(client, RedisCluster) else [client]
+    found: dict[str, str | None] = {}
+    for node in nodes:
+        name = node.name if isinstance(node, ClusterNode) else "redis"
+        appendonly = _config_value(await node.execute_command("CONFIG", "GET", "appendonly"))
+        save = _config_value(await node.execute_command("CONFIG", "GET", "save"))
+        found[name] = "AOF" if appendonly == "yes" else "RDB snapshots" if save.strip() else None
+    return found
+
+
+def _config_value(reply: Any) -> str:
+    """The value of a one-name ``CONFIG GET`` reply (a dict when redis-py parsed it, else [name, value])."""
+    values = list(reply.values()) if isinstance(reply, dict) else list(reply)[1::2]
+    value = values[0] if values else b""
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def _cluster_state(info: Any) -> str:

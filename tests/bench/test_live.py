@@ -125,7 +125,8 @@ def test_cli_refuses_bad_arguments(capsys: pytest.CaptureFixture[str]) -> None:
     from sluice.cli import main
 
     assert main(["bench", "--base-url", "http://127.0.0.1:9", "--model", "m", "--input-len", "zipf"]) == 2
-    assert main(["bench", "--base-url", "http://127.0.0.1:9", "--model", "m"]) == 2  # neither rate nor concurrency
+    assert main(["bench", "--base-url", "http://127.0.0.1:9", "--model", "m", "--concurrency", "0"]) == 2
+    assert main(["bench", "--base-url", "http://127.0.0.1:9", "--model", "m", "--max-failures", "-1"]) == 2
     assert "configuration error" in capsys.readouterr().err
 
 

@@ -39,7 +39,9 @@ def test_goodput_and_rejections_on_a_hand_computed_run() -> None:
     assert s["throughput"]["requests_per_s"] == pytest.approx(1.5)
     assert s["throughput"]["output_tokens_per_s"] == pytest.approx(33 / 2)
     assert s["throughput"]["total_tokens_per_s"] == pytest.approx(63 / 2)
-    assert s["errors"] == {"by_status": {"429": 1, "503": 1}, "by_reason": {"overloaded": 1, "quota_tokens": 1}}
+    assert s["errors"] == {"by_status": {"429": 1, "503": 1}, "by_reason": {"overloaded": 1, "quota_tokens": 1},
+                           "most_common": [{"error": "429 quota_tokens", "count": 1},
+                                           {"error": "503 overloaded", "count": 1}]}
     assert s["latency_ms"]["ttft"]["mean"] == pytest.approx(1000 * 0.5 / 3)
     assert s["latency_ms"]["itl"]["count"] == 30
 

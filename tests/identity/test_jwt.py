@@ -104,7 +104,7 @@ def test_valid_tokens_map_to_their_principal(verifier, clock, rsa_key, ec_key, k
     token = jwt.encode(claims(clock), key, algorithm=algorithm, headers={"kid": kid})
     principal = verifier.verify(token)
     assert (principal.key_id, principal.user, principal.tenant, principal.tier, principal.priority) == (
-        f"jwt:{kid}", "alice", "acme", "pro", 10)
+        "jwt:alice", "alice", "acme", "pro", 10)
 
 
 def test_claims_left_out_take_the_defaults(verifier, clock):
@@ -114,12 +114,31 @@ def test_claims_left_out_take_the_defaults(verifier, clock):
     assert (principal.tenant, principal.tier, principal.priority) == ("default", "free", 0)
 
 
-def test_a_lone_key_needs_no_kid_and_names_the_issuer(tmp_path, rsa_key, clock):
+def test_a_lone_key_needs_no_kid(tmp_path, rsa_key, clock):
     path = tmp_path / "one.json"
     path.write_text(json.dumps({"keys": [public_jwk(rsa_key)]}))  # no kid, no alg: RSA pins RS256
     verifier = JwtVerifier.from_settings(jwt_settings(path, hs256_secrets=[]), TIERS, clock)
     principal = verifier.verify(jwt.encode(claims(clock), rsa_key, algorithm="RS256"))
-    assert principal.key_id == f"jwt:{ISSUER}"
+    assert principal.key_id == "jwt:alice"
+
+
+def test_each_subject_is_its_own_caller_whichever_key_signed_it(verifier, clock, rsa_key):
+    alice = verifier.verify(jwt.encode(claims(clock), SECRET, algorithm="HS256", headers={"kid": "hs1"}))
+    alice_again = verifier.verify(jwt.encode(claims(clock), rsa_key, algorithm="RS256", headers={"kid": "rsa1"}))
+    bob = verifier.verify(jwt.encode(claims(clock, sub="bob"), SECRET, algorithm="HS256", headers={"kid": "hs1"}))
+    assert alice.key_id == alice_again.key_id == "jwt:alice"
+    assert bob.key_id == "jwt:bob"
+
+
+def test_a_configured_subject_claim_names_the_caller(jwks_file, clock):
+    verifier = JwtVerifier.from_settings(
+        jwt_settings(jwks_file, claims={"subject": "uid", "user": "email", "tenant": "org"}), TIERS, clock)
+    token = jwt.encode(claims(clock, uid=4217, email="alice@acme.example"), SECRET, algorithm="HS256",
+                       headers={"kid": "hs1"})
+    principal = verifier.verify(token)
+    assert (principal.key_id, principal.user, principal.tenant) == ("jwt:4217", "alice@acme.example", "acme")
+    without = jwt.encode(claims(clock, email="alice@acme.example"), SECRET, algorithm="HS256", headers={"kid": "hs1"})
+    refused(verifier, without, "missing claim 'uid' (the caller's identity)")
 
 
 def test_the_leeway_forgives_small_clock_skew(verifier, clock):
@@ -167,7 +186,8 @@ def test_wrong_issuer_is_refused(verifier, clock, ec_key):
 @pytest.mark.parametrize("claim", ["exp", "aud", "iss", "sub"])
 def test_a_required_claim_missing_is_refused(verifier, clock, claim):
     body = {k: v for k, v in claims(clock).items() if k != claim}
-    refused(verifier, jwt.encode(body, SECRET, algorithm="HS256", headers={"kid": "hs1"}), f"missing claim {claim!r}")
+    reason = f"missing claim {claim!r}" + (" (the caller's identity)" if claim == "sub" else "")
+    refused(verifier, jwt.encode(body, SECRET, algorithm="HS256", headers={"kid": "hs1"}), reason)
 
 
 @pytest.mark.parametrize("kid", [None, "hs1", "rsa1"])
@@ -293,7 +313,7 @@ def test_the_authenticator_sends_jwts_to_the_verifier_and_keys_to_the_keyring(ve
     auth = Authenticator(ring, verifier)
     assert auth.authenticate(f"Bearer {key}").key_id == "k1"
     token = jwt.encode(claims(clock), SECRET, algorithm="HS256", headers={"kid": "hs1"})
-    assert auth.authenticate(f"Bearer {token}").key_id == "jwt:hs1"
+    assert auth.authenticate(f"Bearer {token}").key_id == "jwt:alice"
     with pytest.raises(AuthenticationError, match="expired"):
         auth.authenticate("Bearer " + jwt.encode(claims(clock, exp=0), SECRET, algorithm="HS256",
                                                  headers={"kid": "hs1"}))
@@ -343,9 +363,42 @@ def test_a_live_gateway_takes_jwts_and_refuses_bad_ones_without_logging_them(tmp
 
         assert wait_until(lambda: {"jwt-ok", "jwt-bad"} <= logged().keys())
     entry = logged()["jwt-ok"]
-    assert (entry["key_id"], entry["user"], entry["tenant"], entry["tier"]) == ("jwt:rsa1", "alice", "acme", "pro")
+    assert (entry["key_id"], entry["user"], entry["tenant"], entry["tier"]) == ("jwt:alice", "alice", "acme", "pro")
     assert logged()["jwt-bad"]["status"] == 401
     text = log_path.read_text()
     for token in (good, expired):
         assert token not in text and token.split(".")[2] not in text
 
+
+
+def test_per_key_limits_count_per_subject_through_a_live_gateway(jwks_file, rsa_key, ec_key):
+    settings: Settings = parse_settings({
+        "models": [{"name": "m", "sim": {"speed": 50}}],
+        "tiers": {"pro": {"priority": 10, "requests": "2/hour"}},
+        "auth": {"jwt": {"issuer": ISSUER, "audience": AUDIENCE, "jwks_file": str(jwks_file),
+                         "claims": {"tier": "tier"}, "default_tier": "pro"}},
+    })
+    now = int(time.time())  # the live gateway runs on the real clock
+
+    def token(sub: str, key, algorithm: str, kid: str) -> str:
+        return jwt.encode({"iss": ISSUER, "aud": AUDIENCE, "exp": now + 300, "sub": sub, "tier": "pro"}, key,
+                          algorithm=algorithm, headers={"kid": kid})
+
+    body = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+    with serve_gateway(settings) as live:
+        def call(bearer: str) -> httpx.Response:
+            return httpx.post(live.url + "/v1/chat/completions", json=body,
+                              headers={"authorization": f"Bearer {bearer}"})
+
+        alice_rsa, alice_ec = token("alice", rsa_key, "RS256", "rsa1"), token("alice", ec_key, "ES256", "ec1")
+        assert [call(alice_rsa).status_code, call(alice_ec).status_code] == [200, 200]
+        exhausted = call(alice_rsa)  # alice's two requests an hour are spent, whichever key signed her tokens
+        assert exhausted.status_code == 429 and exhausted.headers["x-sluice-reason"] == "quota_requests"
+        bob = call(token("bob", rsa_key, "RS256", "rsa1"))  # another subject signed by the same key: its own bucket
+        assert bob.status_code == 200, bob.text
+        assert bob.headers["x-ratelimit-remaining-requests"] == "1"
+        anonymous = call(jwt.encode({"iss": ISSUER, "aud": AUDIENCE, "exp": now + 300, "tier": "pro"}, rsa_key,
+                                    algorithm="RS256", headers={"kid": "rsa1"}))
+        assert anonymous.status_code == 401
+        assert anonymous.json()["error"]["message"] == "Invalid token: missing claim 'sub' (the caller's identity)."
+        assert anonymous.json()["error"]["code"] == "invalid_api_key"

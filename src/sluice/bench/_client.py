@@ -50,6 +50,16 @@ class RequestResult:
     def rejected(self) -> bool:
         return self.status in REJECTION_STATUSES
 
+    def failure(self, excerpt_chars: int = 100) -> str:
+        """What went wrong, in one line: ``404 model_not_found: The model `x` does not exist`` (status 0: none)."""
+        label = str(self.status) if self.status else "no answer"
+        if self.reason and self.reason != str(self.status):
+            label += f" {self.reason}"
+        message = " ".join((self.error or "").split())
+        if len(message) > excerpt_chars:
+            message = message[:excerpt_chars - 3] + "..."
+        return label + (f": {message}" if message else "")
+
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
@@ -67,8 +77,9 @@ class RequestShape:
 
     @property
     def url(self) -> str:
+        """The endpoint's URL: the base URL may end in ``/v1`` or not (as the OpenAI SDK's ``base_url`` does)."""
         path = "/v1/chat/completions" if self.endpoint == "chat" else "/v1/completions"
-        return self.base_url.rstrip("/") + path
+        return self.base_url.rstrip("/").removesuffix("/v1") + path
 
     def body(self, req: PlannedRequest) -> bytes:
         body: dict[str, Any] = {"model": self.model, "max_tokens": req.output_len, "stream": self.stream}

@@ -1,5 +1,6 @@
 """PNG plots of a run: latency CDFs (TTFT, TPOT, ITL, end-to-end) and throughput and rejections over time,
-one line per tenant. matplotlib is an optional dependency (``pip install 'sluice[bench]'``), imported here only."""
+one line per tenant. matplotlib is an optional dependency (``pip install -e '.[bench]'`` from the repository),
+imported here only."""
 
 from __future__ import annotations
 

@@ -51,6 +51,12 @@ class Progress:
         return (f"[{bar}] {self.done}{of} done, {self.ok} ok, {self.done - self.ok} failed, "
                 f"{rate:.1f} req/s, {elapsed:.1f}s")
 
+    def note(self, message: str) -> None:
+        """A line of its own (always shown), the bar redrawn below it."""
+        start = "\r\x1b[K" if self.enabled else ""
+        self.stream.write(f"{start}{message}\n")
+        self.stream.flush()
+
     def close(self) -> None:
         start, clear = ("\r", "\x1b[K") if self.enabled else ("", "")
         self.stream.write(start + self.line(self.clock.now()) + clear + "\n")

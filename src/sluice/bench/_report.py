@@ -82,6 +82,8 @@ def _figures(results: Sequence[RequestResult], duration_s: float, *, slo_ttft_s:
         "errors": {
             "by_status": dict(sorted(Counter(str(r.status) for r in results if not r.ok).items())),
             "by_reason": dict(sorted(Counter(r.reason or "unknown" for r in results if not r.ok).items())),
+            "most_common": [{"error": error, "count": count}  # status, reason and the message's start
+                            for error, count in Counter(r.failure() for r in results if not r.ok).most_common(5)],
         },
     }
 

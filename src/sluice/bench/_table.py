@@ -28,7 +28,9 @@ def render(summary: dict[str, Any]) -> str:
     errors = summary["errors"]
     if errors["by_status"]:
         lines += ["", "errors by status: " + ", ".join(f"{k}: {v}" for k, v in errors["by_status"].items()),
-                  "errors by reason: " + ", ".join(f"{k}: {v}" for k, v in errors["by_reason"].items())]
+                  "errors by reason: " + ", ".join(f"{k}: {v}" for k, v in errors["by_reason"].items()),
+                  "most common errors:"]
+        lines += [f"  {e['count']:>6} x {e['error']}" for e in errors.get("most_common", ())]
     if len(summary["tenants"]) > 1:
         rows = []
         for name, t in summary["tenants"].items():

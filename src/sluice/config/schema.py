@@ -25,6 +25,8 @@ class _Frozen(BaseModel):
 class ServerSettings(_Frozen):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
+    # the operations port: admin API and /metrics there only (404 on `port`); /health, /ready on both
+    ops_port: int | None = Field(None, ge=1, le=65535)
     workers: int = Field(1, ge=1)
     max_body_bytes: int = Field(10 * 1024 * 1024, ge=1024)
     max_header_bytes: int = Field(64 * 1024, ge=1024)  # request line + headers; above: 431
@@ -37,6 +39,12 @@ class ServerSettings(_Frozen):
     access_log: bool = True
     access_log_path: str | None = None  # one JSON line per request, appended here; stderr when unset
 
+    @model_validator(mode="after")
+    def _ports_differ(self) -> ServerSettings:
+        if self.ops_port is not None and self.ops_port == self.port:
+            raise ValueError(f"ops_port {self.ops_port} is the public port: the operations port must be another")
+        return self
+
 
 class HmacSecretSettings(_Frozen):
     """An HS256 shared secret, named by the ``kid`` tokens carry in their header."""
@@ -46,8 +54,10 @@ class HmacSecretSettings(_Frozen):
 
 
 class JwtClaimSettings(_Frozen):
-    """Which token claims name the caller. ``tenant`` and ``tier`` unset (or absent from a token): the defaults."""
+    """Which token claims name the caller. ``subject`` is the caller's own identity (its key id ``jwt:<subject>``,
+    the "per key" scope); ``tenant`` and ``tier`` unset (or absent from a token): the defaults."""
 
+    subject: str = Field("sub", min_length=1)
     user: str = Field("sub", min_length=1)
     tenant: str | None = None
     tier: str | None = None

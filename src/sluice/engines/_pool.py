@@ -15,6 +15,7 @@ are not counted: one per replica at a time.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -29,6 +30,8 @@ from sluice.engines._routing import Router
 from sluice.engines._slots import ConnectionSlots
 from sluice.engines.dialects import dialect_for
 from sluice.errors import EngineUnavailableError, SluiceError
+
+log = logging.getLogger("sluice")
 
 
 @dataclass
@@ -56,7 +59,9 @@ class UpstreamResponse:
             async for chunk in self._resp.content.iter_any():
                 yield chunk
         except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as exc:
-            raise EngineUnavailableError(f"The engine at {self.replica.url} stopped in the middle of its answer.",
+            log.warning("engine %s stopped in the middle of its answer: %s: %s", self.replica.url,
+                        type(exc).__name__, exc)
+            raise EngineUnavailableError("The model's engine stopped in the middle of its answer.",
                                          status=502, code="engine_died", reason="engine_died") from exc
 
     def close(self) -> None:
@@ -136,7 +141,7 @@ class EnginePool:
             except (TimeoutError, aiohttp.ClientConnectionError) as exc:
                 self.replicas.release(replica)
                 replica.breaker.on_failure()
-                unreachable = f"{type(exc).__name__}: {exc}"
+                unreachable = f"{replica.url}: {type(exc).__name__}: {exc}"
                 exc.__traceback__ = None  # aiohttp's connect failures sit in cycles through their tracebacks
                 continue
             except BaseException:
@@ -152,7 +157,7 @@ class EnginePool:
             finally:
                 resp.close()
                 self.replicas.release(replica)
-            error = engine_error(resp.status, err_body, replica.url, dialect_for(replica.dialect).overload)
+            error = engine_error(resp.status, err_body, replica.url, dialect_for(replica.dialect).overload, path)
             if error.reason == "engine_overloaded":
                 overloaded = error  # alive but full: the next replica may have room
                 continue
@@ -163,8 +168,9 @@ class EnginePool:
             raise error
         if overloaded is not None:
             raise overloaded
+        log.warning("no engine replica is reachable (last: %s)", unreachable)
         raise EngineUnavailableError(
-            f"No engine replica is reachable ({unreachable}).",
+            "No engine replica of this model is reachable.",
             status=502,
             code="engine_unreachable",
             reason="engine_unreachable",

@@ -1,8 +1,12 @@
 """The ASGI application: lifespan, the request observer, a table of routes, and errors as OpenAI bodies.
 
-Sluice serves a handful of fixed routes, and every microsecond of the proxy path counts: this is the one layer
+Sluice serves a handful of routes, and every microsecond of the proxy path counts: this is the one layer
 between uvicorn and the handlers, in place of a framework's stack of middlewares (FastAPI's measured at about a
 quarter of the gateway's CPU per request). Requests and responses are Starlette's.
+
+A fixed path is one dict lookup. A path with a parameter at its end (``/v1/models/{model}``, or ``{model:path}``
+for a value that may hold slashes) is tried only when no fixed path matched, by prefix. With an operations port,
+the operations routes (``OPS_TAGS``: admin API, metrics) answer only on that port, and 404 on the public one.
 """
 
 from __future__ import annotations
@@ -29,6 +33,8 @@ log = logging.getLogger("sluice")
 
 Handler = Callable[[Request], Awaitable[Response]]
 
+OPS_TAGS = frozenset({"admin", "monitoring"})  # routes served only on the operations port, when there is one
+
 
 @dataclass(frozen=True, slots=True)
 class RouteSpec:
@@ -40,17 +46,52 @@ class RouteSpec:
     response_model: type[BaseModel] | None = None
     documented: bool = True
 
+    @property
+    def ops_only(self) -> bool:
+        return self.tag in OPS_TAGS
+
+
+@dataclass(frozen=True, slots=True)
+class _ParamRoute:
+    """A route whose path ends in one parameter: ``prefix{name}`` (one segment) or ``prefix{name:path}`` (the rest)."""
+
+    spec: RouteSpec
+    prefix: str
+    name: str
+    whole_rest: bool
+
+    @classmethod
+    def of(cls, spec: RouteSpec) -> _ParamRoute:
+        prefix, _, param = spec.path.partition("{")
+        name, _, kind = param.rstrip("}").partition(":")
+        return cls(spec, prefix, name, kind == "path")
+
+    def value_in(self, path: str) -> str | None:
+        if not path.startswith(self.prefix):
+            return None
+        value = path[len(self.prefix):]
+        if not value or (not self.whole_rest and "/" in value):
+            return None
+        return value
+
 
 Lifespan = Callable[["GatewayApp"], AbstractAsyncContextManager[None]]
 
 
 class GatewayApp:
     def __init__(self, routes: Sequence[RouteSpec], *, lifespan: Lifespan, metrics: GatewayMetrics,
-                 access_log: AccessLog, clock: Clock) -> None:
+                 access_log: AccessLog, clock: Clock, ops_port: int | None = None) -> None:
+        """``ops_port``: the port serving the operations routes alone (None: every route on every port)."""
         self.state = SimpleNamespace(metrics=metrics)
         self.routes = tuple(routes)
-        self._handlers = {(r.method, r.path): r.handler for r in routes}
-        self._paths = frozenset(r.path for r in routes)
+        self.ops_port = ops_port
+        fixed = [r for r in routes if "{" not in r.path]
+        self._handlers = {(r.method, r.path): r for r in fixed}
+        self._param_routes = tuple(_ParamRoute.of(r) for r in routes if "{" in r.path)
+        self._paths = frozenset(r.path for r in fixed)
+        self._by_path: dict[str, list[RouteSpec]] = {}
+        for r in fixed:
+            self._by_path.setdefault(r.path, []).append(r)
         self._lifespan = lifespan
         self._observed = RequestObserver(self._dispatch, metrics=metrics, access_log=access_log, clock=clock,
                                          routes=self._paths)
@@ -65,12 +106,14 @@ class GatewayApp:
         scope["app"] = self
         request = Request(scope, receive)
         try:
-            handler = self._handlers.get((scope["method"], scope["path"]))
-            if handler is None:
+            route = self._handlers.get((scope["method"], scope["path"])) or self._param_route(scope)
+            if route is None or (self.ops_port is not None and not self._served_here(route, scope)):
                 raise self._no_route(scope)
-            response = await handler(request)
+            response = await route.handler(request)
         except SluiceError as exc:
             request.state.record.reason = exc.reason
+            if exc.status in (500, 502):  # a failure the client cannot see the cause of: what to quote to an operator
+                exc.message = f"{exc.message} (request id: {request.state.record.request_id})"
             response = error_response(exc)
             exc.__traceback__ = None  # answered: its traceback would tie the request's frames into a cycle with it
         except ClientDisconnected:
@@ -81,8 +124,28 @@ class GatewayApp:
             response = error_response(SluiceError("The server had an error while processing your request."))
         await response(scope, receive, send)
 
+    def _param_route(self, scope: Scope) -> RouteSpec | None:
+        path = scope["path"]
+        for route in self._param_routes:
+            if route.spec.method == scope["method"] and (value := route.value_in(path)) is not None:
+                scope["path_params"] = {route.name: value}
+                scope["state"]["record"].route = route.spec.path  # one metrics label for every value
+                return route.spec
+        return None
+
+    def _served_here(self, route: RouteSpec, scope: Scope) -> bool:
+        """Without an ops port, every route everywhere. With one: the operations routes there only, the public
+        routes on the public port only, and the probes (/health, /ready, /openapi.json: tag ``operations``) on both."""
+        if self.ops_port is None or route.tag == "operations":
+            return True
+        server = scope.get("server")
+        on_ops_port = server is not None and server[1] == self.ops_port
+        return route.ops_only == on_ops_port
+
     def _no_route(self, scope: Scope) -> SluiceError:
-        if scope["path"] in self._paths:
+        """405 for a path served here under another method; else 404 (an operations route asked on the public
+        port is unknown there, as is any public route on the operations port)."""
+        if any(self._served_here(r, scope) for r in self._by_path.get(scope["path"], ())):
             return InvalidRequestError(f"Method {scope['method']} is not allowed on {scope['path']}.", status=405,
                                        code="method_not_allowed")
         return NotFoundError(f"Unknown route: {scope['method']} {scope['path']}", code="not_found")

@@ -1,20 +1,28 @@
-"""The startup message: where Sluice listens, what it serves, and how to call it."""
+"""The startup message: where Sluice listens, what it serves, from which configuration, and how to call it."""
 
 from __future__ import annotations
 
+import logging
+from pathlib import Path
+
 from sluice.config import Settings
 
-OPEN_ACCESS_WARNING = (
-    "Access is OPEN: no API key is required (embedded default). Add keys in a config file to close it."
-)
+log = logging.getLogger("sluice")
 
 
-def banner(settings: Settings) -> list[str]:
+def open_access_warning(config_path: str | Path | None) -> str:
+    where = "the embedded default" if config_path is None else f"auth.mode open in {config_path}"
+    return (f"Access is OPEN ({where}): no API key is required. Add keys in a config file (auth.mode api_key) "
+            "to close it.")
+
+
+def banner(settings: Settings, config_path: str | Path | None = None) -> list[str]:
     host = settings.server.host
     shown_host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
     base = f"http://{shown_host}:{settings.server.port}"
     model = settings.models[0].name
-    lines = [f"Sluice is listening on {base}/v1 serving: {', '.join(m.name for m in settings.models)}"]
+    lines = [f"Sluice is listening on {base}/v1 serving: {', '.join(m.name for m in settings.models)}",
+             f"Config: {config_path if config_path is not None else 'the embedded default (no --config)'}"]
     if any(m.sim for m in settings.models):
         lines.append("Engines: built-in simulator (no GPU needed) for " +
                      ", ".join(m.name for m in settings.models if m.sim))
@@ -29,3 +37,11 @@ def banner(settings: Settings) -> list[str]:
         f"-d '{{\"model\": \"{model}\", \"messages\": [{{\"role\": \"user\", \"content\": \"Hello\"}}]}}'"
     )
     return lines
+
+
+def announce(settings: Settings, config_path: str | Path | None) -> None:
+    """Log the banner (once the port serves) and, in open mode, the warning that anyone may call."""
+    for line in banner(settings, config_path):
+        log.info(line)
+    if settings.auth.mode == "open":
+        log.warning(open_access_warning(config_path))

@@ -23,6 +23,7 @@ from sluice.config import Settings
 from sluice.gateway._worker_metrics import WorkerMetrics
 from sluice.gateway.app import create_app
 from sluice.gateway.server import LISTEN_BACKLOG, STARTUP_FAILURE, gateway_server, reuseport_socket
+from sluice.telemetry import limit_repeats
 
 log = logging.getLogger("sluice")
 
@@ -46,7 +47,8 @@ def worker_main(spec: WorkerSpec, ready: Connection) -> None:
     """A worker process: the gateway app on its own SO_REUSEPORT socket, its exposition on its unix socket."""
     _die_with(spec.supervisor_pid)
     logging.basicConfig(level=logging.INFO, format=f"[worker {spec.index}] %(message)s", stream=sys.stderr)
-    app = create_app(spec.settings, config_path=spec.config_path, announce=False)
+    limit_repeats(logging.getLogger().handlers, MonotonicClock())  # as one process: repeats twice a minute per kind
+    app = create_app(spec.settings, config_path=spec.config_path)  # its supervisor announces, once
     exposition = WorkerMetrics(Path(spec.metrics_dir), spec.index, app.state.metrics.render)
     app.state.worker_metrics = exposition
     host, port = spec.settings.server.host, spec.settings.server.port

@@ -28,7 +28,8 @@ from typing import Any, TypeVar
 from sluice.clock import Clock, MonotonicClock
 from sluice.config import Settings
 from sluice.engines import EngineLauncher
-from sluice.gateway._banner import OPEN_ACCESS_WARNING, banner
+from sluice.gateway._banner import announce
+from sluice.gateway._startup import bind_port
 from sluice.gateway._worker_process import WorkerSpec, worker_main
 from sluice.gateway.server import STARTUP_FAILURE, reuseport_socket
 
@@ -47,6 +48,8 @@ def run_workers(settings: Settings, *, config_path: str | None, launcher: Engine
     """Serve ``settings`` with ``settings.server.workers`` processes until SIGTERM/SIGINT; the exit status."""
     server = settings.server
     try:
+        if server.port:  # a plain bind first: SO_REUSEPORT alone would share the port with another Sluice's workers
+            bind_port(server.host, server.port).close()
         reservation = reuseport_socket(server.host, server.port)
     except OSError as exc:
         log.error("cannot listen on %s:%d: %s", server.host, server.port, exc.strerror or exc)
@@ -63,6 +66,7 @@ class Supervisor:
     def __init__(self, settings: Settings, *, config_path: str | None, metrics_dir: str,
                  launcher: EngineLauncher | None, prepare: Callable[[], None] | None, clock: Clock) -> None:
         self._settings = settings
+        self._config_path = config_path
         self._launcher = launcher
         self._clock = clock
         self._stop = asyncio.Event()
@@ -128,13 +132,10 @@ class Supervisor:
         return all(ready)
 
     def _announce(self) -> None:
-        for line in banner(self._settings):
-            log.info(line)
+        announce(self._settings, self._config_path)
         log.info("Workers: %d processes (pids %s) on one port (SO_REUSEPORT); /metrics merges them all, "
                  "/metrics?worker=self is the one answering; their sockets: %s", len(self._workers),
                  ", ".join(str(w.pid) for w in self._workers), self._metrics_dir)
-        if self._settings.auth.mode == "open":
-            log.warning(OPEN_ACCESS_WARNING)
 
     async def _keep_alive(self, worker: _Worker) -> None:
         delay_s = RESTART_DELAY_S

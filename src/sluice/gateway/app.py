@@ -3,29 +3,26 @@
 from __future__ import annotations
 
 import asyncio
-import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 
 from sluice.clock import Clock, MonotonicClock
 from sluice.config import Settings
 from sluice.engines import EngineLauncher
-from sluice.gateway._asgi import GatewayApp
-from sluice.gateway._banner import OPEN_ACCESS_WARNING, banner
+from sluice.gateway._asgi import GatewayApp, RouteSpec
 from sluice.gateway._reload import ConfigReloader
 from sluice.gateway._runtime import open_service
 from sluice.gateway.routes import ROUTES
 from sluice.telemetry import AccessLog, GatewayMetrics
 
-log = logging.getLogger("sluice")
-
 
 def create_app(settings: Settings, *, config_path: str | Path | None = None, clock: Clock | None = None,
-               launcher: EngineLauncher | None = None, announce: bool = True) -> GatewayApp:
+               launcher: EngineLauncher | None = None, extra_routes: Sequence[RouteSpec] = ()) -> GatewayApp:
     """The gateway for ``settings``. With ``config_path``, edits to that file (tiers, limits, keys) apply live.
-    With ``launcher``, the engines it starts are up before the gateway serves, and stopped after it. Without
-    ``announce``, no startup banner (a worker of several: its supervisor announces once)."""
+    With ``launcher``, the engines it starts are up before the gateway serves, and stopped after it. The banner
+    is not the app's: whoever binds the port announces once it serves (``sluice serve``, the workers' supervisor).
+    ``extra_routes`` are served beside the gateway's own (the console's: ``sluice.console.create_console_app``)."""
     clock = clock or MonotonicClock()
     metrics = GatewayMetrics()
 
@@ -48,11 +45,6 @@ def create_app(settings: Settings, *, config_path: str | Path | None = None, clo
             app.state.max_body_bytes = settings.server.max_body_bytes
             app.state.body_timeout_s = settings.server.body_timeout_s
             app.state.admin_key_hash = settings.auth.admin_key_hash
-            if announce:
-                for line in banner(settings):
-                    log.info(line)
-                if settings.auth.mode == "open":
-                    log.warning(OPEN_ACCESS_WARNING)
             reloader = None
             if config_path is not None:
                 app.state.reloader = ConfigReloader(Path(config_path), runtime.live)
@@ -65,4 +57,5 @@ def create_app(settings: Settings, *, config_path: str | Path | None = None, clo
         access_log.close()
 
     access_log = AccessLog.to(settings.server.access_log_path, enabled=settings.server.access_log)
-    return GatewayApp(ROUTES, lifespan=lifespan, metrics=metrics, access_log=access_log, clock=clock)
+    return GatewayApp((*ROUTES, *extra_routes), lifespan=lifespan, metrics=metrics, access_log=access_log,
+                      clock=clock, ops_port=settings.server.ops_port)

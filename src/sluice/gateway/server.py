@@ -1,6 +1,8 @@
 """How the gateway is served: uvicorn (uvloop, httptools) with Sluice's HTTP limits.
 
 ``sluice serve`` and the tests' live servers both build their server here, so tests meet the limits users get.
+With ``server.ops_port``, the server listens on a second socket, the operations port (admin API, metrics), bound
+before the app starts; every worker of several binds it too (SO_REUSEPORT).
 At start the soft file-descriptor limit is raised to the hard one (as nginx's ``worker_rlimit_nofile`` or a
 systemd ``LimitNOFILE`` would), and the connection cap is sized to it unless ``server.max_connections`` is set.
 """
@@ -10,12 +12,14 @@ from __future__ import annotations
 import logging
 import resource
 import socket
+from collections.abc import Sequence
 
 import uvicorn
 from starlette.types import ASGIApp
 
 from sluice.config import ServerSettings
 from sluice.gateway._http_protocol import HttpLimits, protocol_class
+from sluice.gateway._startup import bind_port
 from sluice.telemetry import GatewayMetrics
 
 log = logging.getLogger("sluice")
@@ -64,7 +68,30 @@ def uvicorn_config(app: ASGIApp, server: ServerSettings, limits: HttpLimits,
                           ws="none", lifespan="on", access_log=False, log_level="warning", timeout_graceful_shutdown=5)
 
 
-def gateway_server(app: ASGIApp, server: ServerSettings, metrics: GatewayMetrics | None = None) -> uvicorn.Server:
+class GatewayServer(uvicorn.Server):
+    """uvicorn's server, plus the operations port's socket when ``server.ops_port`` is set."""
+
+    def __init__(self, config: uvicorn.Config, server: ServerSettings) -> None:
+        super().__init__(config)
+        self.settings = server
+
+    async def serve(self, sockets: Sequence[socket.socket] | None = None) -> None:
+        ops_port = self.settings.ops_port
+        if ops_port is None:
+            await super().serve(list(sockets) if sockets is not None else None)
+            return
+        host = self.settings.host
+        try:
+            public = list(sockets) if sockets is not None else [self.config.bind_socket()]
+            ops = reuseport_socket(host, ops_port) if self.settings.workers > 1 else bind_port(host, ops_port)
+        except OSError as exc:  # told once, in a line: the caller sees the server never started
+            log.error("cannot listen on the operations port %s:%d: %s", host, ops_port, exc.strerror or exc)
+            return
+        with ops:
+            await super().serve([*public, ops])
+
+
+def gateway_server(app: ASGIApp, server: ServerSettings, metrics: GatewayMetrics | None = None) -> GatewayServer:
     """The uvicorn server for ``app`` with ``server``'s HTTP limits (run it with ``.run()``); ``metrics`` count
     the connections it holds and refuses."""
     fd_limit = raise_fd_limit()
@@ -72,7 +99,7 @@ def gateway_server(app: ASGIApp, server: ServerSettings, metrics: GatewayMetrics
     log.info("HTTP limits: %d connections (file-descriptor limit %d), head %d bytes / %d fields / %g s, body %d "
              "bytes / %g s", limits.max_connections, fd_limit, limits.max_header_bytes, limits.max_headers,
              limits.header_timeout_s, server.max_body_bytes, server.body_timeout_s)
-    return uvicorn.Server(uvicorn_config(app, server, limits, metrics))
+    return GatewayServer(uvicorn_config(app, server, limits, metrics), server)
 
 
 def reuseport_socket(host: str, port: int) -> socket.socket:

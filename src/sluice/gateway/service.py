@@ -89,6 +89,10 @@ class GatewayService:
     def list_models(self) -> ModelList:
         return ModelList(data=[ModelCard(id=r.name, max_model_len=r.max_model_len) for r in self.routes.values()])
 
+    def model_card(self, model: str) -> ModelCard:
+        route = self._route(model)
+        return ModelCard(id=route.name, max_model_len=route.max_model_len)
+
     async def readiness(self) -> dict[str, bool]:
         return {name: await route.pool.is_ready() for name, route in self.routes.items()}
 

@@ -5,6 +5,7 @@ from sluice.identity._authenticator import Authenticator
 from sluice.identity._directory import Directory, IssuedKey, MemoryDirectory, RedisDirectory, Snapshot
 from sluice.identity._jwks import PinnedKey, load_jwks
 from sluice.identity._jwt import JwtVerifier, looks_like_jwt
+from sluice.identity._keys_command import add_keys_parser
 from sluice.identity._principal import ANONYMOUS, Principal
 
 __all__ = [
@@ -20,6 +21,7 @@ __all__ = [
     "Principal",
     "RedisDirectory",
     "Snapshot",
+    "add_keys_parser",
     "generate_key",
     "hash_key",
     "load_jwks",

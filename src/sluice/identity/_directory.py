@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -40,7 +41,7 @@ class Snapshot:
     version: int
     keys: dict[str, IssuedKey]  # by hash
     revoked: frozenset[str]  # key ids
-    tiers: dict[str, dict[str, Any]]  # tier name -> settings, as given to the admin API
+    tiers: dict[str, dict[str, Any]]  # tier name -> its live record (gateway/_live.py reads it)
     fleet: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)  # model -> replica URL -> its doc
 
 
@@ -53,7 +54,15 @@ class DirectoryBackend(Protocol):
 
     async def revoke(self, key_id: str) -> None: ...
 
+    async def restore(self, key_id: str) -> None: ...
+
+    async def rotate(self, old_hash: str, key: IssuedKey) -> None: ...
+
     async def put_tier(self, name: str, settings: dict[str, Any]) -> None: ...
+
+    async def drop_tier(self, name: str, expected: dict[str, Any] | None) -> bool: ...
+
+    async def start(self) -> None: ...
 
     async def put_replica(self, model: str, url: str, doc: dict[str, Any] | None) -> None: ...
 
@@ -78,9 +87,29 @@ class MemoryDirectory:
         s = self._snapshot
         self._snapshot = Snapshot(s.version + 1, s.keys, s.revoked | {key_id}, s.tiers, s.fleet)
 
+    async def restore(self, key_id: str) -> None:
+        s = self._snapshot
+        self._snapshot = dataclasses.replace(s, version=s.version + 1, revoked=s.revoked - {key_id})
+
+    async def rotate(self, old_hash: str, key: IssuedKey) -> None:
+        s = self._snapshot
+        keys = {h: k for h, k in s.keys.items() if h != old_hash} | {key.hash: key}
+        self._snapshot = dataclasses.replace(s, version=s.version + 1, keys=keys)
+
     async def put_tier(self, name: str, settings: dict[str, Any]) -> None:
         s = self._snapshot
         self._snapshot = Snapshot(s.version + 1, s.keys, s.revoked, {**s.tiers, name: settings}, s.fleet)
+
+    async def drop_tier(self, name: str, expected: dict[str, Any] | None) -> bool:
+        s = self._snapshot
+        if name not in s.tiers or (expected is not None and s.tiers[name] != expected):
+            return False
+        tiers = {n: doc for n, doc in s.tiers.items() if n != name}
+        self._snapshot = dataclasses.replace(s, version=s.version + 1, tiers=tiers)
+        return True
+
+    async def start(self) -> None:
+        return None  # nothing outlives the process, and the docs say so
 
     async def put_replica(self, model: str, url: str, doc: dict[str, Any] | None) -> None:
         s = self._snapshot
@@ -91,12 +120,23 @@ class MemoryDirectory:
         return None
 
 
+# Drop a tier's live record only if it is still the one the caller saw (another gateway may have changed it since).
+DROP_TIER_LUA = """
+if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] or (ARGV[2] == '' and redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1)
+then redis.call('HDEL', KEYS[1], ARGV[1]); redis.call('INCR', KEYS[2]); return 1 end
+return 0
+"""
+
+
 class RedisDirectory:
     """The directory in the process's state store. A change while Redis is unavailable raises
-    ``StateUnavailableError`` (503): it is refused, never half made."""
+    ``StateUnavailableError`` (503): it is refused, never half made. Everything here lives only in Redis: at
+    start, and whenever Redis answers again after a lost connection, the state layer checks that Redis persists
+    (and warns when it does not: a restart would bring revoked keys back)."""
 
     def __init__(self, state: RedisState, prefix: str = "{sluice}") -> None:
         self._state = state
+        self._persistence_check: asyncio.Task[str | None] | None = None
         self._version, self._keys = f"{prefix}:directory:version", f"{prefix}:directory:keys"
         self._revoked, self._tiers = f"{prefix}:directory:revoked", f"{prefix}:directory:tiers"
         self._fleet = f"{prefix}:directory:fleet"  # "<model> <url>" -> the replica's doc
@@ -133,8 +173,33 @@ class RedisDirectory:
     async def revoke(self, key_id: str) -> None:
         await self._write(lambda pipe: pipe.sadd(self._revoked, key_id))
 
+    async def restore(self, key_id: str) -> None:
+        await self._write(lambda pipe: pipe.srem(self._revoked, key_id))
+
+    async def rotate(self, old_hash: str, key: IssuedKey) -> None:
+        doc = orjson.dumps({"id": key.id, "hash": key.hash, "user": key.user, "tenant": key.tenant, "tier": key.tier})
+        await self._write(lambda pipe: (pipe.hdel(self._keys, old_hash), pipe.hset(self._keys, key.hash, doc)))
+
     async def put_tier(self, name: str, settings: dict[str, Any]) -> None:
         await self._write(lambda pipe: pipe.hset(self._tiers, name, orjson.dumps(settings)))
+
+    async def drop_tier(self, name: str, expected: dict[str, Any] | None) -> bool:
+        seen = orjson.dumps(expected) if expected is not None else b""
+
+        async def drop(client: Client) -> int:
+            return int(await client.eval(DROP_TIER_LUA, 2, self._tiers, self._version, name, seen))
+
+        return bool(await self._state.run(drop, "key directory write", timeout_s=SNAPSHOT_TIMEOUT_S))
+
+    async def start(self) -> None:
+        await self._state.check_persistence()
+        self._state.watch(self._on_state)
+
+    def _on_state(self, available: bool) -> None:
+        """Redis answers again: it may have restarted with another configuration (or empty): check again."""
+        running = self._persistence_check is not None and not self._persistence_check.done()
+        if available and not running:
+            self._persistence_check = asyncio.get_running_loop().create_task(self._state.check_persistence())
 
     async def put_replica(self, model: str, url: str, doc: dict[str, Any] | None) -> None:
         where = f"{model} {url}"
@@ -142,7 +207,11 @@ class RedisDirectory:
                           else pipe.hdel(self._fleet, where))
 
     async def close(self) -> None:
-        return None  # the state store is the process's, closed by its owner
+        if self._persistence_check is not None:
+            self._persistence_check.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._persistence_check
+        # the state store is the process's, closed by its owner
 
     async def _write(self, change: Callable[[Any], Any]) -> None:
         """One change and a new version, in one transaction (sent again on a fresh connection: both repeat safely)."""
@@ -181,6 +250,7 @@ class Directory:
         return key_id in self.snapshot.revoked
 
     async def start(self) -> None:
+        await self.backend.start()
         await self.refresh()
         self._task = asyncio.get_running_loop().create_task(self._refresh_forever())
 
@@ -202,9 +272,27 @@ class Directory:
         await self.backend.revoke(key_id)
         await self.refresh()
 
+    async def restore(self, key_id: str) -> None:
+        """Un-revoke a key: accepted again on every replica within a second."""
+        await self.backend.restore(key_id)
+        await self.refresh()
+
+    async def rotate(self, old: IssuedKey, key_hash: str) -> IssuedKey:
+        """Give an issued key a new secret (same id, user, tenant, tier): the old secret stops working at once."""
+        new = dataclasses.replace(old, hash=key_hash)
+        await self.backend.rotate(old.hash, new)
+        await self.refresh()
+        return new
+
     async def put_tier(self, name: str, settings: dict[str, Any]) -> None:
         await self.backend.put_tier(name, settings)
         await self.refresh()
+
+    async def drop_tier(self, name: str, expected: dict[str, Any] | None = None) -> bool:
+        """Remove a tier's live record (only if it is still ``expected``, when given); True if it was removed."""
+        dropped = await self.backend.drop_tier(name, expected)
+        await self.refresh()
+        return dropped
 
     def replica(self, model: str, url: str) -> dict[str, Any]:
         """What the admin API said of one replica: ``{"added": bool, "weight": float, "cordoned": bool}``."""

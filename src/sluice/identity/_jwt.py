@@ -5,6 +5,9 @@ only compared with the key's: ``none``, and HS256 against an RSA key (the public
 are refused before any signature check. PyJWT checks the signature, ``iss`` and ``aud``; the times (``exp``,
 ``nbf``, ``iat``) are checked here against the injected clock, with ``leeway_s``. Every failure is an
 ``AuthenticationError`` with a short reason and never the token.
+
+Each token holder is its own caller: the key id is ``jwt:<subject>`` (the ``sub`` claim, or ``claims.subject``), so
+the "per key" limits count per subject, whichever signing key issued the token; a token without it is refused.
 """
 
 from __future__ import annotations
@@ -71,7 +74,7 @@ class JwtVerifier:
             raise _refused("algorithm not allowed for this key")
         claims = self._decode(token, key)
         self._check_times(claims)
-        return self._principal(claims, key)
+        return self._principal(claims)
 
     def _key_for(self, header: Mapping[str, Any]) -> PinnedKey:
         kid = header.get("kid")
@@ -104,8 +107,11 @@ class JwtVerifier:
         if "iat" in claims and _time(claims, "iat") > now + leeway:
             raise _refused("issued in the future")
 
-    def _principal(self, claims: Mapping[str, Any], key: PinnedKey) -> Principal:
+    def _principal(self, claims: Mapping[str, Any]) -> Principal:
         names, s = self._settings.claims, self._settings
+        subject = _text(claims, names.subject)
+        if subject is None:  # refused, never merged into a bucket shared with other token holders
+            raise _refused(f"missing claim {names.subject!r} (the caller's identity)")
         user = _text(claims, names.user)
         if user is None:
             raise _refused(f"missing claim {names.user!r}")
@@ -113,7 +119,7 @@ class JwtVerifier:
         tier = (_text(claims, names.tier) if names.tier else None) or s.default_tier
         if tier not in self._priorities:
             raise _refused("the token's tier is not configured")
-        return Principal(key_id=f"jwt:{key.kid or s.issuer}", user=user, tenant=tenant, tier=tier,
+        return Principal(key_id=f"jwt:{subject}", user=user, tenant=tenant, tier=tier,
                          priority=self._priorities[tier])
 
 

@@ -107,7 +107,7 @@ EmbeddingInput = Annotated[
 """An embeddings input, as OpenAI documents it: never an empty string, at most 2048 inputs in one request."""
 
 
-def _labelled(*members: tuple[Any, str]) -> GetPydanticSchema:
+def labelled(*members: tuple[Any, str]) -> GetPydanticSchema:
     """A plain (smart) union whose alternatives are named by shape tags: no Python call per value, which matters
     for ``content`` (one per message). Its errors are one per alternative; ``parse_request`` reports the deepest."""
     def build(source: Any, handler: GetCoreSchemaHandler) -> core_schema.CoreSchema:
@@ -117,10 +117,10 @@ def _labelled(*members: tuple[Any, str]) -> GetPydanticSchema:
 
 
 Stop = Annotated[
-    str | list[str], _labelled((str, TEXT), (Annotated[list[str], Field(fail_fast=True)], TEXTS))
+    str | list[str], labelled((str, TEXT), (Annotated[list[str], Field(fail_fast=True)], TEXTS))
 ]
 
 ContentPart = dict[str, JsonValue]
 Content = Annotated[
-    str | list[ContentPart], _labelled((str, TEXT), (Annotated[list[ContentPart], Field(fail_fast=True)], PARTS))
+    str | list[ContentPart], labelled((str, TEXT), (Annotated[list[ContentPart], Field(fail_fast=True)], PARTS))
 ]

@@ -2,12 +2,14 @@
 
 Tokens are charged the OpenAI way: ``prompt + max_tokens`` are reserved at admission, and when the request
 ends the difference to the engine's ``usage`` is refunded (or charged). A request that would fit within its
-tier's ``max_wait_s`` waits for the bucket to refill instead of being refused.
+tier's ``max_wait_s`` waits in line for the bucket to refill instead of being refused (``_wait_queue``): waiters
+are served in arrival order, and one that cannot make it within its wait is refused at once, told when it would.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -16,10 +18,11 @@ from sluice.clock import Clock
 from sluice.identity import Principal
 from sluice.ids import IdSource
 from sluice.quota._headers import ratelimit_headers, refusal
-from sluice.quota._model import Bucket, Lease
-from sluice.quota._policy import QuotaPolicy
+from sluice.quota._model import Bucket, Decision, Lease
+from sluice.quota._policy import Plan, QuotaPolicy
 from sluice.quota._pricing import Price
 from sluice.quota._store import QuotaStore
+from sluice.quota._wait_queue import WaitQueue
 
 log = logging.getLogger("sluice.quota")
 
@@ -52,34 +55,73 @@ class QuotaLimiter:
         self._held: dict[str, Reservation] = {}
         self._renewer: asyncio.Task[None] | None = None
         self._ids = IdSource()
+        self._line = WaitQueue(clock)
 
     async def reserve(self, principal: Principal, model: str, price: Price, tighten: float = 1.0) -> Reservation:
-        """Charge every applicable limit at once, waiting up to the tier's ``max_wait_s``; raise 429 otherwise.
-        ``tighten`` < 1 scales the caller's tier rates down (protection mode)."""
+        """Charge every applicable limit at once, or wait in line up to the tier's ``max_wait_s``; raise 429
+        otherwise, at once when the request cannot make it within its wait. ``tighten`` < 1 scales the caller's
+        tier rates down (protection mode)."""
         plan = self.policy.plan(principal, model, price, tighten)
-        rid = self._ids.next()
         if not plan.buckets and not plan.leases:
-            return Reservation(rid, (), (), price)
+            return Reservation(self._ids.next(), (), (), price)
+        arrival = self._line.arrival()
         deadline = self._clock.now() + self.policy.max_wait_s(principal)
-        waited_s = 0.0
-        while True:
-            decision = await self.store.acquire(plan.buckets, plan.leases, rid)
-            if decision.allowed:
-                if waited_s and self._observer:
-                    self._observer.quota_waited(waited_s)
-                reservation = Reservation(rid, plan.buckets, plan.leases, price,
-                                          ratelimit_headers(plan.buckets, decision.states))
-                if plan.leases:
-                    self._held[rid] = reservation
-                    self._start_renewer()
-                return reservation
-            now = self._clock.now()
-            if decision.never or now + decision.retry_after_s > deadline:
-                raise refusal(plan.buckets, plan.leases, decision)
-            pause = min(decision.retry_after_s, deadline - now)
-            await self._wait(pause)
-            waited_s += pause
-            rid = self._ids.next()  # one decision, one id (a store fences each operation by it)
+        first: Decision | None = None
+        if not self._line.busy(plan.buckets):  # nobody waits ahead of it here: ask the store straight away
+            rid = self._ids.next()
+            first = await self.store.acquire(plan.buckets, plan.leases, rid)
+            if first.allowed:
+                return self._granted(rid, plan, price, first)
+            if first.never or self._clock.now() + first.retry_after_s > deadline:
+                raise refusal(plan.buckets, plan.leases, first)
+        return await self._wait_in_line(arrival, plan, price, deadline, first)
+
+    async def _wait_in_line(self, arrival: int, plan: Plan, price: Price, deadline: float,
+                            last: Decision | None) -> Reservation:
+        """Wait for the turn: until the buckets have refilled for every waiter ahead and for this one (and the
+        store's own last answer allows), then ask the store; refuse as soon as the turn falls past the deadline."""
+        line, started = self._line, self._clock.now()
+        waiter = line.join(arrival, plan.buckets)
+        if last is not None:
+            line.observe(plan.buckets, last, by=waiter)
+        not_before = started + (last.retry_after_s if last is not None else 0.0)
+        slept = False
+        if self._observer:
+            self._observer.quota_waiting(+1)
+        try:
+            while True:
+                now = self._clock.now()
+                turn = line.turn(waiter)
+                wait_s = max(turn.retry_after_s, not_before - now)
+                if turn.never or (wait_s > 0 and now + wait_s > deadline):
+                    raise refusal(plan.buckets, plan.leases, _too_late(turn, last, wait_s))
+                if wait_s > 0:
+                    if await line.wait(waiter, wait_s):  # the line changed (a refund, news from the store):
+                        not_before = now  # the turn is recomputed from it, the store's last answer is stale
+                    slept = True
+                    continue
+                rid = self._ids.next()  # one decision, one id (a store fences each operation by it)
+                last = await self.store.acquire(plan.buckets, plan.leases, rid)
+                line.observe(plan.buckets, last, by=waiter)
+                if last.allowed:
+                    if slept and self._observer:
+                        self._observer.quota_waited(self._clock.now() - started)
+                    return self._granted(rid, plan, price, last)
+                if last.never:
+                    raise refusal(plan.buckets, plan.leases, last)
+                not_before = self._clock.now() + last.retry_after_s
+        finally:
+            line.leave(waiter)
+            if self._observer:
+                self._observer.quota_waiting(-1)
+
+    def _granted(self, rid: str, plan: Plan, price: Price, decision: Decision) -> Reservation:
+        reservation = Reservation(rid, plan.buckets, plan.leases, price,
+                                  ratelimit_headers(plan.buckets, decision.states))
+        if plan.leases:
+            self._held[rid] = reservation
+            self._start_renewer()
+        return reservation
 
     async def settle(self, reservation: Reservation, prompt_tokens: int | None, completion_tokens: int) -> None:
         """Reconcile the reservation with what was used, and give back its permits. Safe to call twice."""
@@ -92,20 +134,12 @@ class QuotaLimiter:
         deltas = [_delta(b, price, used_in, completion_tokens) for b in reservation.buckets]
         if any(deltas) or reservation.leases:
             await self.store.settle(reservation.buckets, deltas, reservation.leases, reservation.rid)
+        self._line.refund(reservation.buckets, deltas)  # once the store has it: a waiter woken now will find it
 
     async def close(self) -> None:
         if self._renewer is not None:
             self._renewer.cancel()
             self._renewer = None
-
-    async def _wait(self, seconds: float) -> None:
-        if self._observer:
-            self._observer.quota_waiting(+1)
-        try:
-            await self._clock.sleep(seconds)
-        finally:
-            if self._observer:
-                self._observer.quota_waiting(-1)
 
     def _start_renewer(self) -> None:
         if self._renewer is None or self._renewer.done():
@@ -120,6 +154,14 @@ class QuotaLimiter:
                     await self.store.renew(reservation.leases, reservation.rid)
                 except Exception:  # noqa: BLE001 - a failed renewal must not stop the others; the lease may expire
                     log.warning("could not renew concurrency permits of %s", reservation.rid, exc_info=True)
+
+
+def _too_late(turn: Decision, last: Decision | None, wait_s: float) -> Decision:
+    """The refusal of a request whose turn comes after its deadline: held by the bucket the line says (with
+    ``wait_s``, when it would get through, as its retry-after), or by what the store last refused it for."""
+    if turn.never or (turn.refused_bucket is not None and turn.retry_after_s >= wait_s) or last is None:
+        return turn
+    return dataclasses.replace(last, retry_after_s=wait_s)
 
 
 def _delta(bucket: Bucket, price: Price, used_in: int, used_out: int) -> int:

@@ -23,6 +23,7 @@ import orjson
 
 from sluice.errors import SluiceError
 from sluice.protocol import sse_event
+from sluice.sim._logprobs import TokenLogprob, chat_logprobs, completion_logprobs
 
 _ERROR_TYPES = {
     400: "BadRequestError",
@@ -72,13 +73,15 @@ class ResponseHeader:
     model: str
     include_usage: bool = False
     return_token_ids: bool = False
+    top_logprobs: int | None = None  # with logprobs: how many of the most likely tokens each position lists
 
     @classmethod
     def new(
-        cls, kind: str, *, created: int, model: str, include_usage: bool = False, return_token_ids: bool = False
+        cls, kind: str, *, created: int, model: str, include_usage: bool = False, return_token_ids: bool = False,
+        top_logprobs: int | None = None,
     ) -> ResponseHeader:
         prefix = "chatcmpl-" if kind == "chat" else "cmpl-"
-        return cls(kind, prefix + uuid.uuid4().hex, created, model, include_usage, return_token_ids)
+        return cls(kind, prefix + uuid.uuid4().hex, created, model, include_usage, return_token_ids, top_logprobs)
 
     def _base(self, obj: str) -> dict[str, Any]:
         return {"id": self.id, "object": obj, "created": self.created, "model": self.model}
@@ -87,9 +90,10 @@ class ResponseHeader:
 
     def full(
         self, texts: list[str], reasons: list[str], prompt_tokens: int, completion_tokens: int,
-        ids: TokenIds | None = None,
+        ids: TokenIds | None = None, logprobs: list[list[TokenLogprob]] | None = None,
     ) -> bytes:
-        """The whole response; ``ids`` (per choice) are written only under ``return_token_ids``."""
+        """The whole response; ``ids`` (per choice) are written only under ``return_token_ids``, ``logprobs`` (per
+        choice, per token) when the request asked for them."""
         if self.kind == "chat":
             body = self._base("chat.completion")
             body["choices"] = [
@@ -109,6 +113,9 @@ class ResponseHeader:
                 for i, (text, reason) in enumerate(zip(texts, reasons, strict=True))
             ]
         body["usage"] = usage(prompt_tokens, completion_tokens)
+        if logprobs is not None:
+            for choice, entries in zip(body["choices"], logprobs, strict=True):
+                choice["logprobs"] = self._logprobs(entries, 0)
         if self.return_token_ids and ids is not None:
             for choice, output in zip(body["choices"], ids.outputs, strict=True):
                 choice["token_ids"] = output
@@ -130,10 +137,11 @@ class ResponseHeader:
         return self._chunk(choice)
 
     def token_chunk(
-        self, index: int, text: str, finish_reason: str | None, token_id: int = 0, prompt_ids: Ids | None = None
+        self, index: int, text: str, finish_reason: str | None, token_id: int = 0, prompt_ids: Ids | None = None,
+        logprob: TokenLogprob | None = None, text_offset: int = 0,
     ) -> bytes:
         """One token of a choice; under ``return_token_ids`` it carries its id (and a completion's first chunk, the
-        prompt's ids)."""
+        prompt's ids); with ``logprob``, its log probability (a completion's at ``text_offset`` in the text)."""
         if self.kind == "chat":
             choice: dict[str, Any] = {"index": index, "delta": {"content": text}, "logprobs": None,
                                       "finish_reason": finish_reason}
@@ -144,6 +152,8 @@ class ResponseHeader:
                 choice["prompt_token_ids"] = prompt_ids
         if self.return_token_ids:
             choice["token_ids"] = (token_id,)
+        if logprob is not None:
+            choice["logprobs"] = self._logprobs([logprob], text_offset)
         return self._chunk(choice)
 
     def usage_chunk(self, prompt_tokens: int, completion_tokens: int) -> bytes:
@@ -160,6 +170,11 @@ class ResponseHeader:
         if extra:
             body.update(extra)
         return sse_event(orjson.dumps(body))
+
+    def _logprobs(self, entries: list[TokenLogprob], first_offset: int) -> dict[str, Any]:
+        if self.kind == "chat":
+            return chat_logprobs(entries)
+        return completion_logprobs(entries, first_offset=first_offset)
 
     def _chunk_object(self) -> str:
         return "chat.completion.chunk" if self.kind == "chat" else "text_completion"

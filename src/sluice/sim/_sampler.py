@@ -21,6 +21,13 @@ class PlannedOutput:
     words: tuple[str, ...]  # one per token
     finish_reason: str  # "stop" or "length"
     token_ids: tuple[int, ...] = ()  # one per token: the ids of ``words``
+    pieces: tuple[str, ...] | None = None  # one per token: the text it adds to the reply, when not its word (a stop
+    # string cut it: ``_stops``)
+
+    @property
+    def texts(self) -> tuple[str, ...]:
+        """What each token adds to the reply's text."""
+        return self.words if self.pieces is None else self.pieces
 
 
 class Sampler:

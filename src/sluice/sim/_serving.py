@@ -21,8 +21,11 @@ from sluice.errors import EngineUnavailableError, InvalidRequestError, NotFoundE
 from sluice.protocol import DONE, ChatCompletionRequest, CompletionRequest
 from sluice.sim._bodies import Ids, ResponseHeader, TokenIds
 from sluice.sim._engine import Sequence
+from sluice.sim._logprobs import TokenLogprob, token_logprobs
+from sluice.sim._request_options import chat_top_logprobs, completion_top_logprobs, refuse_unsupported
 from sluice.sim._runner import EngineRunner, Generation
 from sluice.sim._sampler import PlannedOutput, Sampler
+from sluice.sim._stops import apply_stops, stop_strings
 from sluice.sim._tokenizer import chat_ids, check_ids, count_chat, count_prompt, prompt_ids
 
 Write = Callable[[bytes], Awaitable[None]]
@@ -77,14 +80,17 @@ class Serving:
 
     def chat_job(self, req: ChatCompletionRequest) -> Job:
         self.check_model(req.model)
-        header = self._header("chat", req, req.wants_usage_chunk())
+        refuse_unsupported(req.model_extra or {})
+        stops = stop_strings(req.stop)
+        header = self._header("chat", req, req.wants_usage_chunk(), chat_top_logprobs(req.model_extra or {}))
         ids = chat_ids(req.messages) if self._caching or header.return_token_ids else None
         prompt_tokens = count_chat(req.messages) if ids is None else len(ids)
         cap = self._output_cap(prompt_tokens, req.output_cap())
         self._check_size(req.n, req.n * self._planned(cap, req.ignore_eos))
         key = orjson.dumps([[m.role, m.text()] for m in req.messages]).decode()
         outputs = [
-            self._sampler.plan(prompt_key=key, seed=req.seed, index=i, cap=cap, ignore_eos=req.ignore_eos)
+            apply_stops(self._sampler.plan(prompt_key=key, seed=req.seed, index=i, cap=cap, ignore_eos=req.ignore_eos),
+                        stops)
             for i in range(req.n)
         ]
         seq_ids = None if ids is None else [ids] * req.n
@@ -92,7 +98,10 @@ class Serving:
 
     def completion_job(self, req: CompletionRequest) -> Job:
         self.check_model(req.model)
-        header = self._header("completion", req, req.wants_usage_chunk())
+        refuse_unsupported(req.model_extra or {})
+        stops = stop_strings(req.stop)
+        header = self._header("completion", req, req.wants_usage_chunk(),
+                              completion_top_logprobs(req.model_extra or {}))
         with_ids = self._caching or header.return_token_ids
         prompts = req.prompts()
         self._check_size(len(prompts) * req.n, 0)
@@ -112,9 +121,8 @@ class Serving:
             for i in range(req.n):
                 seq_prompts.append(tokens)
                 seq_ids.append(ids)
-                outputs.append(
-                    self._sampler.plan(prompt_key=key, seed=req.seed, index=i, cap=cap, ignore_eos=req.ignore_eos)
-                )
+                planned = self._sampler.plan(prompt_key=key, seed=req.seed, index=i, cap=cap, ignore_eos=req.ignore_eos)
+                outputs.append(apply_stops(planned, stops))
         return Job(header, prompt_total, seq_prompts, outputs, self._priority(req), seq_ids if with_ids else None)
 
     @contextlib.contextmanager
@@ -142,9 +150,13 @@ class Serving:
             await gen.changed()
         if gen.aborted:
             raise EngineUnavailableError("The engine stopped before the request finished.", reason="engine_stopped")
-        texts = ["".join(o.words) for o in job.outputs]
+        texts = ["".join(o.texts) for o in job.outputs]
         reasons = [o.finish_reason for o in job.outputs]
-        return job.header.full(texts, reasons, job.prompt_tokens, job.completion_tokens, job.token_ids)
+        top_n = job.header.top_logprobs
+        logprobs = None if top_n is None else [
+            token_logprobs(o.token_ids, first_position=0, top_n=top_n) for o in job.outputs
+        ]
+        return job.header.full(texts, reasons, job.prompt_tokens, job.completion_tokens, job.token_ids, logprobs)
 
     async def stream(self, job: Job, gen: Generation, write: Write) -> None:
         """Write the SSE stream: one chunk per token, the usage chunk if asked for, then ``[DONE]``. A chat
@@ -152,6 +164,7 @@ class Serving:
         header, outputs = job.header, job.outputs
         prompts = job.seq_prompt_ids or [()] * len(outputs)
         sent = [0] * len(outputs)
+        offsets = [0] * len(outputs)  # characters of each choice's tokens sent so far (completions' text_offset)
         done = False
         while not done:
             await gen.changed()
@@ -165,7 +178,9 @@ class Serving:
                     token_id = out.token_ids[k]
                     first = None if k or header.kind == "chat" else prompts[i]  # a completion's first chunk
                     end = reason if k == len(out.words) - 1 else None
-                    parts.append(header.token_chunk(i, out.words[k], end, token_id, first))
+                    logprob = self._logprob(header, token_id, k)
+                    parts.append(header.token_chunk(i, out.texts[k], end, token_id, first, logprob, offsets[i]))
+                    offsets[i] += len(out.words[k])
                 sent[i] = seq.generated
             if parts:
                 await write(b"".join(parts))
@@ -173,6 +188,13 @@ class Serving:
             return  # the engine stopped: end the stream without [DONE], as a dying server would
         tail = header.usage_chunk(job.prompt_tokens, job.completion_tokens) if header.include_usage else b""
         await write(tail + DONE)
+
+    @staticmethod
+    def _logprob(header: ResponseHeader, token_id: int, position: int) -> TokenLogprob | None:
+        if header.top_logprobs is None:
+            return None
+        (entry,) = token_logprobs((token_id,), first_position=position, top_n=header.top_logprobs)
+        return entry
 
     def _submit(self, job: Job) -> Generation:
         prompts = job.seq_prompt_ids if self._caching and job.seq_prompt_ids else [None] * len(job.outputs)
@@ -235,7 +257,8 @@ class Serving:
             )
         return requested
 
-    def _header(self, kind: str, req: ChatCompletionRequest | CompletionRequest, include_usage: bool) -> ResponseHeader:
+    def _header(self, kind: str, req: ChatCompletionRequest | CompletionRequest, include_usage: bool,
+                top_logprobs: int | None) -> ResponseHeader:
         return ResponseHeader.new(kind, created=int(self._clock.wall()), model=req.model, include_usage=include_usage,
-                                  return_token_ids=self._return_token_ids(req))
+                                  return_token_ids=self._return_token_ids(req), top_logprobs=top_logprobs)
 

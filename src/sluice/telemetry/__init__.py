@@ -1,10 +1,11 @@
 """Record: Prometheus metrics, the access log, and the per-request record they are written from."""
 
 from sluice.telemetry._access_log import AccessLog
+from sluice.telemetry._log_limit import RepeatLimiter, limit_repeats
 from sluice.telemetry._merge import merge_expositions
 from sluice.telemetry._metrics import GatewayMetrics
 from sluice.telemetry._record import RequestRecord
 from sluice.telemetry._usage import MemoryUsage, RedisUsage, Usage, UsageLedger
 
-__all__ = ["AccessLog", "GatewayMetrics", "MemoryUsage", "RedisUsage", "RequestRecord", "Usage", "UsageLedger",
-           "merge_expositions"]
+__all__ = ["AccessLog", "GatewayMetrics", "MemoryUsage", "RedisUsage", "RepeatLimiter", "RequestRecord", "Usage",
+           "UsageLedger", "limit_repeats", "merge_expositions"]

@@ -16,6 +16,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 from sluice.telemetry._record import RequestRecord
+from sluice.telemetry._traffic import TrafficWindow
 
 
 class _Member(Protocol):
@@ -149,6 +150,7 @@ class GatewayMetrics:
         self.answered = 0  # plain counts: requests answered, and refused for capacity
         self.refused_for_capacity = 0
         self._engine_counts: dict[str, list[int]] = {}  # model -> [answered, refused for engine capacity]
+        self.traffic = TrafficWindow()  # the last minutes per tier and tenant, for the console
         self.autoscaler_desired = Gauge("sluice_autoscaler_desired_replicas", "The replicas the autoscaler wants "
                                         "for the model (its current count when no decision is in progress).",
                                         ["model"], registry=r)
@@ -238,6 +240,7 @@ class GatewayMetrics:
         if record.reason:  # set only when something went wrong, before or after the answer began
             self._child(self.rejections, record.reason, model).inc()
         if record.route in INFERENCE_ROUTES:
+            self.traffic.record(record)
             self.answered += 1
             if record.reason in CAPACITY_REASONS and record.status in (429, 503):
                 self.refused_for_capacity += 1

@@ -91,6 +91,8 @@ class RedisUsage:
 
 
 class UsageLedger:
+    kept_days = RETAIN_DAYS  # a day's counts expire this long after its last write
+
     def __init__(self, backend: UsageBackend, clock: Clock, *, flush_s: float = 1.0, prefix: str = "{sluice}") -> None:
         self._backend = backend
         self._clock = clock

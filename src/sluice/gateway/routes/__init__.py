@@ -1,7 +1,8 @@
 """Thin HTTP routes: each reads the request, calls the pipeline, writes the reply."""
 
-from sluice.gateway.routes import admin, inference, models, ops, replicas
+from sluice.gateway.routes import admin, admin_tiers, inference, models, ops, replicas, responses
 
-ROUTES = (*inference.ROUTES, *models.ROUTES, *ops.ROUTES, *admin.ROUTES, *replicas.ROUTES)
+ROUTES = (*inference.ROUTES, *responses.ROUTES, *models.ROUTES, *ops.ROUTES, *admin.ROUTES, *admin_tiers.ROUTES,
+          *replicas.ROUTES)
 
 __all__ = ["ROUTES"]

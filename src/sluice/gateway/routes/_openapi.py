@@ -34,7 +34,11 @@ def openapi_document(routes: Sequence[RouteSpec]) -> dict[str, Any]:
         }
         if route.request_model is not None:
             operation["requestBody"] = {"required": True, "content": _json(route.request_model.__name__)}
-        paths.setdefault(route.path, {})[route.method.lower()] = operation
+        path = route.path.replace(":path}", "}")
+        if "{" in path:
+            name = path[path.index("{") + 1:-1]
+            operation["parameters"] = [{"name": name, "in": "path", "required": True, "schema": {"type": "string"}}]
+        paths.setdefault(path, {})[route.method.lower()] = operation
     return {
         "openapi": "3.1.0",
         "info": {"title": "Sluice", "version": __version__,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Protocol
 
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
@@ -10,10 +11,19 @@ from starlette.responses import Response
 from sluice.errors import InvalidRequestError, PayloadTooLargeError, RequestTimeoutError
 from sluice.gateway._disconnect import ClientDisconnected, DisconnectWatch
 from sluice.gateway._responses import reply_response
-from sluice.gateway.service import Endpoint, GatewayService
+from sluice.gateway.service import Endpoint, GatewayService, Reply
 
 
-async def proxy(request: Request, endpoint: Endpoint) -> Response:
+class Translation(Protocol):
+    """An API served through another endpoint's pipeline (``/v1/responses`` through chat): the client's body in
+    that endpoint's terms, and its reply back in the client's."""
+
+    def request_body(self, body: bytes) -> bytes: ...
+
+    def reply(self, reply: Reply) -> Reply: ...
+
+
+async def proxy(request: Request, endpoint: Endpoint, translation: Translation | None = None) -> Response:
     service: GatewayService = request.app.state.service
     record = request.state.record
     headers = request.headers
@@ -21,6 +31,8 @@ async def proxy(request: Request, endpoint: Endpoint) -> Response:
     priority = _priority_hint(headers.get("x-sluice-priority"))
     state = request.app.state
     body = await read_body(request, state.max_body_bytes, state.body_timeout_s)
+    if translation is not None:
+        body = translation.request_body(body)
     watch = DisconnectWatch(request.receive)
     try:
         with watch.translated():
@@ -28,7 +40,7 @@ async def proxy(request: Request, endpoint: Endpoint) -> Response:
     except BaseException:
         watch.stop()
         raise
-    return reply_response(reply, watch)
+    return reply_response(reply if translation is None else translation.reply(reply), watch)
 
 
 async def read_body(request: Request, limit: int, timeout_s: float) -> bytes:

@@ -1,19 +1,19 @@
-"""The admin API, behind its own credential (``auth.admin_key_hash``): keys issued and revoked, tiers changed
-live, and each principal's usage and remaining budget. Every change reaches every replica sharing the state
-store within a second."""
+"""The admin API, behind its own credential (``auth.admin_key_hash``): keys issued, revoked, restored and rotated,
+and each principal's usage and remaining budget (tiers: admin_tiers.py). Every change reaches every replica sharing
+the state store within a second."""
 
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import hmac
 from typing import Any
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import Request
 from starlette.responses import Response
 
-from sluice.config import TierSettings
 from sluice.errors import AuthenticationError, InvalidRequestError, NotFoundError, PermissionDeniedError
 from sluice.gateway._asgi import RouteSpec
 from sluice.gateway.routes._proxy import read_body
@@ -35,13 +35,6 @@ class KeyId(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     id: str = Field(min_length=1)
-
-
-class TierChange(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    name: str
-    settings: dict[str, Any]
 
 
 async def list_keys(request: Request) -> Response:
@@ -80,28 +73,46 @@ async def create_key(request: Request) -> Response:
 
 async def revoke_key(request: Request) -> Response:
     """Revoke a key, configured or issued: refused on every replica within a second."""
+    key_id = await _known_key(request)
+    await admin_service(request).directory.revoke(key_id)
+    return json_response({"id": key_id, "revoked": True})
+
+
+async def restore_key(request: Request) -> Response:
+    """Un-revoke a key: accepted again on every replica within a second."""
+    key_id = await _known_key(request)
+    await admin_service(request).directory.restore(key_id)
+    return json_response({"id": key_id, "revoked": False})
+
+
+async def _known_key(request: Request) -> str:
+    """The key id the body names, once known here (configured, or issued on any gateway: read afresh)."""
     service = admin_service(request)
     target = parse_request(KeyId, await admin_body(request))
+    await service.directory.refresh()  # a key issued on another gateway a moment ago is known here too
     if target.id not in _known_ids(request):
         raise NotFoundError(f"No key with id {target.id!r}.", param="id", code="key_not_found")
-    await service.directory.revoke(target.id)
-    return json_response({"id": target.id, "revoked": True})
+    return target.id
 
 
-async def change_tier(request: Request) -> Response:
-    """Replace a tier's settings (limits, priority, waits) live, on every replica, keeping quota state."""
+async def rotate_key(request: Request) -> Response:
+    """A new secret for an issued key (same id, user, tenant, tier), shown once; the old secret stops working."""
     service = admin_service(request)
-    change = parse_request(TierChange, await admin_body(request))
-    if change.name not in service.limiter.policy.tiers:
-        raise NotFoundError(f"No tier {change.name!r}.", param="name", code="tier_not_found")
-    try:
-        TierSettings.model_validate(change.settings)
-    except ValidationError as exc:
-        err = exc.errors(include_url=False)[0]
-        where = ".".join(str(p) for p in err["loc"])
-        raise InvalidRequestError(f"Invalid tier setting {where}: {err['msg']}", param=f"settings.{where}") from exc
-    await service.directory.put_tier(change.name, change.settings)
-    return json_response({"name": change.name, "settings": change.settings})
+    target = parse_request(KeyId, await admin_body(request))
+    await service.directory.refresh()
+    issued = next((k for k in service.directory.snapshot.keys.values() if k.id == target.id), None)
+    if issued is None:
+        if target.id in _known_ids(request):
+            raise InvalidRequestError(f"Key {target.id!r} is configured in the file: put a new hash there "
+                                      "(sluice keys create prints one).", param="id", status=409,
+                                      code="key_in_config")
+        raise NotFoundError(f"No key with id {target.id!r}.", param="id", code="key_not_found")
+    if service.directory.is_revoked(target.id):
+        raise InvalidRequestError(f"Key {target.id!r} is revoked: restore it first.", param="id", status=409,
+                                  code="key_revoked")
+    key = generate_key()
+    new = await service.directory.rotate(issued, hash_key(key))
+    return json_response({"id": new.id, "key": key, "user": new.user, "tenant": new.tenant, "tier": new.tier})
 
 
 async def usage(request: Request) -> Response:
@@ -111,8 +122,11 @@ async def usage(request: Request) -> Response:
     scope, ident = q.get("scope", "key"), q.get("id")
     if scope not in ("key", "user", "tenant") or not ident:
         raise InvalidRequestError("Give scope=key|user|tenant and id=...", param="id")
-    day = q.get("day") or service.usage.today()
+    day = _kept_day(q.get("day"), service.usage)
     used = await service.usage.read(scope, ident, day)
+    if not (used.requests or used.tokens_in or used.tokens_out) and ident not in _known(request, scope):
+        raise NotFoundError(f"No {scope} {ident!r}: no key names it, and it has no usage on {day}.", param="id",
+                            code=f"{scope}_not_found")
     return json_response({"scope": scope, "id": ident, "day": day, "requests": used.requests,
                   "tokens_in": used.tokens_in, "tokens_out": used.tokens_out})
 
@@ -121,8 +135,12 @@ async def budget(request: Request) -> Response:
     """What a key may still spend now on a model: every bucket that applies, as it stands."""
     service = admin_service(request)
     q = request.query_params
-    principal = _principal(request, q.get("key_id", ""))
+    if not q.get("key_id"):
+        raise InvalidRequestError("Give key_id=... (and model=..., the first model by default).", param="key_id")
+    principal = _principal(request, q["key_id"])
     model = q.get("model") or next(iter(service.routes))
+    if model not in service.routes:
+        raise NotFoundError(f"No model {model!r}; the models are {', '.join(service.routes)}.", param="model")
     plan = service.limiter.policy.plan(principal, model, Price(0, 0))
     peek = [dataclasses.replace(b, cost=0) for b in plan.buckets]  # a charge of nothing: the buckets as they stand
     decision = await service.limiter.store.acquire(peek, [], "admin-peek")
@@ -133,19 +151,55 @@ async def budget(request: Request) -> Response:
 
 
 def admin_service(request: Request) -> Any:
-    """The service, once the caller has shown the admin credential (compared in constant time)."""
+    """The service, once the caller has shown the admin credential (compared in constant time), or is the console's
+    page in a logged-in session (``app.state.console.admits``: its cookie, CSRF header and origin; sluice.console)."""
     expected = request.app.state.admin_key_hash
     if expected is None:
         raise PermissionDeniedError("The admin API is disabled: set auth.admin_key_hash to enable it.")
+    console = getattr(request.app.state, "console", None)
+    if console is not None and console.admits(request):
+        return request.app.state.service
     key = presented_key(request.headers.get("authorization"), request.headers.get("api-key"))
-    if key is None or not hmac.compare_digest(hash_key(key), expected):
+    if not is_admin_key(expected, key):
         raise AuthenticationError("The admin API needs the admin key.")
     return request.app.state.service
 
 
+def is_admin_key(expected_hash: str, key: str | None) -> bool:
+    """``key`` is the admin key (its hash compared in constant time)."""
+    return key is not None and hmac.compare_digest(hash_key(key), expected_hash)
+
+
 def _known_ids(request: Request) -> set[str]:
+    return _known(request, "key")
+
+
+def _known(request: Request, scope: str) -> set[str]:
+    """The key ids, users or tenants the keys (configured and issued) name."""
     snapshot = request.app.state.service.directory.snapshot
-    return {k.id for k in request.app.state.live.settings.keys} | {k.id for k in snapshot.keys.values()}
+    configured = request.app.state.live.settings.keys
+    if scope == "key":
+        return {k.id for k in configured} | {k.id for k in snapshot.keys.values()}
+    if scope == "user":
+        return {k.user or k.id for k in configured} | {k.user for k in snapshot.keys.values()}
+    return {k.tenant for k in configured} | {k.tenant for k in snapshot.keys.values()}
+
+
+def _kept_day(text: str | None, ledger: Any) -> str:
+    """A day (YYYY-MM-DD, UTC) within the usage kept: a malformed one is a 400, one outside the window a 404."""
+    today = dt.date.fromisoformat(ledger.today())
+    if not text:
+        return today.isoformat()
+    try:
+        day = dt.date.fromisoformat(text)
+    except ValueError as exc:
+        raise InvalidRequestError(f"day {text!r} is not a date: give YYYY-MM-DD (UTC).", param="day",
+                                  code="invalid_day") from exc
+    oldest = today - dt.timedelta(days=ledger.kept_days - 1)
+    if not oldest <= day <= today:
+        raise NotFoundError(f"No usage is kept for {day}: days from {oldest} to {today} (UTC) are.", param="day",
+                            code="day_not_found")
+    return day.isoformat()
 
 
 def _principal(request: Request, key_id: str) -> Principal:
@@ -168,7 +222,8 @@ ROUTES = [
     RouteSpec("GET", "/admin/keys", list_keys, "admin"),
     RouteSpec("POST", "/admin/keys", create_key, "admin", request_model=NewKey),
     RouteSpec("POST", "/admin/keys/revoke", revoke_key, "admin", request_model=KeyId),
-    RouteSpec("PUT", "/admin/tiers", change_tier, "admin", request_model=TierChange),
+    RouteSpec("POST", "/admin/keys/restore", restore_key, "admin", request_model=KeyId),
+    RouteSpec("POST", "/admin/keys/rotate", rotate_key, "admin", request_model=KeyId),
     RouteSpec("GET", "/admin/usage", usage, "admin"),
     RouteSpec("GET", "/admin/budget", budget, "admin"),
 ]

@@ -41,6 +41,6 @@ async def openapi(request: Request) -> Response:
 ROUTES = [
     RouteSpec("GET", "/health", health, "operations"),
     RouteSpec("GET", "/ready", ready, "operations"),
-    RouteSpec("GET", "/metrics", metrics, "operations", documented=False),
+    RouteSpec("GET", "/metrics", metrics, "monitoring", documented=False),
     RouteSpec("GET", "/openapi.json", openapi, "operations", documented=False),
 ]

@@ -1,0 +1,50 @@
+"""The console's one JSON snapshot: composed from the gateway's stateful objects as they stand, cheaply (no I/O,
+no locks: everything runs on the gateway's event loop).
+
+- ``pools``: per model, the admission window, requests and tokens in flight, the queue per priority band, the
+  saturation the gate last read, protection mode and why; the replica set (``ReplicaSet.snapshot()``).
+- ``traffic``: the last minutes per second (requests, tokens, 429s, 503s), per tier and tenant the rates over the
+  last seconds and refusals by status and reason, and the last refusals with their request ids
+  (``telemetry.TrafficWindow``).
+- ``tiers``: each tier's settings as they apply now (after live changes through the admin API).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+
+def compose_snapshot(service: Any, metrics: Any, now_s: float) -> dict[str, Any]:
+    return {
+        "pools": [_pool(name, route) for name, route in service.routes.items()],
+        "traffic": metrics.traffic.view(now_s),
+        "tiers": {name: tier.model_dump(mode="json", exclude_defaults=False)
+                  for name, tier in service.limiter.policy.tiers.items()},
+    }
+
+
+def _pool(name: str, route: Any) -> dict[str, Any]:
+    gate = route.gate
+    doc: dict[str, Any] = {"model": name, "admission": None, **route.pool.replicas.snapshot()}
+    if gate is not None:
+        saturation = gate.last_saturation
+        engaged = bool(gate.protection is not None and gate.protection.engaged)
+        doc["admission"] = {
+            "window": gate.limit.value, "in_flight": gate.in_flight, "tokens_in_flight": gate.tokens_in_flight,
+            "queued": {str(p): n for p, n in sorted(gate.queue.depth_by_priority().items())},
+            "saturation": None if math.isinf(saturation) else round(saturation, 3),
+            "protection": {"engaged": engaged, "watched": gate.protection is not None,
+                           "why": _why(engaged, saturation) if gate.protection is not None
+                           else "protection mode is off for this pool"},
+        }
+    return doc
+
+
+def _why(engaged: bool, saturation: float) -> str:
+    if math.isinf(saturation):
+        return "no fresh engine load reading: saturation unknown"
+    if engaged:
+        return f"engines saturated ({saturation:.2f} of their queue or KV-cache thresholds); sheddable and " \
+               "lower tiers are held back"
+    return f"engines at {saturation:.2f} of their queue or KV-cache thresholds"
