@@ -168,6 +168,7 @@ def _add_model_flags(parser: argparse.ArgumentParser, model: type[SimSettings]) 
 # the collector ran ~100 times a second under load and walked the ~80,000 objects of the imported modules on every
 # full collection: 10-12% of a gateway's CPU (the gateways of bench.limiter, measured with gc.callbacks).
 GC_GEN0_THRESHOLD = 10_000
+LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
 
 
 def tune_gc() -> None:
@@ -228,13 +229,29 @@ def _serve_one(settings: Settings, config_path: str | None, launcher: EngineLaun
     with sock:
         settings = settings.model_copy(update={"server": settings.server.model_copy(
             update={"port": sock.getsockname()[1]})})  # port 0: the one the kernel chose, in the banner
+        settings, console_key = _embedded_console_key(settings, config_path)
         app = create_console_app(settings, config_path=config_path, launcher=launcher)
         server = gateway_server(app, settings.server, app.state.metrics)
         tune_gc()
         with contextlib.suppress(KeyboardInterrupt), asyncio.Runner(  # uvicorn re-raises the Ctrl-C it handled
                 loop_factory=server.config.get_loop_factory()) as runner:
-            runner.run(serve_then_announce(server, sock, lambda: announce(settings, config_path), MonotonicClock()))
+            runner.run(serve_then_announce(server, sock, lambda: announce(settings, config_path, console_key),
+                                           MonotonicClock()))
     return 0 if server.started else STARTUP_FAILURE
+
+
+def _embedded_console_key(settings: Settings, config_path: str | None) -> tuple[Settings, str | None]:
+    """The embedded default has no admin key, so no console: make one for this run, keep only its hash, and let the
+    banner print it once. Only on a loopback address: a gateway opened to the network with ``--host`` keeps its
+    console shut until a config sets ``auth.admin_key_hash``."""
+    from sluice.identity import generate_key, hash_key
+
+    if config_path is not None or settings.auth.admin_key_hash is not None \
+            or settings.server.host not in LOOPBACK_HOSTS:
+        return settings, None
+    key = generate_key()
+    auth = settings.auth.model_copy(update={"admin_key_hash": hash_key(key)})
+    return settings.model_copy(update={"auth": auth}), key
 
 
 def _refuse_launcher_autoscaling(settings: Settings) -> None:

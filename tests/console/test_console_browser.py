@@ -89,7 +89,6 @@ def test_the_live_view_moves_under_load(page, gateway):
     assert points is not None and any(float(p.split(",")[1]) < 98 for p in points.split())  # the line rose
     assert page.locator("#pools td:text-is('m')").count() == 1
     assert page.locator("#replicas td:text-is('closed')").count() >= 1
-    page.screenshot(path=str(SCREENSHOTS / "console-live.png"), full_page=True)
 
 
 def test_create_revoke_and_restore_a_key_and_watch_it_refused(page, gateway):
@@ -151,7 +150,7 @@ def test_drain_and_undrain_a_replica(page, gateway):
     admin = {"authorization": f"Bearer {ADMIN_KEY}"}
     listed = httpx.get(gateway + "/admin/replicas", headers=admin).json()["data"][0]
     assert listed["cordoned"], listed
-    page.screenshot(path=str(SCREENSHOTS / "console-engines.png"), full_page=True)
+    page.screenshot(path=str(SCREENSHOTS / "console-replicas.png"), full_page=True)
     page.click("#engine-replicas button:text-is('Undrain')")
     assert wait_until(lambda: not httpx.get(gateway + "/admin/replicas", headers=admin).json()["data"][0]["cordoned"])
     page.wait_for_selector("#engine-replicas button:text-is('Drain')", timeout=WAIT_MS)

@@ -2,11 +2,15 @@
 no locks: everything runs on the gateway's event loop).
 
 - ``pools``: per model, the admission window, requests and tokens in flight, the queue per priority band, the
-  saturation the gate last read, protection mode and why; the replica set (``ReplicaSet.snapshot()``).
+  saturation the gate last read, protection mode and why; the replica set (``ReplicaSet.snapshot()``), each replica
+  with its health, the engine's own readings (``details["load"]``, from the pool's load scraper), GPU use (``None``:
+  not read yet) and the gateway's TTFT/TPOT of it over the last minutes (``telemetry.ReplicaTimings``).
 - ``traffic``: the last minutes per second (requests, tokens, 429s, 503s), per tier and tenant the rates over the
   last seconds and refusals by status and reason, and the last refusals with their request ids
   (``telemetry.TrafficWindow``).
 - ``tiers``: each tier's settings as they apply now (after live changes through the admin API).
+- ``budgets``: per tier rule with a rate, its limit and what this gateway answered in the rule's period; the
+  remaining budget for the rules per tier, tenant or global (per key and per user: ``None``, see usage per key).
 """
 
 from __future__ import annotations
@@ -14,19 +18,28 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from sluice.console._budgets import tier_budgets
+from sluice.telemetry import ReplicaTimings
+
 
 def compose_snapshot(service: Any, metrics: Any, now_s: float) -> dict[str, Any]:
+    tiers = service.limiter.policy.tiers
     return {
-        "pools": [_pool(name, route) for name, route in service.routes.items()],
+        "pools": [_pool(name, route, metrics.replica_timings, now_s) for name, route in service.routes.items()],
         "traffic": metrics.traffic.view(now_s),
-        "tiers": {name: tier.model_dump(mode="json", exclude_defaults=False)
-                  for name, tier in service.limiter.policy.tiers.items()},
+        "tiers": {name: tier.model_dump(mode="json", exclude_defaults=False) for name, tier in tiers.items()},
+        "budgets": tier_budgets(tiers, metrics.traffic, now_s),
     }
 
 
-def _pool(name: str, route: Any) -> dict[str, Any]:
+def _pool(name: str, route: Any, timings: ReplicaTimings, now_s: float) -> dict[str, Any]:
     gate = route.gate
     doc: dict[str, Any] = {"model": name, "admission": None, **route.pool.replicas.snapshot()}
+    readings = doc["details"].get("load", {})
+    for replica in doc["replicas"]:
+        engine = readings.get(replica["url"])
+        replica.update(health=_health(replica, engine), engine=engine, gpu_use=None,
+                       **timings.view(name, replica["url"], now_s))
     if gate is not None:
         saturation = gate.last_saturation
         engaged = bool(gate.protection is not None and gate.protection.engaged)
@@ -48,3 +61,16 @@ def _why(engaged: bool, saturation: float) -> str:
         return f"engines saturated ({saturation:.2f} of their queue or KV-cache thresholds); sheddable and " \
                "lower tiers are held back"
     return f"engines at {saturation:.2f} of their queue or KV-cache thresholds"
+
+
+def _health(replica: dict[str, Any], engine: dict[str, Any] | None) -> str:
+    """One word: draining, down (circuit open), recovering (half open), unread (no fresh engine reading), up."""
+    if replica["state"] == "draining":
+        return "draining"
+    if replica["breaker"] == "open":
+        return "down"
+    if replica["breaker"] == "half_open":
+        return "recovering"
+    if engine is not None and (engine["stale"] or engine["error"] is not None):
+        return "unread"
+    return "up"

@@ -144,6 +144,21 @@ class LoadScraper:
         """Why the last scrape of this replica failed; ``None`` when it succeeded."""
         return self._errors.get(replica_url)
 
+    def readings(self) -> dict[str, dict[str, object]]:
+        """Per replica URL, its latest reading as the console shows it (``ReplicaSet.describe("load", ...)``):
+        requests running and waiting, KV-cache use 0..1, the reading's age, whether it is stale, the last error."""
+        now = self._clock.now()
+        shown: dict[str, dict[str, object]] = {}
+        for replica in self._replicas.all():
+            sample = self._latest.get(replica.url)
+            shown[replica.url] = {
+                "running": None if sample is None else sample.running,
+                "waiting": None if sample is None else sample.waiting,
+                "kv_usage": None if sample is None else round(sample.kv_usage, 4),
+                "age_s": None if sample is None else round(sample.age_s(now), 3),
+                "stale": self.is_stale(replica.url), "error": self._errors.get(replica.url)}
+        return shown
+
     # -- scraping --------------------------------------------------------------------------------------------
 
     async def scrape(self, replica: Replica) -> LoadSample:

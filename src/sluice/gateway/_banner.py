@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 
 from sluice.config import Settings
@@ -39,9 +40,19 @@ def banner(settings: Settings, config_path: str | Path | None = None) -> list[st
     return lines
 
 
-def announce(settings: Settings, config_path: str | Path | None) -> None:
-    """Log the banner (once the port serves) and, in open mode, the warning that anyone may call."""
+def console_line(settings: Settings, console_key: str) -> str:
+    """Where the console is and the admin key made for this run (the embedded default has none of its own)."""
+    return (f"Console: http://{settings.server.host}:{settings.server.port}/console - admin key for this run "
+            f"(shown once, not logged; a new one at each start): {console_key}")
+
+
+def announce(settings: Settings, config_path: str | Path | None, console_key: str | None = None) -> None:
+    """Log the banner (once the port serves) and, in open mode, the warning that anyone may call. A
+    ``console_key`` (the embedded default's, made for this run) is written once to stderr, past the log handlers:
+    it never reaches a log file or a log collector."""
     for line in banner(settings, config_path):
         log.info(line)
     if settings.auth.mode == "open":
         log.warning(open_access_warning(config_path))
+    if console_key is not None:
+        print(console_line(settings, console_key), file=sys.stderr, flush=True)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 
@@ -34,6 +34,7 @@ log = logging.getLogger("sluice")
 class Runtime:
     service: GatewayService
     live: LiveConfig
+    fleets: Mapping[str, LaunchedFleet]  # per model, the replicas Sluice launched (admin API: /admin/engines)
 
 
 @asynccontextmanager
@@ -48,6 +49,7 @@ async def open_service(settings: Settings, clock: Clock, metrics: GatewayMetrics
             if launcher is not None and launcher.model == model.name:  # its replicas come and go with the launcher
                 replicas = routes[model.name].pool.replicas
                 fleets[model.name] = LaunchedFleet(launcher, replicas, clock)
+                stack.push_async_callback(fleets[model.name].close)
                 replicas.sync("static", [u for u in replicas_of(model) if u not in launcher.urls])
             if not routes[model.name].pool.replicas.all():
                 log.warning("model %s has no engine replica yet: it answers 503 until one is added (POST "
@@ -80,7 +82,7 @@ async def open_service(settings: Settings, clock: Clock, metrics: GatewayMetrics
             routes[autoscaler.model].pool.replicas.describe("autoscaler", autoscaler.snapshot)
             autoscaler.start()
             stack.push_async_callback(autoscaler.close)
-        yield Runtime(service, live)
+        yield Runtime(service, live, fleets)
 
 
 def replicas_of(model: ModelSettings) -> list[str]:
@@ -126,6 +128,7 @@ async def _open_route(model: ModelSettings, settings: Settings, clock: Clock, me
         scraper = LoadScraper(replicas, clock, interval_s=sat.scrape_interval_s, max_age_s=sat.stale_after_s)
         scraper.start()
         stack.push_async_callback(scraper.stop)
+        replicas.describe("load", scraper.readings)  # the engines' own readings, in the console's snapshot
         metrics.watch_replicas(lambda: [(model.name, r.url, scraper.latest(r.url) is not None
                                          and scraper.last_error(r.url) is None, r.breaker.state.value)
                                         for r in replicas.all()])

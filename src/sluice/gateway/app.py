@@ -42,6 +42,7 @@ def create_app(settings: Settings, *, config_path: str | Path | None = None, clo
         async with open_service(settings, clock, metrics, launcher) as runtime:
             app.state.service = runtime.service
             app.state.live = runtime.live
+            app.state.fleets = runtime.fleets
             app.state.max_body_bytes = settings.server.max_body_bytes
             app.state.body_timeout_s = settings.server.body_timeout_s
             app.state.admin_key_hash = settings.auth.admin_key_hash

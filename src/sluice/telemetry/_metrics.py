@@ -16,6 +16,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 from sluice.telemetry._record import RequestRecord
+from sluice.telemetry._replica_timings import ReplicaTimings
 from sluice.telemetry._traffic import TrafficWindow
 
 
@@ -151,6 +152,7 @@ class GatewayMetrics:
         self.refused_for_capacity = 0
         self._engine_counts: dict[str, list[int]] = {}  # model -> [answered, refused for engine capacity]
         self.traffic = TrafficWindow()  # the last minutes per tier and tenant, for the console
+        self.replica_timings = ReplicaTimings()  # the last minutes' TTFT and TPOT per replica, for the console
         self.autoscaler_desired = Gauge("sluice_autoscaler_desired_replicas", "The replicas the autoscaler wants "
                                         "for the model (its current count when no decision is in progress).",
                                         ["model"], registry=r)
@@ -255,6 +257,9 @@ class GatewayMetrics:
                 self._child(self.replica_ttft, model, record.replica).observe(max(0.0, record.ttft_s - waited))
             upstream_s = max(0.0, (record.duration_s or 0) - waited)
             self._child(self.replica_latency, model, record.replica).observe(upstream_s)
+            self.replica_timings.record(model, record.replica, record.started_s + (record.duration_s or 0.0),
+                                        None if record.ttft_s is None else max(0.0, record.ttft_s - waited),
+                                        _tpot_s(record))
         if record.cache is not None:
             self._child(self.cache, model, record.cache).inc()
         tenant = self._tenant_label(record.tenant)
@@ -262,9 +267,9 @@ class GatewayMetrics:
             self._child(self.tokens, model, tenant, "input").inc(record.tokens_in)
         if record.tokens_out:
             self._child(self.tokens, model, tenant, "output").inc(record.tokens_out)
-        if record.stream and record.ttft_s is not None and record.tokens_out and record.tokens_out > 1:
-            decode_s = (record.duration_s or 0.0) - record.ttft_s
-            self._child(self.tpot, model).observe(max(0.0, decode_s) / (record.tokens_out - 1))
+        tpot_s = _tpot_s(record)
+        if tpot_s is not None:
+            self._child(self.tpot, model).observe(tpot_s)
 
     def engine_capacity_counts(self, model: str) -> tuple[int, int]:
         """(requests answered for ``model`` on the inference routes, of which refused for engine capacity), since
@@ -342,3 +347,10 @@ class _ReplicaHealth:
     def describe(self) -> Iterator[GaugeMetricFamily]:
         yield GaugeMetricFamily("sluice_engine_replica_up", "", labels=["model", "replica"])
         yield GaugeMetricFamily("sluice_engine_replica_breaker", "", labels=["model", "replica", "state"])
+
+
+def _tpot_s(record: RequestRecord) -> float | None:
+    """Time per output token after the first, of a streamed answer with more than one token."""
+    if not (record.stream and record.ttft_s is not None and record.tokens_out and record.tokens_out > 1):
+        return None
+    return max(0.0, (record.duration_s or 0.0) - record.ttft_s) / (record.tokens_out - 1)

@@ -85,6 +85,18 @@ class TrafficWindow:
                 "refusals": [{**{k: v for k, v in r.items() if k != "at_s"}, "ago_s": round(now_s - r["at_s"], 3)}
                              for r in reversed(self._refusals)]}
 
+    def spent(self, now_s: float, window_s: int) -> dict[Group, tuple[int, int]]:
+        """Per (tier, tenant): (requests answered and not refused, tokens) over the last ``window_s`` seconds (at
+        most ``span_s``)."""
+        last = int(now_s)
+        spent: dict[Group, list[int]] = {}
+        for second in range(last - min(window_s, self.span_s) + 1, last + 1):
+            for group, counts in self._seconds.get(second, {}).items():
+                into = spent.setdefault(group, [0, 0])
+                into[0] += counts.requests - sum(counts.refused.values())
+                into[1] += counts.tokens
+        return {group: (requests, tokens) for group, (requests, tokens) in spent.items()}
+
     def _group_rates(self, last: int) -> list[dict[str, Any]]:
         merged: dict[Group, _Counts] = {}
         for second in range(last - RATE_WINDOW_S + 1, last + 1):

@@ -30,16 +30,16 @@
   const admin = (method, path, body) => api(method, "/console" + path, body);
 
   // -- charts: SVG polylines over the last minutes, no library ---------------------------------------------------
-  function chart(sel, seriesList, classes) {
+  function chart(sel, seriesList, classes, floor = 1) {
     const svg = $(sel);
-    const max = Math.max(1, ...seriesList.flat());
+    const max = Math.max(floor, ...seriesList.flat());
     const lines = seriesList.map((series, i) => {
       const step = 300 / Math.max(1, HISTORY - 1);
       const offset = 300 - step * (series.length - 1);
       const points = series.map((v, j) => `${(offset + j * step).toFixed(1)},${(98 - (v / max) * 90).toFixed(1)}`).join(" ");
       return `<polyline class="${classes[i] || ""}" points="${points}"></polyline>`;
     });
-    svg.innerHTML = `${lines.join("")}<text x="2" y="9">${num(max, max < 10 ? 1 : 0)}</text>`;
+    svg.innerHTML = `${lines.join("")}<text x="2" y="9">${num(max, max < 1 ? 3 : max < 10 ? 1 : 0)}</text>`;
   }
 
   function drawLive(s) {
@@ -58,10 +58,39 @@
       const cell = el("span"); cell.append(protection, " ", el("small", a.protection.why));
       return row([p.model, a.window, a.in_flight, a.tokens_in_flight, queued, num(a.saturation, 2), cell]);
     }));
-    fill("#replicas", s.pools.flatMap((p) => p.replicas.map((r) => row([p.model, r.url, r.state, r.breaker, r.outstanding, r.sources.join(", "), `${num(r.age_s, 0)} s`]))));
+    fill("#replicas", s.pools.flatMap((p) => p.replicas.map((r) => {
+      const e = r.engine || {};
+      const ttft = r.ttft_s ? `${num(r.ttft_s.p50, 3)} / ${num(r.ttft_s.p95, 3)} s` : "-";
+      const kv = e.kv_usage === null || e.kv_usage === undefined ? "-" : `${num(e.kv_usage * 100, 0)} %`;
+      const health = el("span", r.health, r.health === "up" ? "" : "engaged");
+      if (e.error) health.title = e.error;
+      return row([p.model, r.url, health, r.breaker, r.outstanding, num(e.running, 0), num(e.waiting, 0), kv,
+        e.age_s === null || e.age_s === undefined ? "-" : `${num(e.age_s, 1)} s`, r.gpu_use === null ? "n/a" : num(r.gpu_use, 2),
+        ttft, r.tpot_s ? `${num(r.tpot_s.p50 * 1000, 1)} ms` : "-", `${num(r.age_s, 0)} s`]);
+    })));
+    drawTtft(s);
+    fill("#budgets", (s.budgets || []).map((b) => row([b.tier, b.per + (b.model ? ` (${b.model})` : ""), b.tenant || "",
+      b.kind, `${b.limit} / ${num(b.period_s, 0)} s`, b.used === null ? "-" : b.used, b.remaining === null ? "-" : b.remaining])));
     fill("#groups", s.traffic.groups.map((g) => row([g.tier, g.tenant, num(g.requests_per_s), num(g.tokens_per_s),
       Object.entries(g.refused).map(([k, n]) => `${k}: ${n}`).join(", ")])));
     fill("#refusals", s.traffic.refusals.map((r) => row([`${num(r.ago_s, 0)} s`, r.request_id, r.status, r.reason, r.key_id, r.tenant, r.tier, r.model])));
+  }
+
+  // each replica's mean TTFT a second (the server keeps them), carried over the seconds without an answer
+  function drawTtft(s) {
+    const replicas = s.pools.flatMap((p) => p.replicas.filter((r) => r.ttft_series.length));
+    const series = replicas.map((r) => {
+      const points = r.ttft_series.slice(-HISTORY), dense = [];
+      let at = 0, last = points[0][1];
+      for (let ago = points[0][0]; ago >= 0; ago--) {
+        if (at < points.length && points[at][0] === ago) { last = points[at][1]; at++; }
+        dense.push(last);
+      }
+      return dense;
+    });
+    const classes = replicas.map((_, i) => `r${i % 4}`);
+    chart("#chart-ttft", series, classes, 0.001);
+    $("#ttft-legend").replaceChildren(...replicas.map((r, i) => el("span", new URL(r.url).host + " ", classes[i])));
   }
 
   function remember(s) {
@@ -219,9 +248,49 @@
       undrain.addEventListener("click", () => act("/admin/replicas/undrain", { model: p.model, url }, refresh));
       return row([p.model, url, "", "drained", "", 0, "", undrain]);
     }))));
+    drawLaunched().catch((err) => say(err.message));
   }
 
   async function refresh() { snapshot = await api("GET", "/console/api/snapshot"); drawEngines(snapshot); }
+
+  // launched engines (GET /admin/engines): per model its processes, scale -/+, restart, and a replica's log tail
+  let shownLog = null;
+  async function drawLaunched() {
+    const models = (await admin("GET", "/admin/engines")).data.filter((m) => m.launched);
+    if (!models.length) return;
+    $("#launched").replaceChildren(...models.map((m) => {
+      const box = el("div", null, "launched");
+      box.dataset.model = m.model;
+      const f = m.fleet, target = f.target === null ? f.replicas : f.target;
+      const busy = f.scaling ? ` · scaling to ${f.target}` : f.restarting.length ? ` · restarting ${f.restarting.join(", ")}` : "";
+      box.append(el("h3", `${m.model} (${m.dialect}): ${f.replicas} replica${f.replicas === 1 ? "" : "s"}${busy}${m.autoscaled ? " · autoscaled" : ""}`));
+      if (f.last_error) box.append(el("p", f.last_error, "engaged"));
+      const scale = (n) => { const b = el("button", n < target ? "Scale −" : "Scale +"); b.type = "button"; b.dataset.scale = n < target ? "down" : "up";
+        b.disabled = m.autoscaled || n < 0; b.addEventListener("click", () => act("/admin/engines/scale", { model: m.model, replicas: n }, drawLaunched)); return b; };
+      box.append(scale(target - 1), " ", scale(target + 1));
+      const table = el("table");
+      table.append(el("thead"), el("tbody"));
+      table.tHead.append(row(["Replica", "PID", "Port", "GPUs", "State", "Restarts", ""]));
+      table.tBodies[0].replaceChildren(...m.engines.map((e) => {
+        const restart = el("button", "Restart"); restart.type = "button"; restart.dataset.url = e.url;
+        restart.addEventListener("click", () => act("/admin/engines/restart", { model: m.model, url: e.url }, drawLaunched));
+        const log = el("button", "Log"); log.type = "button"; log.dataset.log = e.url;
+        log.addEventListener("click", () => { shownLog = { model: m.model, url: e.url }; drawLog().catch((err) => say(err.message)); });
+        const actions = el("span"); actions.append(restart, " ", log);
+        return row([e.url, e.pid, e.port, e.gpus.length ? e.gpus.join(",") : "none", e.state, e.restarts, actions]);
+      }));
+      box.append(table);
+      return box;
+    }));
+    if (shownLog) await drawLog();
+  }
+
+  async function drawLog() {
+    const query = new URLSearchParams({ model: shownLog.model, url: shownLog.url, lines: "200" });
+    const tail = await admin("GET", `/admin/engines/logs?${query}`);
+    $("#engine-log-title").textContent = `Log of ${tail.url} (${tail.model}), last ${tail.lines.length} lines`;
+    $("#engine-log").textContent = tail.lines.join("\n");
+  }
 
   $("#new-replica").addEventListener("submit", (event) => {
     event.preventDefault();
