@@ -43,6 +43,18 @@ class LiveServer:
         self.thread.join(timeout=60)  # a gateway that launched engines stops them before it returns
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _load_test_runs_elsewhere(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Console load tests keep their runs in $SLUICE_RUNS_DIR: a directory of the session's, not the checkout's."""
+    previous = os.environ.get("SLUICE_RUNS_DIR")
+    os.environ["SLUICE_RUNS_DIR"] = str(tmp_path_factory.mktemp("sluice-runs"))
+    yield
+    if previous is None:
+        os.environ.pop("SLUICE_RUNS_DIR", None)
+    else:
+        os.environ["SLUICE_RUNS_DIR"] = previous
+
+
 def serve_gateway(settings: Settings, config_path: Any = None, launcher: Any = None,
                   start_timeout_s: float = 30.0) -> LiveServer:
     from sluice.gateway.app import create_app

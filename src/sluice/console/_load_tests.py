@@ -2,6 +2,11 @@
 as a task on the gateway's event loop against the gateway itself, one at a time, watched live, stoppable; the last
 ``MAX_KEPT`` results kept in memory, side by side.
 
+A finished or stopped run is written, as ``sluice bench --out`` writes it (results.jsonl, summary.json, the plots),
+to ``<runs dir>/<number>-<UTC time>/``: ``$SLUICE_RUNS_DIR``, else ``./sluice-runs``. The runs there are read
+back when the console starts (numbers go on after the highest), so results outlive a restart and compare run
+against run (``compare``).
+
 The run's API key (when the gateway wants one) is used for the run and kept nowhere else: a run's description
 says only whether it had one. The load generator shares the gateway's process and CPU: for numbers to publish,
 run ``sluice bench`` from another machine.
@@ -12,7 +17,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import json
+import os
+import time
 from collections import deque
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -27,11 +37,21 @@ from sluice.bench import (
     render,
     run_load,
     summarize,
+    write_plots,
 )
 from sluice.clock import Clock
 from sluice.errors import InvalidRequestError
 
 MAX_KEPT = 20
+RUNS_DIR_ENV = "SLUICE_RUNS_DIR"
+DEFAULT_RUNS_DIR = "sluice-runs"
+# compare's key figures: (name, path in the summary)
+KEY_FIGURES = (("output_tokens_per_s", ("throughput", "output_tokens_per_s")),
+               ("requests_per_s", ("throughput", "requests_per_s")),
+               ("goodput_requests_per_s", ("goodput", "requests_per_s")),
+               ("ttft_p50_ms", ("latency_ms", "ttft", "p50")), ("ttft_p99_ms", ("latency_ms", "ttft", "p99")),
+               ("tpot_p50_ms", ("latency_ms", "tpot", "p50")), ("tpot_p99_ms", ("latency_ms", "tpot", "p99")),
+               ("rejected", ("requests", "rejected")), ("rejection_rate", ("requests", "rejection_rate")))
 
 
 class LoadTestSpec(BaseModel):
@@ -62,22 +82,42 @@ class LoadTest:
         self.summary: dict[str, Any] | None = None
         self.table = ""
         self.task: asyncio.Task[None] | None = None
+        self.has_key = spec.api_key is not None
+        self.dir: Path | None = None  # where it was written, once it ended
+        self.plots: list[str] = []  # its plots' file names in ``dir``
 
     def describe(self, now_s: float) -> dict[str, Any]:
         done = self.results
+        if self.summary is not None:  # a run read back from disk has its summary, not its results in memory
+            requests = self.summary["requests"]
+            progress = {"done": requests["sent"], "ok": requests["succeeded"], "rejected": requests["rejected"]}
+        else:
+            progress = {"done": len(done), "ok": sum(r.ok for r in done), "rejected": sum(r.rejected for r in done)}
         return {"id": self.number, "state": self.state,
-                "settings": {**self.spec.model_dump(exclude={"api_key"}), "has_key": self.spec.api_key is not None},
+                "settings": {**self.spec.model_dump(exclude={"api_key"}), "has_key": self.has_key},
                 "elapsed_s": round(now_s - self.started_s, 3) if self.state == "running" else None,
-                "progress": {"done": len(done), "ok": sum(r.ok for r in done),
-                             "rejected": sum(r.rejected for r in done)},
-                "summary": self.summary, "table": self.table}
+                "progress": progress, "summary": self.summary, "table": self.table, "plots": self.plots,
+                "dir": None if self.dir is None else self.dir.name}
+
+    def figures(self) -> dict[str, float | None]:
+        """compare's key figures of this run (None where it has none, e.g. no TTFT without a success)."""
+        figures: dict[str, float | None] = {}
+        for name, path in KEY_FIGURES:
+            value: Any = self.summary
+            for key in path:
+                value = value.get(key) if isinstance(value, Mapping) else None
+            figures[name] = float(value) if isinstance(value, int | float) else None
+        return figures
 
 
 class LoadTests:
-    def __init__(self, clock: Clock) -> None:
+    def __init__(self, clock: Clock, runs_dir: Path | None = None) -> None:
         self._clock = clock
         self._runs: deque[LoadTest] = deque(maxlen=MAX_KEPT)
-        self._numbers = itertools.count(1)
+        self.runs_dir = runs_dir or Path(os.environ.get(RUNS_DIR_ENV) or DEFAULT_RUNS_DIR)
+        kept = _read_runs(self.runs_dir, clock.now())
+        self._runs.extend(kept[-MAX_KEPT:])
+        self._numbers = itertools.count(max((run.number for run in kept), default=0) + 1)
 
     def list(self) -> list[dict[str, Any]]:
         now = self._clock.now()
@@ -102,10 +142,39 @@ class LoadTests:
         self._runs.append(run)
         return run.describe(self._clock.now())
 
-    async def stop(self, number: int) -> dict[str, Any]:
+    def find(self, number: int) -> LoadTest:
         run = next((r for r in self._runs if r.number == number), None)
         if run is None:
             raise InvalidRequestError(f"No load test {number}.", status=404, code="load_test_not_found")
+        return run
+
+    def plot(self, number: int, name: str) -> bytes:
+        """A plot of a run, by its name in the run's own list (never a path from the client)."""
+        run = self.find(number)
+        if name not in run.plots or run.dir is None:
+            raise InvalidRequestError(f"Load test {number} has no plot {name!r}.", status=404,
+                                      code="plot_not_found", param="name")
+        try:
+            return (run.dir / name).read_bytes()
+        except OSError as exc:
+            raise InvalidRequestError(f"The plot {name!r} of load test {number} is gone from disk.", status=404,
+                                      code="plot_not_found", param="name") from exc
+
+    def compare(self, numbers: Sequence[int]) -> dict[str, Any]:
+        """Key figures of ``numbers`` side by side, with each one's ratio to the first run's."""
+        runs = [self.find(n) for n in numbers]
+        if len(runs) < 2 or any(run.summary is None for run in runs):
+            raise InvalidRequestError("Compare two or more ended load tests.", param="ids")
+        base = runs[0].figures()
+        rows = []
+        for run in runs:
+            figures = run.figures()
+            ratios = {k: _ratio(v, base[k]) for k, v in figures.items()}
+            rows.append({"id": run.number, "state": run.state, "figures": figures, "ratios": ratios})
+        return {"object": "load_test_comparison", "base": runs[0].number, "runs": rows}
+
+    async def stop(self, number: int) -> dict[str, Any]:
+        run = self.find(number)
         if run.state == "running" and run.task is not None:
             run.task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -117,13 +186,62 @@ class LoadTests:
         try:
             record = await run_load(shape, load, tenants, seed=run.number, clock=self._clock,
                                     on_result=run.results.append)
-            run.state = "finished"
+            ended = "finished"
             run.summary = summarize(record.results, duration_s=record.duration_s, tenants=tenants, **slo)
         except asyncio.CancelledError:
-            run.state = "stopped"  # what ended before the stop, summed over the time it ran
+            ended = "stopped"  # what ended before the stop, summed over the time it ran
             run.summary = summarize(run.results, duration_s=max(1e-9, self._clock.now() - run.started_s),
                                     tenants=tenants, **slo)
         except Exception as exc:  # the run's own failure (a bad URL, ...): said in the console, not raised
             run.state = f"failed: {type(exc).__name__}: {exc}"
             return
         run.table = render(run.summary)
+        # still "running" while written: the page stops polling at the end state and must find the plots there
+        with contextlib.suppress(asyncio.CancelledError):  # a stop during the write still leaves it written
+            ended = await asyncio.shield(asyncio.to_thread(self._write, run, ended, self._clock.wall()))
+        run.state = ended
+
+    def _write(self, run: LoadTest, ended: str, wall_s: float) -> str:
+        """The run's directory, as ``sluice bench --out`` writes it; returns its end state, a failure to write said
+        there."""
+        assert run.summary is not None
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(wall_s))
+        out_dir = self.runs_dir / f"{run.number}-{stamp}"
+        try:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            with (out_dir / "results.jsonl").open("w") as f:
+                for r in run.results:
+                    f.write(json.dumps(r.to_json()) + "\n")
+            plots = [p.name for p in write_plots(run.results, run.summary, out_dir)]
+            document = {"started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(wall_s - self._clock.now()
+                                                                                  + run.started_s)),
+                        "settings": run.spec.model_dump(exclude={"api_key"}),
+                        "console": {"id": run.number, "state": ended, "has_key": run.has_key, "plots": plots},
+                        **run.summary}
+            (out_dir / "summary.json").write_text(json.dumps(document, indent=2) + "\n")
+        except (OSError, ImportError) as exc:
+            return f"{ended} (not written to {out_dir}: {type(exc).__name__}: {exc})"
+        run.dir, run.plots = out_dir, plots
+        return ended
+
+
+def _ratio(value: float | None, base: float | None) -> float | None:
+    return None if value is None or not base else round(value / base, 4)
+
+
+def _read_runs(runs_dir: Path, now_s: float) -> list[LoadTest]:
+    """The runs written under ``runs_dir`` by earlier consoles, oldest first; unreadable directories skipped."""
+    runs = []
+    for path in runs_dir.glob("*/summary.json") if runs_dir.is_dir() else ():
+        try:
+            document = json.loads(path.read_text())
+            meta, settings = document.pop("console"), document.pop("settings")
+            document.pop("started", None)
+            run = LoadTest(int(meta["id"]), LoadTestSpec.model_validate(settings), now_s)
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        run.state, run.has_key, run.summary = str(meta.get("state", "finished")), bool(meta.get("has_key")), document
+        run.table = render(document)
+        run.dir, run.plots = path.parent, [str(p) for p in meta.get("plots", []) if "/" not in str(p)]
+        runs.append(run)
+    return sorted(runs, key=lambda run: run.number)

@@ -8,7 +8,9 @@ the session's CSRF token; these routes change nothing but the session.
   is a 401 with the form again.
 - ``POST /console/logout``: ends the session (needs the CSRF header).
 - ``GET /console/api/snapshot``: the live view's JSON (``sluice.console._snapshot``); a session and its CSRF header.
-- ``GET|POST /console/api/loadtests``, ``POST /console/api/loadtests/stop``: load tests (``_load_tests``).
+- ``GET|POST /console/api/loadtests``, ``POST /console/api/loadtests/stop``: load tests (``_load_tests``);
+  ``GET /console/api/loadtests/plot?id=N&name=latency_cdf.png``: a run's plot (a name from its own list);
+  ``GET /console/api/loadtests/compare?ids=1,2``: runs' key figures side by side, with ratios to the first.
 - ``/console/admin/...``: the admin API's own routes and handlers, where the session cookie reaches them.
 """
 
@@ -26,7 +28,7 @@ from starlette.responses import RedirectResponse, Response
 from sluice.console._load_tests import LoadTestSpec
 from sluice.console._sessions import COOKIE, ConsoleSessions, same_origin
 from sluice.console._snapshot import compose_snapshot
-from sluice.errors import AuthenticationError, PermissionDeniedError
+from sluice.errors import AuthenticationError, InvalidRequestError, PermissionDeniedError
 from sluice.gateway._asgi import RouteSpec
 from sluice.gateway.routes import ROUTES as GATEWAY_ROUTES
 from sluice.gateway.routes._proxy import read_body
@@ -114,6 +116,32 @@ async def stop_load_test(request: Request) -> Response:
     return _json(await console.load_tests.stop(target.id))
 
 
+async def load_test_plot(request: Request) -> Response:
+    """A run's plot as PNG: ``?id=N&name=...``, the name one of the run's own plots. An ``<img>`` sends no CSRF
+    header: a live session from this site is enough to read (the strict cookie; it changes nothing)."""
+    console = request.app.state.console
+    if request.app.state.admin_key_hash is None:
+        raise PermissionDeniedError("The console is disabled: set auth.admin_key_hash to enable it.")
+    if console.sessions.find(request) is None or not same_origin(request):
+        raise AuthenticationError("Log in to the console first.")
+    number = _run_number(request.query_params.get("id", ""), "id")
+    body = console.load_tests.plot(number, request.query_params.get("name", ""))
+    return Response(body, media_type="image/png", headers={"cache-control": "private, max-age=3600"})
+
+
+async def compare_load_tests(request: Request) -> Response:
+    """``?ids=1,2[,...]``: the runs' key figures side by side, each with its ratio to the first run's."""
+    console = _console_for_api(request)
+    ids = [_run_number(part.strip(), "ids") for part in request.query_params.get("ids", "").split(",") if part.strip()]
+    return _json(console.load_tests.compare(ids))
+
+
+def _run_number(text: str, param: str) -> int:
+    if not text.isdigit() or len(text) > 9:
+        raise InvalidRequestError(f"{param} wants load test numbers, like 1 or 1,2.", param=param)
+    return int(text)
+
+
 def _console_for_api(request: Request) -> Any:
     """The console, for a call of its page in a live session (CSRF token and origin checked)."""
     console = request.app.state.console
@@ -169,6 +197,8 @@ ROUTES = [*ADMIN_ROUTES,
               documented=False),
     RouteSpec("POST", "/console/api/loadtests/stop", stop_load_test, "admin", request_model=LoadTestRef,
               documented=False),
+    RouteSpec("GET", "/console/api/loadtests/plot", load_test_plot, "admin", documented=False),
+    RouteSpec("GET", "/console/api/loadtests/compare", compare_load_tests, "admin", documented=False),
     RouteSpec("GET", "/console/console.js", script, "admin", documented=False),
     RouteSpec("GET", "/console/console.css", stylesheet, "admin", documented=False),
 ]

@@ -314,17 +314,52 @@
         shownRun = run.id;
         drawLoadTests().catch((err) => say(err.message));
       });
+      const pick = el("input");
+      pick.type = "checkbox";
+      pick.name = "compare";
+      pick.value = run.id;
+      pick.disabled = !s;
+      pick.checked = comparing.has(run.id);
+      pick.addEventListener("change", () => { if (pick.checked) comparing.add(run.id); else comparing.delete(run.id); });
       const ttft = s && s.latency_ms.ttft ? `${num(s.latency_ms.ttft.p50, 0)} / ${num(s.latency_ms.ttft.p99, 0)}` : "-";
       return row([run.id, run.state, `${load}, ${st.duration_s} s, ${st.model}`,
         `${run.progress.done} (${run.progress.ok} / ${run.progress.rejected})`,
         s ? num(s.throughput.requests_per_s) : "-", s ? num(s.throughput.output_tokens_per_s, 0) : "-", ttft,
-        s ? `${num(100 * s.goodput.fraction_of_sent, 0)}%` : "-", stop]);
+        s ? `${num(100 * s.goodput.fraction_of_sent, 0)}%` : "-", stop, pick]);
     }));
     const shown = runs.find((run) => run.id === shownRun) || runs.find((run) => run.table);
     $("#loadtest-table").textContent = shown ? `run ${shown.id} (${shown.state})\n${shown.table}` : "";
+    const plots = shown ? shown.plots.map((name) => {
+      const img = el("img");
+      img.src = `/console/api/loadtests/plot?${new URLSearchParams({ id: String(shown.id), name })}`;
+      img.alt = `run ${shown.id}: ${name}`;
+      img.dataset.plot = name;
+      img.style.maxWidth = "100%";
+      return img;
+    }) : [];
+    const plotsKey = shown ? `${shown.id}:${shown.plots.join(",")}` : "";
+    if ($("#loadtest-plots").dataset.shown !== plotsKey) {  // redrawn only when they change: no reload flicker
+      $("#loadtest-plots").replaceChildren(...plots);
+      $("#loadtest-plots").dataset.shown = plotsKey;
+    }
     if (view === "loadtests" && runs.some((run) => run.state === "running")) setTimeout(() => drawLoadTests().catch(() => {}), POLL_MS);
   }
   let shownRun = null;
+  const comparing = new Set();
+
+  $("#compare-loadtests").addEventListener("click", async () => {
+    const ids = [...comparing].sort((a, b) => a - b);
+    try {
+      const doc = await api("GET", `/console/api/loadtests/compare?ids=${ids.join(",")}`);
+      const names = Object.keys(doc.runs[0].figures);
+      const table = $("#loadtest-compare");
+      table.tHead.replaceChildren(row(["", ...doc.runs.map((r) => `run ${r.id}` + (r.id === doc.base ? "" : ` (x run ${doc.base})`))]));
+      table.tBodies[0].replaceChildren(...names.map((name) => row([name, ...doc.runs.map((r) =>
+        r.figures[name] === null ? "-" : num(r.figures[name]) + (r.id === doc.base || r.ratios[name] === null ? "" : ` (${num(r.ratios[name], 2)}x)`))])));
+      table.hidden = false;
+      say("");
+    } catch (err) { say(err.message); }
+  });
 
   $("#new-loadtest").addEventListener("submit", async (event) => {
     event.preventDefault();
