@@ -11,6 +11,7 @@ import json
 import os
 import platform
 import resource
+import shutil
 import signal
 import socket
 import subprocess
@@ -97,7 +98,8 @@ class Processes:
         self.procs.append(proc)
         return proc
 
-    def stop_all(self) -> None:
+    def stop_all(self, keep_logs: Path | None = None) -> None:
+        """Stop every child (SIGTERM, SIGKILL after 10 s); then copy their logs into ``keep_logs`` if given."""
         for proc in reversed(self.procs):
             if proc.popen.poll() is None:
                 with contextlib.suppress(ProcessLookupError):
@@ -110,6 +112,10 @@ class Processes:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(proc.pid, signal.SIGKILL)
                 proc.popen.wait()
+        if keep_logs is not None:
+            keep_logs.mkdir(parents=True, exist_ok=True)
+            for proc in self.procs:
+                shutil.copy(proc.log_path, keep_logs / proc.log_path.name)
 
 
 def wait_until_up(proc: Proc, url: str, timeout_s: float = 30.0) -> None:

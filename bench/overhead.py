@@ -178,11 +178,7 @@ def main() -> int:
         try:
             result = run(args, wrk, workdir, procs)
         finally:
-            procs.stop_all()
-            if args.keep_logs:
-                args.keep_logs.mkdir(parents=True, exist_ok=True)
-                for p in procs.procs:
-                    shutil.copy(p.log_path, args.keep_logs / p.log_path.name)
+            procs.stop_all(args.keep_logs)
     write_result(args.output, result)
     print(result["table"])
     v = result["verdict"]

@@ -69,11 +69,7 @@ def main() -> int:
             overshoot = part_overshoot(redis_url)
             gateway = part_gateway(args, wrk, workdir, procs, redis_url, redis_port)
         finally:
-            procs.stop_all()
-            if args.keep_logs:
-                args.keep_logs.mkdir(parents=True, exist_ok=True)
-                for p in procs.procs:
-                    shutil.copy(p.log_path, args.keep_logs / p.log_path.name)
+            procs.stop_all(args.keep_logs)
     result = {
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "command": command_line(),

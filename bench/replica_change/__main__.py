@@ -67,11 +67,7 @@ def main() -> int:
         try:
             result = run(args, ["steady", *kinds], wrk, Path(tmp), procs)
         finally:
-            procs.stop_all()
-            if args.keep_logs:
-                args.keep_logs.mkdir(parents=True, exist_ok=True)
-                for p in procs.procs:
-                    shutil.copy(p.log_path, args.keep_logs / p.log_path.name)
+            procs.stop_all(args.keep_logs)
     write_result(args.output, result)
     print(result["table"])
     for line in result["failures"]:
