@@ -69,9 +69,16 @@ class Proc:
 
     def cpu_s(self) -> float:
         """User + system CPU seconds this process has used so far (from /proc)."""
-        with open(f"/proc/{self.pid}/stat") as f:
-            fields_ = f.read().rsplit(")", 1)[1].split()
-        return (int(fields_[11]) + int(fields_[12])) / CLK_TCK
+        return process_cpu_s(self.pid)
+
+    def tree_cpu_s(self) -> float:
+        """CPU seconds of this process and of every live descendant (nginx's master and its worker); a descendant
+        that ends while being read counts for nothing."""
+        total = 0.0
+        for pid in process_tree(self.pid):
+            with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+                total += process_cpu_s(pid)
+        return total
 
     def log_tail(self, n: int = 20) -> str:
         try:
@@ -87,12 +94,14 @@ class Processes:
     workdir: Path
     procs: list[Proc] = field(default_factory=list)
 
-    def start(self, name: str, cpu: str, argv: list[str]) -> Proc:
+    def start(self, name: str, cpu: str, argv: list[str], env: dict[str, str] | None = None) -> Proc:
+        """Start ``argv`` pinned to ``cpu``; ``env``: variables added to this process's environment."""
         log_path = self.workdir / f"{name}.stderr.log"
         with open(log_path, "wb") as log:
             popen = subprocess.Popen(
                 ["taskset", "-c", cpu, *argv], stdout=subprocess.DEVNULL, stderr=log, start_new_session=True,
                 cwd=ROOT,  # so that ``python -m bench.<name>`` children find the package
+                env={**os.environ, **env} if env else None,
             )
         proc = Proc(name, popen, log_path)
         self.procs.append(proc)
@@ -141,6 +150,38 @@ def wait_port(proc: Proc, port: int, timeout_s: float = 30.0) -> None:
             return
         time.sleep(0.1)
     raise RuntimeError(f"{proc.name} did not listen on port {port} within {timeout_s} s:\n{proc.log_tail()}")
+
+
+def process_cpu_s(pid: int) -> float:
+    """User + system CPU seconds process ``pid`` (all its threads) has used so far (from /proc)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields_ = f.read().rsplit(")", 1)[1].split()
+    return (int(fields_[11]) + int(fields_[12])) / CLK_TCK
+
+
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and its live descendants (from the parent ids in /proc)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError), open(f"/proc/{entry}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+                children.setdefault(ppid, []).append(int(entry))
+    tree, todo = [], [pid]
+    while todo:
+        tree.append(current := todo.pop())
+        todo.extend(children.get(current, ()))
+    return tree
+
+
+def start_redis(procs: Processes, cpu: str) -> tuple[Proc, int]:
+    """A throw-away ``redis-server`` on a free port (no persistence), listening; the process and its port."""
+    port = free_port()
+    redis = procs.start("redis", cpu, [
+        shutil.which("redis-server") or "redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+        "--appendonly", "no", "--dir", str(procs.workdir)])
+    wait_port(redis, port)
+    return redis, port
 
 
 def rss_bytes(pid: int) -> int:

@@ -3,12 +3,18 @@
 One command starts everything, runs every scenario, stops everything (by PID, also on error) and reports:
 
     python -m bench.overhead                 # --duration 5 --warmup 1 --rounds 3 --max-tokens 16
+    python -m bench.overhead --state redis   # the same, quotas on a real redis-server (on the path of every request)
 
 Processes, all on 127.0.0.1 and free ports, pinned with taskset on a 2-core machine:
   CPU 1: the proxy under test, alone (the bare proxy, ``bench/bare_proxy.py``, or ``sluice serve``; both run for
          the whole benchmark, and the one not under test is idle);
   CPU 0: the engine simulator (``sluice sim --speed 1e9``, every answer exactly --max-tokens tokens) and the load
          generator, ``wrk`` (one thread; ``apt-get install -y wrk``), driven by a Lua script for the POST.
+
+``--state redis`` starts a ``redis-server`` (CPU 0, beside the simulator: it is not the proxy under test) and
+gives the key a tier with quotas (requests/min, tokens/min, concurrent requests; limits far above what the run
+uses), so every request makes its quota round trip (reserve, then settle) on the path; ``memory`` (the default)
+keeps the state in the gateway's process and the tier without limits.
 
 Scenarios: target {direct to the simulator, bare proxy, sluice} x concurrency {1, 64} x {non-streamed, streamed}
 chat completions, each a warm-up then a timed wrk run; the rounds are interleaved and the medians reported.
@@ -157,13 +163,21 @@ def main() -> int:
     parser.add_argument("--warmup", type=int, default=1, help="seconds of warm-up before each run, 0 for none (default 1)")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of every scenario (default 3)")
     parser.add_argument("--max-tokens", type=int, default=16, help="tokens per answer (default 16)")
-    parser.add_argument("--output", type=Path, default=RESULTS)
+    parser.add_argument("--output", type=Path,
+                        help=f"results file (default {RESULTS.name}, or overhead-redis.json with --state redis)")
+    parser.add_argument("--state", choices=("memory", "redis"), default="memory",
+                        help="the gateway's state: in its process (no quotas), or a real redis-server with quotas")
     parser.add_argument("--keep-logs", type=Path, help="copy the processes' stderr logs into this directory")
     args = parser.parse_args()
+    if args.output is None:
+        args.output = RESULTS if args.state == "memory" else RESULTS.with_name("overhead-redis.json")
 
     wrk = shutil.which("wrk")
     if wrk is None:
         print("wrk is not installed: apt-get update && apt-get install -y wrk", file=sys.stderr)
+        return 2
+    if args.state == "redis" and shutil.which("redis-server") is None:
+        print("--state redis needs redis-server: apt-get install -y redis-server", file=sys.stderr)
         return 2
     if shutil.which("taskset") is None or (os.cpu_count() or 1) < 2:
         print("needs taskset (util-linux) and at least 2 CPUs", file=sys.stderr)
@@ -196,12 +210,22 @@ def run(args: argparse.Namespace, wrk: str, workdir: Path, procs: Processes) -> 
     key = generate_key()
     sim_port, bare_port, sluice_port = free_port(), free_port(), free_port()
     sim_url = f"http://127.0.0.1:{sim_port}"
+    state, tier = "memory://", "{}"
+    if args.state == "redis":
+        redis_port = free_port()
+        redis = procs.start("redis", LOAD_CPU, [
+            str(shutil.which("redis-server")), "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "",
+            "--appendonly", "no", "--dir", str(workdir)])
+        wait_port(redis, redis_port)
+        state = f"redis://127.0.0.1:{redis_port}/0"
+        tier = "{requests: 100000000/minute, tokens: 100000000000/minute, concurrent: 10000}"
     config = workdir / "sluice.yaml"
     config.write_text(
         f"server: {{host: 127.0.0.1, port: {sluice_port}}}\n"
+        f"state: {state}\n"
         f"auth: {{mode: api_key}}\n"
         f"models:\n  - name: {MODEL}\n    engine: {{dialect: vllm, urls: ['{sim_url}']}}\n"
-        f"tiers: {{default: {{}}}}\n"
+        f"tiers: {{default: {tier}}}\n"
         f"keys:\n  - {{id: bench, hash: '{hash_key(key)}', tenant: default, tier: default}}\n"
     )
     n = str(args.max_tokens)
@@ -278,6 +302,7 @@ def run(args: argparse.Namespace, wrk: str, workdir: Path, procs: Processes) -> 
             "duration_s": args.duration, "warmup_s": args.warmup, "rounds": args.rounds,
             "max_tokens": args.max_tokens, "proxy_cpu": PROXY_CPU, "sim_and_load_cpu": LOAD_CPU,
             "load_generator": "wrk -t1 --latency (closed loop)", "gateway_auth": "api_key", "gateway_access_log": True,
+            "gateway_state": args.state,
         },
         "summary": summary,
         "derived": derived,

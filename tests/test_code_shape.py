@@ -24,7 +24,7 @@ MAX_MODULE_LINES = 600
 _LEAVES = frozenset({"errors", "clock", "ids"})
 _EVERY_PACKAGE = _LEAVES | {
     "config", "protocol", "dialects", "state", "identity", "quota", "admission", "engines", "cache", "telemetry",
-    "gateway", "console", "sim", "bench", "cli",
+    "gateway", "console", "sim", "bench", "plan", "cli",
 }
 
 # A package (a directory of src/sluice, or a top-level module) -> the sluice packages it must not import.
@@ -58,7 +58,11 @@ FORBIDDEN_IMPORTS: dict[str, frozenset[str]] = {
     "bench": frozenset({
         "quota", "admission", "engines", "gateway", "sim", "identity", "cache", "telemetry", "state", "console", "cli",
     }),
+    # the what-if planner: quota and admission in front of the simulator's engine model, nothing of the server
+    "plan": frozenset({"engines", "gateway", "cache", "telemetry", "state", "console", "cli"}),
 }
+# only the command line imports the planner
+FORBIDDEN_IMPORTS = {name: rules | {"plan"} if name != "plan" else rules for name, rules in FORBIDDEN_IMPORTS.items()}
 UNRESTRICTED = frozenset({"cli"})
 
 

@@ -1,4 +1,4 @@
-"""The ``sluice`` command: serve | sim | bench | keys (create, list, revoke, restore, rotate) | check-config."""
+"""The ``sluice`` command: serve | sim | bench | keys (create, list, revoke, restore, rotate) | plan | check-config."""
 
 from __future__ import annotations
 
@@ -27,6 +27,7 @@ from sluice.config import (
 from sluice.dialects import DIALECT_NAMES
 from sluice.errors import ConfigError
 from sluice.identity import add_keys_parser
+from sluice.plan import add_plan_parser
 from sluice.telemetry import limit_repeats
 
 if TYPE_CHECKING:
@@ -141,6 +142,7 @@ def _parser() -> argparse.ArgumentParser:
     bench.set_defaults(run=_bench)
 
     add_keys_parser(sub)
+    add_plan_parser(sub)
 
     check = sub.add_parser("check-config", help="validate a configuration file and summarise it")
     check.add_argument("config")
@@ -196,11 +198,13 @@ def _serve(args: argparse.Namespace) -> int:
         if launcher is None:
             return 0
     if settings.server.workers > 1:  # a supervisor: it starts the engines once, then the workers
+        from sluice.console import create_console_app
         from sluice.gateway._workers import run_workers
 
         _refuse_launcher_autoscaling(settings)
 
-        return run_workers(settings, config_path=config_path, launcher=launcher, prepare=tune_gc)
+        return run_workers(settings, config_path=config_path, launcher=launcher, prepare=tune_gc,
+                           app_factory=create_console_app)
     # a gateway's repeated lines (Redis down: one per outage, per request) at most twice a minute per kind; not the
     # supervisor's above, whose every line is an event (a worker restarted)
     limiters = limit_repeats(logging.getLogger().handlers, MonotonicClock()) if args.own_log_handlers else []

@@ -311,6 +311,32 @@ LMDEPLOY_FACTS = DialectFacts(
     scheduler=SchedulerTraits(seat_preemption=False, mixed_batches=True, prefix_caching=False, radix_cache=False),
 )
 
+@dataclass(frozen=True)
+class DcgmNames:
+    """NVIDIA dcgm-exporter's GPU gauges, as it writes them (NVIDIA/dcgm-exporter, etc/default-counters.csv; HTTP
+    on port 9400, path ``/metrics``), one series per GPU labelled ``gpu`` (the NVML index), ``UUID``
+    (``GPU-<uuid>``), ``device`` (``nvidia<minor>``), ``modelName`` and ``Hostname`` (recent versions add
+    ``pci_bus_id``, ``DCGM_FI_DRIVER_VERSION`` and, on Kubernetes, ``container``/``namespace``/``pod``):
+
+        # HELP DCGM_FI_DEV_GPU_UTIL GPU utilization (in %).
+        DCGM_FI_DEV_GPU_UTIL{gpu="0",UUID="GPU-d7cb...",device="nvidia0",modelName="Tesla T4",Hostname="ip-..."} 0
+
+    ``DCGM_FI_DEV_GPU_UTIL`` is NVML's utilization rate: the percentage of the last sample period in which a
+    kernel ran (a duty cycle, not how much of the GPU it used). Framebuffer gauges are in MiB. The simulator
+    exports the same names and labels on its own ``/metrics``."""
+
+    gpu_util: str = "DCGM_FI_DEV_GPU_UTIL"  # percent, 0..100
+    fb_used: str = "DCGM_FI_DEV_FB_USED"  # MiB
+    fb_free: str = "DCGM_FI_DEV_FB_FREE"  # MiB
+    labels: tuple[str, ...] = ("gpu", "UUID", "device", "modelName", "Hostname")
+    default_port: int = 9400
+
+    def gauges(self) -> tuple[str, str, str]:
+        return self.gpu_util, self.fb_used, self.fb_free
+
+
+DCGM = DcgmNames()
+
 # every dialect, by name, in the order they are listed to users (``sluice.config.Dialect`` names the same ones)
 DIALECTS: Mapping[Dialect, DialectFacts] = MappingProxyType(
     {facts.name: facts for facts in (VLLM_FACTS, SGLANG_FACTS, LMDEPLOY_FACTS)}

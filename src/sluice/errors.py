@@ -18,6 +18,7 @@ HTTP boundary turns any of them into ``{"error": {"message", "type", "param", "c
     ├── EngineUnavailableError   502/503 no engine could serve the request (unreachable, overloaded, failed)
     ├── OverloadedError          503     admission held it back: queue timeout, queue full, displaced, shed;
     │                                    or the connection cap was reached (too_many_connections)
+    │   └── SloUnattainableError 503     refused on arrival: its tier's TTFT target would be missed
     ├── StateUnavailableError    503     the shared state store (Redis) is down, unreachable or too slow
     └── ScaleActionError                 an autoscaler's actuator failed (not an HTTP error; logged, retried)
 """
@@ -143,6 +144,14 @@ class OverloadedError(SluiceError):
     type = "server_error"
     code = "overloaded"
     reason = "overloaded"
+
+
+class SloUnattainableError(OverloadedError):
+    """Refused on arrival by SLO-aware admission: the request would wait, and its first token is predicted past
+    its tier's ``ttft_slo_s``. ``retry-after-ms`` says by how much."""
+
+    code = "slo_unattainable"
+    reason = "slo_unattainable"
 
 
 class StateUnavailableError(SluiceError):

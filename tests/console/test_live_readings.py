@@ -35,7 +35,7 @@ CONSOLE_LINE = re.compile(r"Console: (http://\S+/console) - .*: (sk-\S+)")
 def _settings(urls: list[str]) -> object:
     return parse_settings({
         "auth": {"admin_key_hash": hash_key(ADMIN_KEY)},
-        "models": [{"name": "m", "engine": {"urls": urls, "health_interval_s": 0.5},
+        "models": [{"name": "m", "engine": {"urls": urls, "health_interval_s": 0.5, "gpu": {}},  # sims' DCGM gauges
                     "admission": {"saturation": {"scrape_interval_s": 0.1, "stale_after_s": 1.0}}}],
         "tiers": {"team": {"requests": "1000/minute",
                            "limits": [{"per": "tier", "requests": "500/minute"},
@@ -99,7 +99,10 @@ def test_the_snapshot_carries_each_replicas_ttft_and_engine_readings_under_load(
     answered = replicas(client)
     assert {r["url"] for r in answered} == {s.url for s in sims}
     for replica in answered:
-        assert replica["health"] == "up" and replica["gpu_use"] is None
+        assert replica["health"] == "up"
+        gpu = replica["gpu_use"]  # the simulator's dcgm-exporter gauges, read by the load scraper
+        assert 0.0 <= gpu["utilization"] <= 1.0 and gpu["gpus"] == 1
+        assert gpu["fb_used_mib"] >= SimSettings().gpu_weights_mib and gpu["fb_free_mib"] > 0
         engine = replica["engine"]
         assert engine["error"] is None and engine["stale"] is False and 0 <= engine["age_s"] <= 1.0
         assert 0.0 <= engine["kv_usage"] <= 1.0
@@ -168,7 +171,7 @@ def test_the_replica_table_and_ttft_chart_show_the_readings(gateway):
             assert cells[2] == "up"
             assert re.fullmatch(r"\d+(\.\d+)? s", cells[8]), cells  # the reading's age
             assert re.fullmatch(r"\d+\.\d{3} / \d+\.\d{3} s", cells[10]), cells  # TTFT p50 / p95
-            assert cells[9] == "n/a"  # no GPU reading
+            assert re.fullmatch(r"\d+ %, \d+\.\d / \d+\.\d GiB", cells[9]), cells  # GPU use, memory
         assert page.locator("#budgets td:text-is('acme')").count() >= 1
         page.screenshot(path=str(SCREENSHOTS / "console-live.png"), full_page=True)
         context.close()

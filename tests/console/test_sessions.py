@@ -1,11 +1,36 @@
-"""Console sessions in isolation: expiry pushed back by use, a bound on their number, the origin checks."""
+"""Console sessions in isolation (in memory): expiry pushed back by use, a bound on their number, the origin
+checks. Sessions in Redis, shared by gateway workers: tests/gateway/test_console_workers.py."""
 
 from __future__ import annotations
+
+import asyncio
+from typing import Any
 
 from starlette.requests import Request
 
 from sluice.clock import FakeClock
-from sluice.console._sessions import COOKIE, CSRF_HEADER, ConsoleSessions, same_origin
+from sluice.console._sessions import COOKIE, CSRF_HEADER, ConsoleSessions, Session, same_origin
+
+
+class Sessions:
+    """``ConsoleSessions`` driven from plain test code: each call a loaded request, as the console's routes do."""
+
+    def __init__(self, clock: Any, **options: Any) -> None:
+        self.inner = ConsoleSessions(clock, **options)
+
+    def open(self) -> tuple[str, Session]:
+        return asyncio.run(self.inner.open())
+
+    def find(self, req: Request) -> Session | None:
+        asyncio.run(self.inner.load(req))
+        return self.inner.find(req)
+
+    def admits(self, req: Request) -> bool:
+        asyncio.run(self.inner.load(req))
+        return self.inner.admits(req)
+
+    def close(self, req: Request) -> None:
+        asyncio.run(self.inner.close(req))
 
 
 def request(headers: dict[str, str], scheme: str = "http") -> Request:
@@ -20,7 +45,7 @@ def cookie(sid: str, **more: str) -> dict[str, str]:
 
 def test_a_session_expires_unless_used():
     clock = FakeClock()
-    sessions = ConsoleSessions(clock, ttl_s=60)
+    sessions = Sessions(clock, ttl_s=60)
     sid, session = sessions.open()
     clock.advance(50)
     assert sessions.find(request(cookie(sid))) is session  # used: good for another 60 s
@@ -32,7 +57,7 @@ def test_a_session_expires_unless_used():
 
 
 def test_sessions_are_bounded_oldest_first():
-    sessions = ConsoleSessions(FakeClock(), max_sessions=3)
+    sessions = Sessions(FakeClock(), max_sessions=3)
     first, _ = sessions.open()
     others = [sessions.open()[0] for _ in range(3)]
     assert sessions.find(request(cookie(first))) is None
@@ -40,7 +65,7 @@ def test_sessions_are_bounded_oldest_first():
 
 
 def test_admits_needs_the_cookie_the_token_and_the_same_origin():
-    sessions = ConsoleSessions(FakeClock())
+    sessions = Sessions(FakeClock())
     sid, session = sessions.open()
     token = {CSRF_HEADER: session.csrf}
     assert sessions.admits(request(cookie(sid, **token)))
@@ -56,7 +81,7 @@ def test_admits_needs_the_cookie_the_token_and_the_same_origin():
 
 
 def test_closing_a_session_ends_it():
-    sessions = ConsoleSessions(FakeClock())
+    sessions = Sessions(FakeClock())
     sid, _ = sessions.open()
     sessions.close(request(cookie(sid)))
     assert sessions.find(request(cookie(sid))) is None
@@ -67,3 +92,9 @@ def test_same_origin_without_browser_headers_is_a_plain_client():
     assert same_origin(request({"host": "gw:8000", "origin": "https://gw:8000"}, scheme="https"))
     assert not same_origin(request({"host": "gw:8000", "origin": "null"}))
     assert not same_origin(request({"origin": "http://gw:8000"}))  # no Host to compare with
+
+
+def test_a_request_whose_session_was_not_loaded_is_not_admitted():
+    sessions = ConsoleSessions(FakeClock())
+    sid, session = asyncio.run(sessions.open())
+    assert not sessions.admits(request(cookie(sid, **{CSRF_HEADER: session.csrf})))

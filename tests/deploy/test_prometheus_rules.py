@@ -52,7 +52,9 @@ def exported_metrics() -> dict[str, frozenset[str]]:
     }
     exported: dict[str, frozenset[str]] = {}
     for family in metrics.registry.collect():
-        labels = frozenset(label_names.get(family.name, ())) | TARGET_LABELS
+        # a collector's own families (read at scrape time) carry their label names themselves
+        own = getattr(family, "_labelnames", ())  # noqa: SLF001 - as above
+        labels = frozenset(label_names.get(family.name, own)) | TARGET_LABELS
         for suffix in SAMPLE_SUFFIXES[family.type]:
             exported[family.name + suffix] = labels | {"le"} if suffix == "_bucket" else labels
     return exported

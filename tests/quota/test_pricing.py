@@ -176,7 +176,7 @@ def test_chat_price_uses_cap_default_and_n() -> None:
     assert p.price_chat(chat("x" * 40, max_tokens=20)).max_output_tokens == 20
     assert p.price_chat(chat("x" * 40, max_tokens=20, max_completion_tokens=30)).max_output_tokens == 30
     price = p.price_chat(chat("x" * 40, max_tokens=20, n=3))
-    assert (price.prompt_tokens, price.max_output_tokens, price.total) == (10, 60, 70)
+    assert (price.prompt_tokens, price.max_output_tokens, price.total, price.sequences) == (10, 60, 70, 3)
 
 
 def test_chat_counts_names_tool_calls_and_tools() -> None:
@@ -209,9 +209,9 @@ def test_completion_with_several_prompts_and_token_ids() -> None:
     p = pricer(EstimateCounter(4.0), default_max_tokens=100, max_model_len=50)
     price = p.price_completion(completion(["x" * 40, "y" * 8], max_tokens=45, n=2))
     # prompt 1: 10 tokens, cap min(45, 40) = 40; prompt 2: 2 tokens, cap 45; each × n=2
-    assert price == Price(12, 2 * 40 + 2 * 45, 48, 0)
+    assert price == Price(12, 2 * 40 + 2 * 45, 48, 0, sequences=4)  # two answers to each of two prompts
     ids = p.price_completion(completion([[1] * 30, [2] * 5], max_tokens=30))
-    assert ids == Price(35, 20 + 30, 0, 35)
+    assert ids == Price(35, 20 + 30, 0, 35, sequences=2)
     single = p.price_completion(completion([7, 8, 9], max_tokens=4))
     assert single == Price(3, 4, 0, 3)
     assert p.price_completion(completion("abcd")).max_output_tokens == 16  # the completions API default

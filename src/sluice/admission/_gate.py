@@ -13,6 +13,14 @@ as vLLM picks its victims) that is at least ``preempt_gap`` below the head of th
 head, and the rest of it (``resume``) waits at the head of its own band. One waiting request preempts at most one
 running request. What the holder of a permit sees of this is ``Permit.stopped``, ``arm``/``disarm`` and ``resume``:
 the ticket inside a permit is the gate's own.
+
+SLO-aware admission (``Ticket.ttft_slo_s``, the tier's TTFT target): a request that cannot be dispatched at once is
+refused on arrival (503 ``slo_unattainable``, ``retry-after-ms`` the predicted time past its target) when the
+gate predicts its first token would come after the target (admission/_slo.py: the queue ahead of it at the rate
+places free up, plus the engine's own TTFT as learnt from released requests). A request dispatched at once is
+never refused for it: nothing the gate holds back would make it faster, and its timing keeps the prediction fresh.
+A request let in to wait leaves the queue (503 ``queue_timeout``) once its first token could no longer make the
+target (its arrival + target - the engine's predicted TTFT): its place goes to one that still can.
 """
 
 from __future__ import annotations
@@ -30,10 +38,11 @@ from typing import Protocol
 from sluice.admission._fair_queue import FairQueue
 from sluice.admission._protection import ProtectionMode
 from sluice.admission._saturation import SaturationDetector
+from sluice.admission._slo import TtftPredictor
 from sluice.admission._ticket import Outcome, Refusal, Ticket
 from sluice.admission._window import Limit, Sample
 from sluice.clock import Clock
-from sluice.errors import OverloadedError
+from sluice.errors import OverloadedError, SloUnattainableError
 
 
 class AdmissionObserver(Protocol):
@@ -93,6 +102,12 @@ class Gate:
         self._preempting = 0  # running requests told to stop, not yet released
         self._seq = itertools.count(1)
         self._ticker: asyncio.Task[None] | None = None
+        self.predictor = TtftPredictor()  # SLO-aware admission's: learns from every release
+
+    @property
+    def saturation(self) -> SaturationDetector | None:
+        """The engines' load the gate watches, when it does."""
+        return self._saturation
 
     # -- the gate ---------------------------------------------------------------------------------------
 
@@ -106,6 +121,8 @@ class Gate:
             raise self._refusal("shed", "The engines are overloaded and this request's priority is sheddable.")
         if not self.queue and self._fits(ticket):
             return self._dispatch(ticket)
+        if ticket.ttft_slo_s is not None and not ticket.resumed:
+            self._check_slo(ticket, ticket.ttft_slo_s)
         self._enqueue(ticket)
         self._pump()  # a more important arrival may go ahead of those waiting, at once
         self._preempt()
@@ -129,6 +146,8 @@ class Gate:
         if not self._settle(permit, output_tokens):
             return
         saturated = self.last_saturation >= 1.0
+        if latency_s is not None and outcome is Outcome.SUCCESS:
+            self.predictor.observe_ttft(permit.ticket.prompt_tokens, latency_s)
         self.limit.update(Sample(latency_s, permit.in_flight_at_admit, outcome, saturated))
         self._pump()
 
@@ -193,6 +212,8 @@ class Gate:
         ticket.on_preempt = None
         if ticket.preempted:
             self._preempting -= 1
+        else:  # a stopped request did not hold its place for as long as it needed
+            self.predictor.observe_service(self._clock.now() - ticket.dispatched_s)
         self.in_flight -= 1
         self.tokens_in_flight -= ticket.tokens
         self.queue.charge(ticket, 0, output_tokens)
@@ -242,6 +263,33 @@ class Gate:
             self._recent.popleft()
         return tokens <= free_tokens - sum(t for _, t in self._recent)
 
+    def _check_slo(self, ticket: Ticket, target_s: float) -> None:
+        """Refuse ``ticket`` (which would wait) at once when its predicted TTFT is past ``target_s``."""
+        prediction = self.predictor.predict(places_needed=self._places_needed(ticket), in_flight=self.in_flight,
+                                            prompt_tokens=ticket.prompt_tokens, priority=ticket.priority,
+                                            now_s=self._clock.now())
+        late_s = prediction.total_s - target_s
+        if late_s <= 0:  # it may wait, but not past the point where its first token could still make the target
+            ticket.deadline_s = min(ticket.deadline_s, ticket.arrival_s + target_s - prediction.engine_s)
+            return
+        if math.isinf(late_s):  # the bands above take every place: no wait is predictable; try after a while
+            late_s = max(self._settings.retry_after_s, self.predictor.service_s.value or 0.0)
+            told = "no place is predicted to come: more important requests take them all"
+        else:
+            told = (f"the first token would come in about {prediction.total_s:.2f} s (waiting "
+                    f"{prediction.queue_s:.2f} s for a place)")
+        raise SloUnattainableError(
+            f"Refused at once: {told}, past this tier's target of {target_s:g} s.",
+            headers={"retry-after": str(max(1, math.ceil(late_s))),
+                     "retry-after-ms": str(math.ceil(late_s * 1e3 - 1e-6))})
+
+    def _places_needed(self, ticket: Ticket) -> int:
+        """Places that must free up before ``ticket`` is dispatched: those waiting in its band and above (who go
+        first), and itself, less the window's free places; at least one when it does not fit now."""
+        ahead = sum(n for priority, n in self.queue.depth_by_priority().items() if priority >= ticket.priority)
+        places = ahead + 1 - (self.effective_limit(ticket.priority) - self.in_flight)
+        return places if places > 0 or self._fits(ticket) else 1
+
     def _dispatch(self, ticket: Ticket) -> Permit:
         ticket.in_flight_at_dispatch = self.in_flight
         self._running.add(ticket)
@@ -249,7 +297,8 @@ class Gate:
         self.tokens_in_flight += ticket.tokens
         self._note_dispatch(ticket.tokens)
         self.queue.charge(ticket, ticket.prompt_tokens, 0)
-        now = self._clock.now()
+        now = ticket.dispatched_s = self._clock.now()
+        self.predictor.observe_dispatch(ticket.priority, now)
         return Permit(ticket, ticket.in_flight_at_dispatch, now - ticket.arrival_s)
 
     def _note_dispatch(self, tokens: int) -> None:
@@ -342,6 +391,6 @@ class Gate:
 
 
 def ticket_for(priority: int, tenant: str, weight: float, prompt_tokens: int, max_output_tokens: int,
-               deadline_s: float) -> Ticket:
+               deadline_s: float, ttft_slo_s: float | None = None) -> Ticket:
     return Ticket(priority=priority, tenant=tenant, weight=weight, tokens=prompt_tokens + max_output_tokens,
-                  prompt_tokens=prompt_tokens, deadline_s=deadline_s)
+                  prompt_tokens=prompt_tokens, deadline_s=deadline_s, ttft_slo_s=ttft_slo_s)

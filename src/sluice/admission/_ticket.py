@@ -44,6 +44,8 @@ class Ticket:
     # Set while it runs and can be preempted (its stream can be resumed): stops its upstream request.
     on_preempt: Callable[[], object] | None = field(default=None, repr=False)
     preempted: bool = False
+    ttft_slo_s: float | None = None  # its tier's TTFT target: refused at once when predicted to miss it
+    dispatched_s: float = 0.0  # when it got its place (the gate learns how long places are held)
 
     @property
     def sheddable(self) -> bool:

@@ -1,5 +1,8 @@
 """Configuration: typed, frozen, parsed once."""
 
+from sluice.config._console import ConsoleSettings
+from sluice.config._gpu import GpuSettings
+from sluice.config._limits import LimitRule, Rate, ShadowTier
 from sluice.config.loader import CONFIG_ENV, config_path_from_env, load_settings, parse_settings
 from sluice.config.schema import (
     DEFAULT_MODEL,
@@ -13,10 +16,8 @@ from sluice.config.schema import (
     JwtSettings,
     KeySettings,
     KubernetesScaleSettings,
-    LimitRule,
     ModelSettings,
     QuotaSettings,
-    Rate,
     ScaleOutSettings,
     ServerSettings,
     Settings,
@@ -30,8 +31,10 @@ __all__ = [
     "AdmissionSettings",
     "AuthSettings",
     "AutoscaleSettings",
+    "ConsoleSettings",
     "Dialect",
     "EngineSettings",
+    "GpuSettings",
     "HmacSecretSettings",
     "JwtClaimSettings",
     "JwtSettings",
@@ -44,6 +47,7 @@ __all__ = [
     "ScaleOutSettings",
     "ServerSettings",
     "Settings",
+    "ShadowTier",
     "SimSettings",
     "TierSettings",
     "config_path_from_env",

@@ -11,6 +11,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from sluice.config._console import ConsoleSettings
+from sluice.config._gpu import GpuSettings
+from sluice.config._limits import LimitRule, Rate, ShadowTier
+
 # the dialects of sluice.dialects.DIALECTS, whose facts live there (config sits below it in the import order, so
 # the names are repeated here; tests/contract/test_engine_dialects.py checks that both agree)
 Dialect = Literal["vllm", "sglang", "lmdeploy"]
@@ -38,6 +42,7 @@ class ServerSettings(_Frozen):
     upstream_timeout_s: float = Field(600.0, gt=0)
     access_log: bool = True
     access_log_path: str | None = None  # one JSON line per request, appended here; stderr when unset
+    access_log_flush_s: float = Field(0.2, ge=0)  # lines written in batches this often and at shutdown; 0: at once
 
     @model_validator(mode="after")
     def _ports_differ(self) -> ServerSettings:
@@ -126,6 +131,9 @@ class SimSettings(_Frozen):
     output_len_max: int = Field(256, ge=1)
     embedding_dim: int = Field(64, ge=1)
     seed: int = 0
+    # the simulated GPU (dcgm-exporter's gauges on /metrics): memory and weights, MiB (an 80 GB H100 reports 81559)
+    gpu_memory_mib: int = Field(81559, ge=1)
+    gpu_weights_mib: int = Field(15317, ge=0)  # an 8B model in bf16
 
     @model_validator(mode="after")
     def _lengths(self) -> SimSettings:
@@ -237,11 +245,14 @@ class EngineSettings(_Frozen):
     # capped at it, and a request finding none free for connection_wait_s gets 503 upstream_saturated
     max_connections: int = Field(1024, ge=1)
     connection_wait_s: float = Field(1.0, ge=0)
+    gpu: GpuSettings | None = None  # the replicas' GPU use, a saturation input (None: not read)
 
     @model_validator(mode="after")
     def _weights(self) -> EngineSettings:
         if self.weights is not None and (len(self.weights) != len(self.urls) or min(self.weights) <= 0):
             raise ValueError("weights needs one positive number per url")
+        if self.gpu is not None and self.gpu.per_url_lengths() - {len(self.urls)}:
+            raise ValueError(f"gpu.urls and gpu.devices need one entry per engine url ({len(self.urls)})")
         return self
 
     @field_validator("urls")
@@ -271,6 +282,11 @@ class SaturationSettings(_Frozen):
     kv_threshold: float = Field(0.8, gt=0)
     stale_after_s: float = Field(1.0, gt=0)  # older metrics count as saturated
     scrape_interval_s: float = Field(0.2, gt=0)
+    # GPU use (engine.gpu) counts only together with memory pressure: min(gpu / gpu_threshold,
+    # max(kv_usage / gpu_kv_threshold, preemptions per second / swap_threshold_per_s)); a busy GPU alone is not full
+    gpu_threshold: float = Field(0.9, gt=0, le=1)
+    gpu_kv_threshold: float = Field(0.7, gt=0)
+    swap_threshold_per_s: float = Field(1.0, gt=0)
 
 
 class ProtectionSettings(_Frozen):
@@ -396,84 +412,6 @@ class ModelSettings(_Frozen):
         return self
 
 
-_PERIODS_S = {"s": 1, "sec": 1, "second": 1, "m": 60, "min": 60, "minute": 60, "h": 3600, "hour": 3600, "d": 86400,
-              "day": 86400}
-_RATE = re.compile(r"^\s*(\d+)\s*/\s*(\d*)\s*([a-z]+)\s*$")
-
-
-class Rate(_Frozen):
-    """``amount`` units per ``period_s`` seconds, with a bucket of ``burst`` units (default: one period's worth).
-
-    Written ``"60/minute"``, ``"1000/10s"``, ``"5/hour"``, or ``{rate: "60/minute", burst: 10}``."""
-
-    amount: int = Field(ge=1)
-    period_s: float = Field(gt=0)
-    burst: int | None = Field(None, ge=1)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _parse(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            return _parse_rate(value)
-        if isinstance(value, dict) and "rate" in value:
-            extra = set(value) - {"rate", "burst"}
-            if extra:
-                raise ValueError(f"unknown field(s) {sorted(extra)}: a rate takes 'rate' and 'burst'")
-            return {**_parse_rate(str(value["rate"])), "burst": value.get("burst")}
-        return value
-
-    @property
-    def capacity(self) -> int:
-        return self.burst if self.burst is not None else self.amount
-
-    @property
-    def interval_s(self) -> float:
-        """Seconds for one unit to drip back into the bucket (GCRA's emission interval)."""
-        return self.period_s / self.amount
-
-    def __str__(self) -> str:
-        return f"{self.amount}/{_period_name(self.period_s)}"
-
-
-def _parse_rate(text: str) -> dict[str, Any]:
-    m = _RATE.match(text.lower())
-    if not m or (m.group(3) not in _PERIODS_S and m.group(3).rstrip("s") not in _PERIODS_S):
-        raise ValueError(f"{text!r} is not a rate like '60/minute', '1000/10s' or '5/hour'")
-    unit = m.group(3) if m.group(3) in _PERIODS_S else m.group(3).rstrip("s")
-    return {"amount": int(m.group(1)), "period_s": int(m.group(2) or 1) * _PERIODS_S[unit]}
-
-
-def _period_name(period_s: float) -> str:
-    for name, seconds in (("day", 86400), ("hour", 3600), ("minute", 60), ("second", 1)):
-        if period_s == seconds:
-            return name
-    return f"{period_s:g}s"
-
-
-Scope = Literal["key", "user", "tenant", "tier", "global"]
-
-
-class LimitRule(_Frozen):
-    """Bounds on what one scope may spend. ``per`` picks the scope: each key, each user, each tenant, the whole
-    tier, or everyone. ``model``: absent = all models together; a name = that model only; ``each`` = every
-    model separately."""
-
-    per: Scope = "key"
-    model: str | None = None
-    requests: Rate | None = None
-    tokens: Rate | None = None
-    input_tokens: Rate | None = None
-    output_tokens: Rate | None = None
-    concurrent: int | None = Field(None, ge=1)
-    on_store_error: Literal["open", "closed"] = "open"
-
-    @model_validator(mode="after")
-    def _bounds_something(self) -> LimitRule:
-        if not any((self.requests, self.tokens, self.input_tokens, self.output_tokens, self.concurrent)):
-            raise ValueError("a limit needs at least one of requests, tokens, input_tokens, output_tokens, concurrent")
-        return self
-
-
 class TierSettings(_Frozen):
     """A class of callers. ``requests``, ``tokens`` and ``concurrent`` here are shorthand for one limit per key;
     ``limits`` holds any others (per user, tenant, the whole tier, per model)."""
@@ -482,15 +420,21 @@ class TierSettings(_Frozen):
     weight: float = Field(1.0, gt=0)  # share against other tenants of the same priority
     max_wait_s: float = Field(0.0, ge=0)  # for quota to refill
     max_queue_s: float = Field(10.0, ge=0)  # in the admission queue, before a 503 queue_timeout
+    ttft_slo_s: float | None = Field(None, gt=0)  # TTFT target: goodput's bar; predicted misses refused at once
     requests: Rate | None = None
     tokens: Rate | None = None
     concurrent: int | None = Field(None, ge=1)
     limits: list[LimitRule] = []
+    shadow: ShadowTier | None = None  # candidate limits counted in shadow (docs/configuration.md#shadow-limits)
+    # a request whose prompt + max_tokens does not fit its token budget: refused (429), its max_tokens clamped
+    # to what is left, its stream cut where the budget ends, or let through over budget and tagged
+    over_budget: Literal["refuse", "clamp", "cut", "tag"] = "refuse"
+    over_budget_min_tokens: int = Field(16, ge=1)  # per answer: with less room than this left, refused anyway
 
     def rules(self) -> list[LimitRule]:
         shorthand = [LimitRule(per="key", requests=self.requests, tokens=self.tokens, concurrent=self.concurrent)] if (
             self.requests or self.tokens or self.concurrent) else []
-        return shorthand + list(self.limits)
+        return shorthand + [rule for rule in self.limits if rule.mode == "enforce"]
 
 
 class QuotaSettings(_Frozen):
@@ -541,6 +485,7 @@ class Settings(_Frozen):
     keys: list[KeySettings] = []
     quota: QuotaSettings = QuotaSettings()
     scale_out: ScaleOutSettings | None = None
+    console: ConsoleSettings = ConsoleSettings()
 
     @field_validator("state")
     @classmethod

@@ -6,12 +6,13 @@ API's keys, tiers, usage and replicas, behind the admin key (docs/console.md).
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from starlette.requests import Request
 
 from sluice.clock import Clock, MonotonicClock
-from sluice.config import ServerSettings, Settings
+from sluice.config import ConsoleSettings, ServerSettings, Settings
 from sluice.console._assets import ConsoleAssets
 from sluice.console._load_tests import LoadTests
 from sluice.console._routes import ROUTES
@@ -23,12 +24,14 @@ from sluice.gateway.app import create_app
 class Console:
     """The console's state on the app (``app.state.console``): sessions, assets, load tests, the clock."""
 
-    def __init__(self, clock: Clock, server: ServerSettings) -> None:
+    def __init__(self, clock: Clock, server: ServerSettings, settings: ConsoleSettings | None = None) -> None:
+        settings = settings or ConsoleSettings()
         self.clock = clock
         self.server = server
         self.sessions = ConsoleSessions(clock)
         self.assets = ConsoleAssets()
-        self.load_tests = LoadTests(clock)
+        self.load_tests = LoadTests(clock, Path(settings.runs_dir) if settings.runs_dir else None,
+                                    keep_runs=settings.keep_runs)
 
     def admits(self, request: Request) -> bool:
         """Asked by the admin API: a call from the console's page in a live session."""
@@ -39,7 +42,7 @@ def create_console_app(settings: Settings, *, clock: Clock | None = None, **opti
     """The gateway for ``settings`` (``options``: ``create_app``'s) with the console's routes and state."""
     clock = clock or MonotonicClock()
     app = create_app(settings, clock=clock, extra_routes=ROUTES, **options)
-    app.state.console = Console(clock, settings.server)
+    app.state.console = Console(clock, settings.server, settings.console)
     return app
 
 

@@ -3,9 +3,13 @@ as a task on the gateway's event loop against the gateway itself, one at a time,
 ``MAX_KEPT`` results kept in memory, side by side.
 
 A finished or stopped run is written, as ``sluice bench --out`` writes it (results.jsonl, summary.json, the plots),
-to ``<runs dir>/<number>-<UTC time>/``: ``$SLUICE_RUNS_DIR``, else ``./sluice-runs``. The runs there are read
-back when the console starts (numbers go on after the highest), so results outlive a restart and compare run
-against run (``compare``).
+to ``<runs dir>/<number>-<UTC time>/``: ``console.runs_dir``, else ``$SLUICE_RUNS_DIR``, else ``./sluice-runs``.
+The runs there are read back when the console starts (numbers go on after the highest), so results outlive a
+restart and compare run against run (``compare``). Only the last ``console.keep_runs`` runs stay there: each run
+written deletes the oldest beyond that (only directories this module wrote: ``<number>-<stamp>`` with a summary).
+
+Gateway workers share that directory (``_run_files``): numbers are claimed there, a run's progress is written there
+every second, so any worker lists every run, reads any ended one, and stops a running one (by asking its worker).
 
 The run's API key (when the gateway wants one) is used for the run and kept nowhere else: a run's description
 says only whether it had one. The load generator shares the gateway's process and CPU: for numbers to publish,
@@ -18,6 +22,7 @@ import asyncio
 import contextlib
 import itertools
 import json
+import logging
 import os
 import time
 from collections import deque
@@ -40,11 +45,16 @@ from sluice.bench import (
     write_plots,
 )
 from sluice.clock import Clock
+from sluice.console._run_files import RunFiles
 from sluice.errors import InvalidRequestError
+
+log = logging.getLogger("sluice")
 
 MAX_KEPT = 20
 RUNS_DIR_ENV = "SLUICE_RUNS_DIR"
 DEFAULT_RUNS_DIR = "sluice-runs"
+DEFAULT_KEEP_RUNS = 50
+PROGRESS_S = 1.0  # a running run's progress written for the other workers, and their stop request looked for
 # compare's key figures: (name, path in the summary)
 KEY_FIGURES = (("output_tokens_per_s", ("throughput", "output_tokens_per_s")),
                ("requests_per_s", ("throughput", "requests_per_s")),
@@ -111,20 +121,28 @@ class LoadTest:
 
 
 class LoadTests:
-    def __init__(self, clock: Clock, runs_dir: Path | None = None) -> None:
+    def __init__(self, clock: Clock, runs_dir: Path | None = None, *, keep_runs: int = DEFAULT_KEEP_RUNS) -> None:
+        """``runs_dir``: the console's setting (None: ``$SLUICE_RUNS_DIR``, else ``./sluice-runs``); ``keep_runs``:
+        how many runs stay there."""
         self._clock = clock
         self._runs: deque[LoadTest] = deque(maxlen=MAX_KEPT)
         self.runs_dir = runs_dir or Path(os.environ.get(RUNS_DIR_ENV) or DEFAULT_RUNS_DIR)
-        kept = _read_runs(self.runs_dir, clock.now())
+        self._files = RunFiles(self.runs_dir, clock, keep_runs)
+        kept = _read_runs(self._files.ended(), clock.now())
         self._runs.extend(kept[-MAX_KEPT:])
         self._numbers = itertools.count(max((run.number for run in kept), default=0) + 1)
 
     def list(self) -> list[dict[str, Any]]:
+        """Every run, newest first: this process's, those other workers ended, those they run now."""
+        self._adopt_ended()
         now = self._clock.now()
-        return [run.describe(now) for run in reversed(self._runs)]
+        mine = [run.describe(now) for run in self._runs]
+        others = self._files.running_elsewhere({run.number for run in self._runs})
+        return sorted(mine + others, key=lambda doc: int(doc["id"]), reverse=True)
 
     def start(self, spec: LoadTestSpec, base_url: str) -> dict[str, Any]:
-        if any(run.state == "running" for run in self._runs):
+        running_here = any(run.state == "running" for run in self._runs)
+        if running_here or self._files.running_elsewhere({run.number for run in self._runs}):
             raise InvalidRequestError("A load test is running already: stop it first.", status=409,
                                       code="load_test_running")
         try:
@@ -136,7 +154,7 @@ class LoadTests:
             load = LoadSpec(arrivals, concurrency, None, spec.duration_s, drain_timeout_s=10.0)
         except ValueError as exc:
             raise InvalidRequestError(f"Invalid load test: {exc}") from exc
-        run = LoadTest(next(self._numbers), spec, self._clock.now())
+        run = LoadTest(self._files.claim_number(next(self._numbers)), spec, self._clock.now())
         shape = RequestShape(base_url, spec.model, "chat", spec.stream, True, 60.0)
         run.task = asyncio.get_running_loop().create_task(self._run(run, shape, load, tenants))
         self._runs.append(run)
@@ -144,6 +162,8 @@ class LoadTests:
 
     def find(self, number: int) -> LoadTest:
         run = next((r for r in self._runs if r.number == number), None)
+        if run is None and self._adopt_ended():  # ended by another worker since
+            run = next((r for r in self._runs if r.number == number), None)
         if run is None:
             raise InvalidRequestError(f"No load test {number}.", status=404, code="load_test_not_found")
         return run
@@ -174,6 +194,11 @@ class LoadTests:
         return {"object": "load_test_comparison", "base": runs[0].number, "runs": rows}
 
     async def stop(self, number: int) -> dict[str, Any]:
+        elsewhere = [doc for doc in self._files.running_elsewhere({r.number for r in self._runs})
+                     if doc["id"] == number]
+        if elsewhere:  # another worker runs it: ask it (it looks every PROGRESS_S)
+            self._files.ask_stop(number)
+            return {**elsewhere[0], "state": "stopping"}
         run = self.find(number)
         if run.state == "running" and run.task is not None:
             run.task.cancel()
@@ -182,6 +207,30 @@ class LoadTests:
         return run.describe(self._clock.now())
 
     async def _run(self, run: LoadTest, shape: RequestShape, load: LoadSpec, tenants: Any) -> None:
+        reporter = asyncio.get_running_loop().create_task(self._report(run))
+        try:
+            await self._run_load(run, shape, load, tenants)
+        finally:
+            reporter.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reporter
+            await asyncio.to_thread(self._files.end_progress, run.number)
+
+    async def _report(self, run: LoadTest) -> None:
+        """Every PROGRESS_S while it runs: its progress written for the other workers; their stop request obeyed."""
+        while True:
+            try:
+                self._files.write_progress(run.number, run.describe(self._clock.now()))
+                stop = self._files.stop_asked(run.number)
+            except OSError as exc:  # the other workers do not see it; this one still does
+                log.warning("load test %d: progress not written to %s: %s", run.number, self.runs_dir, exc)
+                stop = False
+            if stop and run.task is not None:
+                run.task.cancel()
+                return
+            await self._clock.sleep(PROGRESS_S)
+
+    async def _run_load(self, run: LoadTest, shape: RequestShape, load: LoadSpec, tenants: Any) -> None:
         slo = {"slo_ttft_s": run.spec.slo_ttft_s, "slo_tpot_s": run.spec.slo_tpot_s}
         try:
             record = await run_load(shape, load, tenants, seed=run.number, clock=self._clock,
@@ -222,17 +271,33 @@ class LoadTests:
         except (OSError, ImportError) as exc:
             return f"{ended} (not written to {out_dir}: {type(exc).__name__}: {exc})"
         run.dir, run.plots = out_dir, plots
+        for number in self._files.prune():
+            for old in [r for r in self._runs if r.number == number and r.state != "running"]:
+                self._runs.remove(old)
         return ended
+
+    def _adopt_ended(self) -> bool:
+        """Read the runs other workers ended (newer than the oldest kept here); whether there were any."""
+        known = {run.number for run in self._runs}
+        oldest = min(known, default=0)
+        fresh = [(n, path) for n, path in self._files.ended() if n not in known and n > oldest]
+        for run in _read_runs(fresh, self._clock.now()):
+            self._runs.append(run)
+        if fresh:
+            self._runs = deque(sorted(self._runs, key=lambda r: r.number), maxlen=MAX_KEPT)
+        return bool(fresh)
 
 
 def _ratio(value: float | None, base: float | None) -> float | None:
     return None if value is None or not base else round(value / base, 4)
 
 
-def _read_runs(runs_dir: Path, now_s: float) -> list[LoadTest]:
-    """The runs written under ``runs_dir`` by earlier consoles, oldest first; unreadable directories skipped."""
+def _read_runs(ended: Sequence[tuple[int, Path]], now_s: float) -> list[LoadTest]:
+    """The runs in those directories (written by earlier consoles, or other workers), oldest first; unreadable
+    ones skipped."""
     runs = []
-    for path in runs_dir.glob("*/summary.json") if runs_dir.is_dir() else ():
+    for _, run_dir in ended:
+        path = run_dir / "summary.json"
         try:
             document = json.loads(path.read_text())
             meta, settings = document.pop("console"), document.pop("settings")

@@ -12,11 +12,17 @@ the session's CSRF token; these routes change nothing but the session.
   ``GET /console/api/loadtests/plot?id=N&name=latency_cdf.png``: a run's plot (a name from its own list);
   ``GET /console/api/loadtests/compare?ids=1,2``: runs' key figures side by side, with ratios to the first.
 - ``/console/admin/...``: the admin API's own routes and handlers, where the session cookie reaches them.
+
+Every route reads the request's session from the state store first (``ConsoleSessions.load``): with Redis, a
+session opened by one gateway process or worker is good on all of them. The snapshot says which process answered
+(``served_by``: pid, worker index); its traffic and pools are that process's own.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import os
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -29,7 +35,7 @@ from sluice.console._load_tests import LoadTestSpec
 from sluice.console._sessions import COOKIE, ConsoleSessions, same_origin
 from sluice.console._snapshot import compose_snapshot
 from sluice.errors import AuthenticationError, InvalidRequestError, PermissionDeniedError
-from sluice.gateway._asgi import RouteSpec
+from sluice.gateway._asgi import Handler, RouteSpec
 from sluice.gateway.routes import ROUTES as GATEWAY_ROUTES
 from sluice.gateway.routes._proxy import read_body
 from sluice.gateway.routes.admin import is_admin_key
@@ -73,7 +79,7 @@ async def login(request: Request) -> Response:
         answer = _page(console.assets.page("login.html", message="Wrong admin key."), 401)
         answer.headers["x-sluice-reason"] = "auth"
         return answer
-    sid, _ = console.sessions.open()
+    sid, _ = await console.sessions.open()
     response = RedirectResponse("/console", status_code=303, headers=PAGE_HEADERS)
     response.set_cookie(COOKIE, sid, path="/console", httponly=True, samesite="strict",
                         secure=request.url.scheme == "https")
@@ -84,7 +90,7 @@ async def logout(request: Request) -> Response:
     sessions: ConsoleSessions = request.app.state.console.sessions
     if not sessions.admits(request):
         raise PermissionDeniedError("Log out from the console's own page.")
-    sessions.close(request)
+    await sessions.close(request)
     response = Response(b'{"logged_out":true}', media_type="application/json")
     response.delete_cookie(COOKIE, path="/console", httponly=True, samesite="strict")
     return response
@@ -93,27 +99,29 @@ async def logout(request: Request) -> Response:
 async def snapshot(request: Request) -> Response:
     """The live view: pools, replicas, traffic of the last minutes, the last refusals, tiers."""
     console = _console_for_api(request)
-    return _json(compose_snapshot(request.app.state.service, request.app.state.metrics, console.clock.now()))
+    doc = compose_snapshot(request.app.state.service, request.app.state.metrics, console.clock.now())
+    return _json({**doc, "served_by": _served_by(request)})
 
 
 async def load_tests(request: Request) -> Response:
     """The load tests started here: the running one's progress, the others' summaries (newest first)."""
     console = _console_for_api(request)
-    return _json({"object": "list", "data": console.load_tests.list()})
+    return _json({"object": "list", "data": console.load_tests.list(), "served_by": _served_by(request)})
 
 
 async def start_load_test(request: Request) -> Response:
     """Start a load test (``sluice bench``'s engine) against this gateway's inference port."""
     console = _console_for_api(request)
     spec = parse_request(LoadTestSpec, await read_body(request, MAX_LOAD_TEST_BYTES, request.app.state.body_timeout_s))
-    return _json(console.load_tests.start(spec, _inference_url(request, console.server)), 201)
+    return _json({**console.load_tests.start(spec, _inference_url(request, console.server)),
+                  "served_by": _served_by(request)}, 201)
 
 
 async def stop_load_test(request: Request) -> Response:
     console = _console_for_api(request)
     target = parse_request(LoadTestRef, await read_body(request, MAX_LOAD_TEST_BYTES,
                                                           request.app.state.body_timeout_s))
-    return _json(await console.load_tests.stop(target.id))
+    return _json({**await console.load_tests.stop(target.id), "served_by": _served_by(request)})
 
 
 async def load_test_plot(request: Request) -> Response:
@@ -152,6 +160,11 @@ def _console_for_api(request: Request) -> Any:
     return console
 
 
+def _served_by(request: Request) -> dict[str, Any]:
+    """Which gateway process answered: its pid, and its worker index under ``--workers`` (else None)."""
+    return {"pid": os.getpid(), "worker": getattr(request.app.state, "worker_index", None)}
+
+
 def _inference_url(request: Request, server: Any) -> str:
     """Where the inference routes answer: this socket, or the public port when the console is on the ops port."""
     host, port = request.scope["server"]
@@ -182,12 +195,25 @@ def _page(body: str, status: int = 200) -> Response:
     return Response(body, status_code=status, media_type="text/html; charset=utf-8", headers=PAGE_HEADERS)
 
 
+def _with_session(handler: Handler) -> Handler:
+    """``handler``, once the request's console session (if its cookie names one) is read from the state store."""
+    @functools.wraps(handler)
+    async def handle(request: Request) -> Response:
+        console = request.app.state.console
+        console.sessions.attach(getattr(request.app.state, "state_store", None))
+        await console.sessions.load(request)
+        response: Response = await handler(request)
+        return response
+
+    return handle
+
+
 # The admin API under /console, where the session cookie (Path=/console) reaches it: the same handlers, the same
 # check (``admin_service``: the admin key, or this console's session with its CSRF token), no second path.
 ADMIN_ROUTES = [dataclasses.replace(r, path=f"/console{r.path}", documented=False)
                 for r in GATEWAY_ROUTES if r.path.startswith("/admin/")]
 
-ROUTES = [*ADMIN_ROUTES,
+_ROUTES = [*ADMIN_ROUTES,
     RouteSpec("GET", "/console", console_page, "admin", documented=False),
     RouteSpec("POST", "/console/login", login, "admin", documented=False),
     RouteSpec("POST", "/console/logout", logout, "admin", documented=False),
@@ -202,3 +228,4 @@ ROUTES = [*ADMIN_ROUTES,
     RouteSpec("GET", "/console/console.js", script, "admin", documented=False),
     RouteSpec("GET", "/console/console.css", stylesheet, "admin", documented=False),
 ]
+ROUTES = [dataclasses.replace(r, handler=_with_session(r.handler)) for r in _ROUTES]

@@ -4,6 +4,16 @@ from sluice.engines._backend import BackendChoice, choose_backend, context_lengt
 from sluice.engines._breaker import BreakerState, CircuitBreaker
 from sluice.engines._dns import DnsDiscovery
 from sluice.engines._errors import engine_error
+from sluice.engines._gpu_signal import (
+    FakeNvml,
+    GpuReadError,
+    GpuReading,
+    GpuSignal,
+    GpuUnavailable,
+    Nvml,
+    PynvmlReader,
+    parse_dcgm,
+)
 from sluice.engines._gpus import GpuPool, NotEnoughGpus, VisibleGpus, visible_gpus
 from sluice.engines._launch_plan import Backend, EngineCommand, ReplicaPlanner, plan_commands
 from sluice.engines._launcher import EngineLauncher
@@ -24,10 +34,17 @@ __all__ = [
     "EngineCommand",
     "EngineLauncher",
     "EnginePool",
+    "FakeNvml",
     "GpuPool",
+    "GpuReadError",
+    "GpuReading",
+    "GpuSignal",
+    "GpuUnavailable",
     "LoadSample",
     "LoadScraper",
     "NotEnoughGpus",
+    "Nvml",
+    "PynvmlReader",
     "Replica",
     "ReplicaPlanner",
     "ReplicaSet",
@@ -39,6 +56,7 @@ __all__ = [
     "choose_backend",
     "context_length",
     "engine_error",
+    "parse_dcgm",
     "parse_load",
     "plan_commands",
     "visible_gpus",

@@ -6,11 +6,18 @@ scraping each one every ``interval_s`` in a task of its own (a slow or dead repl
 through one aiohttp session. It follows its pool's ``ReplicaSet``: a replica added is scraped from then on, one
 that leaves is forgotten. A sample older than ``max_age_s`` is stale: ``fresh()`` answers ``None`` for it,
 as for a replica never scraped, and the consumer treats it as unknown (saturated, for admission).
+
+Each sample also carries the engine's preemptions per second (the KV-swapping signal: the increase of the
+dialect's preemption counter since the replica's previous sample; ``None`` for the first sample, or where the
+dialect has no such counter) and, with a ``GpuSignal``, the replica's GPU reading (``_gpu_signal``): parsed from
+the same ``/metrics`` text, fetched from its dcgm-exporter, or read through NVML. A GPU reading that fails leaves
+``gpu`` at ``None`` (unknown, never "saturated") and the load sample stands.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import math
 from collections.abc import Iterable, Sequence
@@ -21,6 +28,7 @@ import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
 from sluice.clock import Clock
+from sluice.engines._gpu_signal import GpuPlan, GpuReadError, GpuReading, GpuSignal, nvml_reading, parse_dcgm
 from sluice.engines._replica import Replica
 from sluice.engines._replica_set import ReplicaSet
 from sluice.engines.dialects import MetricNames, dialect_for
@@ -42,6 +50,9 @@ class LoadSample:
     waiting: float
     kv_usage: float  # 0..1
     scraped_at: float  # the clock's now() when the answer arrived
+    preemptions_total: float | None = None  # the engine's preemption counter; None where it has none
+    preemptions_per_s: float | None = None  # its increase per second since the previous sample
+    gpu: GpuReading | None = None  # None: not read, or unreadable (unknown)
 
     def age_s(self, now: float) -> float:
         return now - self.scraped_at
@@ -49,7 +60,8 @@ class LoadSample:
 
 def parse_load(text: str, names: MetricNames, scraped_at: float) -> LoadSample:
     """The load in one Prometheus text exposition. Raise ``ScrapeError`` when a gauge is missing."""
-    wanted = {*names.running, *names.waiting, *names.kv_usage}
+    counters = (names.preemptions,) if names.preemptions else ()
+    wanted = {*names.running, *names.waiting, *names.kv_usage, *counters, *(f"{c}_total" for c in counters)}
     try:
         values = _values(_lines_about(text, wanted), wanted)
     except (ValueError, IndexError) as exc:  # what prometheus_client's parser raises on malformed text
@@ -59,9 +71,22 @@ def parse_load(text: str, names: MetricNames, scraped_at: float) -> LoadSample:
     running = _first_present(values, names.running)
     waiting = _first_present(values, names.waiting)
     kv = _first_present(values, names.kv_usage)
+    preempted = [v for c in counters for v in values.get(f"{c}_total", values.get(c, []))]
     return LoadSample(
-        running=sum(running), waiting=sum(waiting), kv_usage=min(1.0, max(0.0, max(kv))), scraped_at=scraped_at
+        running=sum(running), waiting=sum(waiting), kv_usage=min(1.0, max(0.0, max(kv))), scraped_at=scraped_at,
+        preemptions_total=sum(preempted) if preempted else None,
     )
+
+
+def with_rate(sample: LoadSample, previous: LoadSample | None) -> LoadSample:
+    """``sample`` with its preemptions per second since ``previous`` (a counter that went back: restarted, 0)."""
+    if previous is None or sample.preemptions_total is None or previous.preemptions_total is None:
+        return sample
+    elapsed_s = sample.scraped_at - previous.scraped_at
+    if elapsed_s <= 0:
+        return dataclasses.replace(sample, preemptions_per_s=previous.preemptions_per_s)
+    delta = max(0.0, sample.preemptions_total - previous.preemptions_total)
+    return dataclasses.replace(sample, preemptions_per_s=delta / elapsed_s)
 
 
 def _lines_about(text: str, wanted: set[str]) -> str:
@@ -110,6 +135,7 @@ class LoadScraper:
         timeout_s: float = DEFAULT_TIMEOUT_S,
         max_age_s: float = DEFAULT_MAX_AGE_S,
         session: aiohttp.ClientSession | None = None,
+        gpu: GpuSignal | None = None,
     ) -> None:
         if interval_s <= 0 or timeout_s <= 0 or max_age_s <= 0:
             raise ValueError("interval_s, timeout_s and max_age_s must be positive")
@@ -120,8 +146,10 @@ class LoadScraper:
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
         self._session = session
         self._owns_session = session is None
+        self._gpu = gpu
         self._latest: dict[str, LoadSample] = {}
         self._errors: dict[str, str] = {}
+        self._gpu_errors: dict[str, str] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._running = False
 
@@ -156,7 +184,11 @@ class LoadScraper:
                 "waiting": None if sample is None else sample.waiting,
                 "kv_usage": None if sample is None else round(sample.kv_usage, 4),
                 "age_s": None if sample is None else round(sample.age_s(now), 3),
-                "stale": self.is_stale(replica.url), "error": self._errors.get(replica.url)}
+                "stale": self.is_stale(replica.url), "error": self._errors.get(replica.url),
+                "preemptions_per_s": None if sample is None or sample.preemptions_per_s is None
+                else round(sample.preemptions_per_s, 3),
+                "gpu": None if sample is None or sample.gpu is None else sample.gpu.describe(),
+                "gpu_error": self._gpu_errors.get(replica.url)}
         return shown
 
     # -- scraping --------------------------------------------------------------------------------------------
@@ -172,7 +204,36 @@ class LoadScraper:
         except (TimeoutError, aiohttp.ClientError) as exc:
             exc.__traceback__ = None  # aiohttp's connect failures sit in cycles through their tracebacks
             raise ScrapeError(f"{replica.url}/metrics: {type(exc).__name__}: {exc}") from exc
-        return parse_load(text, names, self._clock.now())
+        sample = parse_load(text, names, self._clock.now())
+        plan = self._gpu.plan(replica.url) if self._gpu is not None else None
+        if plan is None:
+            return sample
+        try:
+            gpu = await self._read_gpu(plan, text)
+        except GpuReadError as exc:
+            if replica.url not in self._gpu_errors:
+                log.warning("GPU use of %s: %s", replica.url, exc)
+            self._gpu_errors[replica.url] = str(exc)
+            return sample
+        self._gpu_errors.pop(replica.url, None)
+        return dataclasses.replace(sample, gpu=gpu)
+
+    async def _read_gpu(self, plan: GpuPlan, engine_text: str) -> GpuReading:
+        if plan.source == "nvml":
+            assert self._gpu is not None and self._gpu.nvml is not None  # GpuSignal refuses nvml without a reader
+            return nvml_reading(self._gpu.nvml, plan.devices or (), self._clock.now())
+        text = engine_text
+        if plan.source == "dcgm":
+            assert plan.url is not None
+            try:
+                async with self._http().get(plan.url, timeout=self._timeout) as resp:
+                    if resp.status != 200:
+                        raise GpuReadError(f"{plan.url} answered {resp.status}")
+                    text = await resp.text(errors="replace")
+            except (TimeoutError, aiohttp.ClientError) as exc:
+                exc.__traceback__ = None
+                raise GpuReadError(f"{plan.url}: {type(exc).__name__}: {exc}") from exc
+        return parse_dcgm(text, plan.devices, self._clock.now())
 
     async def scrape_once(self, replicas: Iterable[Replica] | None = None) -> None:
         """Scrape every replica (or those given) once, concurrently; failures are recorded, not raised."""
@@ -188,7 +249,7 @@ class LoadScraper:
             return
         if self._errors.pop(replica.url, None) is not None:
             log.info("engine metrics: %s readable again", replica.url)
-        self._latest[replica.url] = sample
+        self._latest[replica.url] = with_rate(sample, self._latest.get(replica.url))
 
     async def _run(self, replica: Replica) -> None:
         while True:
@@ -215,6 +276,7 @@ class LoadScraper:
             self._tasks.pop(url).cancel()
             self._latest.pop(url, None)
             self._errors.pop(url, None)
+            self._gpu_errors.pop(url, None)
         loop = asyncio.get_running_loop()
         for url, replica in current.items():
             if url not in self._tasks:

@@ -53,23 +53,26 @@ class RouteSpec:
 
 @dataclass(frozen=True, slots=True)
 class _ParamRoute:
-    """A route whose path ends in one parameter: ``prefix{name}`` (one segment) or ``prefix{name:path}`` (the rest)."""
+    """A route with one parameter: ``prefix{name}`` (one segment) or ``prefix{name:path}`` (the rest), possibly
+    followed by a fixed ``suffix`` (``/admin/tiers/{name}/shadow``)."""
 
     spec: RouteSpec
     prefix: str
     name: str
     whole_rest: bool
+    suffix: str = ""
 
     @classmethod
     def of(cls, spec: RouteSpec) -> _ParamRoute:
         prefix, _, param = spec.path.partition("{")
-        name, _, kind = param.rstrip("}").partition(":")
-        return cls(spec, prefix, name, kind == "path")
+        param, _, suffix = param.partition("}")
+        name, _, kind = param.partition(":")
+        return cls(spec, prefix, name, kind == "path", suffix)
 
     def value_in(self, path: str) -> str | None:
-        if not path.startswith(self.prefix):
+        if not path.startswith(self.prefix) or not path.endswith(self.suffix):
             return None
-        value = path[len(self.prefix):]
+        value = path[len(self.prefix):len(path) - len(self.suffix)]
         if not value or (not self.whole_rest and "/" in value):
             return None
         return value

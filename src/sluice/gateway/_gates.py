@@ -1,35 +1,16 @@
-"""Admission for one model's pool, assembled from its settings: the window, the load it watches, protection.
-
-Unless ``admission.window.initial`` sets the pool's total, the window is learnt per replica and follows the live
-replica set (``PerReplicaLimit``): a replica added widens it at once. The window never exceeds the pool's
-``engine.max_connections``: every request the gate dispatches holds an upstream connection, so a wider window would
-only move the excess into a wait for a connection, out of reach of priorities, fair shares and queue deadlines."""
+"""Admission for one model's pool: the gate assembled from its settings (``admission.assemble_gate``) over the
+live replica set, its load read from the scraper, its state and engine signals exported as metrics."""
 
 from __future__ import annotations
 
-import logging
+from collections.abc import Callable
 from contextlib import AsyncExitStack
 
-from sluice.admission import (
-    AIMDLimit,
-    FixedLimit,
-    Gate,
-    GateSettings,
-    GradientLimit,
-    Limit,
-    LoadReading,
-    PerReplicaLimit,
-    ProtectionMode,
-    SaturationDetector,
-)
+from sluice.admission import Gate, LoadReading, PoolView, SaturationDetector, assemble_gate
 from sluice.clock import Clock
 from sluice.config import ModelSettings, Settings
-from sluice.engines import LoadScraper, ReplicaSet
+from sluice.engines import LoadSample, LoadScraper, ReplicaSet
 from sluice.telemetry import GatewayMetrics
-
-log = logging.getLogger("sluice")
-
-DEFAULT_WINDOW_PER_REPLICA = 128
 
 
 async def open_gate(model: ModelSettings, replicas: ReplicaSet, scraper: LoadScraper | None,
@@ -37,64 +18,50 @@ async def open_gate(model: ModelSettings, replicas: ReplicaSet, scraper: LoadScr
                     stack: AsyncExitStack, max_connections: int) -> Gate | None:
     """The pool's gate; ``scraper`` (the replicas' load, when watched) feeds saturation and KV room;
     ``max_connections`` (the pool's) caps the window."""
-    admission = model.admission
-    if not admission.enabled:
-        return None
-    detector = None
-    if admission.watch_load and scraper is not None:
-        sat = admission.saturation
-
+    readings = None
+    if scraper is not None:
         def readings() -> list[LoadReading | None]:
             samples = [scraper.latest(r.url) for r in replicas.routable()]
-            return [None if s is None else LoadReading(s.running, s.waiting, s.kv_usage, s.scraped_at)
-                    for s in samples]
+            return [None if s is None else _reading(s) for s in samples]
 
-        detector = SaturationDetector(readings, clock, queue_threshold=sat.queue_threshold,
-                                      kv_threshold=sat.kv_threshold, stale_after_s=sat.stale_after_s,
-                                      kv_capacity_tokens=_kv_capacity(model))
-    protection = None
-    if detector is not None and admission.protection.enabled:
-        p = admission.protection
-        protection = ProtectionMode(clock, engage_at=p.engage_at, relax_at=p.relax_at,
-                                    engage_after_s=p.engage_after_s, relax_after_s=p.relax_after_s, name=model.name,
-                                    on_change=lambda engaged: metrics.protection_changed(model.name, engaged))
-    gate = Gate(
-        model.name, _limit(model, replicas, clock, max_connections), clock,
-        GateSettings(max_tokens_in_flight=admission.max_tokens_in_flight,
-                     queue_max_requests=admission.queue_max_requests, queue_max_tokens=admission.queue_max_tokens,
-                     reserve_top_share=admission.protection.reserve_top_share,
-                     reserve_always=admission.protection.reserve_when == "always",
-                     top_priority=max(t.priority for t in settings.tiers.values()),
-                     preempt_gap=admission.preemption.priority_gap if admission.preemption.enabled else None),
-        saturation=detector, protection=protection, observer=metrics, output_weight=admission.output_weight,
-    )
+    pool = PoolView(count=lambda: len(replicas), readings=readings, max_connections=max_connections,
+                    kv_capacity_tokens=_kv_capacity(model))
+    gate = assemble_gate(model, settings, clock, pool, observer=metrics,
+                         on_protection_change=lambda engaged: metrics.protection_changed(model.name, engaged))
+    if gate is None:
+        return None
+    if gate.saturation is not None and scraper is not None:
+        metrics.watch_engine_signals(_gpu_rows(model.name, replicas, scraper),
+                                     _input_rows(model.name, gate.saturation))
     gate.start()
     stack.push_async_callback(gate.close)
     return gate
 
 
-def _limit(model: ModelSettings, replicas: ReplicaSet, clock: Clock, max_connections: int) -> Limit:
-    window = model.admission.window
-    maximum = min(window.max, max_connections)
-    minimum = min(window.min, maximum)
-    if max(window.initial or 0, window.min) > max_connections:
-        log.warning("model %s: admission.window asks for more requests in flight than engine.max_connections "
-                    "(%d): the window is capped there", model.name, max_connections)
-    if window.initial is not None:  # the pool's total, whatever the replicas
-        return _algorithm(model, clock, min(max(window.initial, minimum), maximum), minimum, maximum)
-    per_replica = model.sim.max_num_seqs if model.sim else DEFAULT_WINDOW_PER_REPLICA
-    inner = _algorithm(model, clock, min(per_replica, maximum), 1, maximum)
-    return PerReplicaLimit(inner, lambda: len(replicas), minimum=minimum, maximum=maximum)
+def _reading(sample: LoadSample) -> LoadReading:
+    gpu = sample.gpu
+    return LoadReading(sample.running, sample.waiting, sample.kv_usage, sample.scraped_at,
+                       gpu_util=None if gpu is None else gpu.utilization,
+                       gpu_read_at_s=None if gpu is None else gpu.read_at, preemptions_per_s=sample.preemptions_per_s)
 
 
-def _algorithm(model: ModelSettings, clock: Clock, initial: int, minimum: int, maximum: int) -> Limit:
-    window = model.admission.window
-    if window.kind == "aimd":
-        return AIMDLimit(clock, initial=initial, minimum=minimum, maximum=maximum,
-                         latency_threshold_s=window.latency_threshold_s)
-    if window.kind == "gradient":
-        return GradientLimit(clock, initial=initial, minimum=minimum, maximum=maximum)
-    return FixedLimit(initial)
+def _gpu_rows(model: str, replicas: ReplicaSet, scraper: LoadScraper) -> Callable[[], list[tuple[str, str, float]]]:
+    def rows() -> list[tuple[str, str, float]]:
+        samples = ((r.url, scraper.fresh(r.url)) for r in replicas.all())
+        return [(model, url, s.gpu.utilization) for url, s in samples if s is not None and s.gpu is not None]
+
+    return rows
+
+
+def _input_rows(model: str, detector: SaturationDetector) -> Callable[[], list[tuple[str, str, float]]]:
+    def rows() -> list[tuple[str, str, float]]:
+        inputs = detector.last_inputs
+        if inputs is None:
+            return []
+        named = {"queue": inputs.queue, "kv": inputs.kv, "gpu": inputs.gpu}
+        return [(model, name, value) for name, value in named.items() if value is not None]
+
+    return rows
 
 
 def _kv_capacity(model: ModelSettings) -> int | None:

@@ -24,12 +24,25 @@ from sluice.errors import InvalidRequestError
 Source = Literal["file", "live", "default"]
 
 
+# Tier settings added after live records began to store fingerprints: left out while at their default, so that a
+# file entry that does not use them keeps the fingerprint an earlier version stored (and its live change holds).
+_ADDED_LATER: dict[str, Any] = {"shadow": None, "ttft_slo_s": None, "over_budget": "refuse",
+                                "over_budget_min_tokens": 16}
+_RULE_ADDED_LATER: dict[str, Any] = {"mode": "enforce"}
+
+
 def fingerprint(tier: TierSettings | None) -> str | None:
     """What a tier's entry in the file is (None: the file has no such tier)."""
     if tier is None:
         return None
-    doc = orjson.dumps(tier.model_dump(mode="json"), option=orjson.OPT_SORT_KEYS)
+    dumped = _without(tier.model_dump(mode="json"), _ADDED_LATER)
+    dumped["limits"] = [_without(rule, _RULE_ADDED_LATER) for rule in dumped.get("limits", [])]
+    doc = orjson.dumps(dumped, option=orjson.OPT_SORT_KEYS)
     return hashlib.sha256(doc).hexdigest()[:16]
+
+
+def _without(doc: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
+    return {name: v for name, v in doc.items() if name not in defaults or v != defaults[name]}
 
 
 def validated(settings: dict[str, Any]) -> TierSettings:

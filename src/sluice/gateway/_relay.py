@@ -15,15 +15,17 @@ from sluice.clock import Clock
 from sluice.engines import UpstreamResponse
 from sluice.errors import SluiceError
 from sluice.gateway._flight import Flight, outcome_of
+from sluice.gateway._over_budget import DONE, cut_error
 from sluice.gateway._resume import Resender
 from sluice.protocol import SSEParser, sse_data, sse_event
 
 
 async def relay(upstream: UpstreamResponse, flight: Flight, clock: Clock, *, wants_usage: bool,
-                resender: Resender | None) -> AsyncIterator[bytes]:
+                resender: Resender | None, cut_at: int | None = None) -> AsyncIterator[bytes]:
     """The client's stream. Closing it early (client gone) closes the upstream, aborting the request there, and
-    charges what was generated so far; an engine dying mid-answer ends it with an error event."""
-    stream = _Stream(upstream, flight, clock, _Tally(wants_usage), resender)
+    charges what was generated so far; an engine dying mid-answer ends it with an error event. ``cut_at``: the
+    stream ends after that many generated tokens with an error event and [DONE] (its tier's over-budget cut)."""
+    stream = _Stream(upstream, flight, clock, _Tally(wants_usage, cut_at), resender)
     record = flight.record
     outcome = Outcome.IGNORED
     try:
@@ -44,6 +46,8 @@ async def relay(upstream: UpstreamResponse, flight: Flight, clock: Clock, *, wan
         if not tally.finished:
             record.reason = record.reason or "client_disconnected"
         usage = tally.usage if isinstance(tally.usage, dict) else {"completion_tokens": tally.generated}
+        if tally.cut:  # it produced what the client got (its usage never came)
+            usage = {"completion_tokens": tally.produced}
         flight.finish(usage, outcome)
 
 
@@ -73,6 +77,11 @@ class _Stream:
                     raise
                 chunk = None  # the gate stopped it
             out = self._take(chunk) if chunk is not None else await self._after_segment()
+            if self.tally.cut:
+                self._over = True
+                self._flight.record.reason = "over_budget_cut"
+                end = sse_event(orjson.dumps(cut_error(self.tally.produced).body())) + DONE
+                return (out or b"") + end
             if out:
                 return out
         return None
@@ -109,14 +118,20 @@ class _Tally:
     usage-only frame is dropped if the client did not ask for it."""
 
     wants_usage: bool
+    cut_at: int | None = None  # stop after this many frames carrying generated text (the tier's over-budget cut)
     usage: Any = None
     generated: int = 0  # data frames: about one token each, the charge when the stream is cut before its usage
+    produced: int = 0  # frames carrying generated text: one token each (vLLM and the simulator send them so)
     finished: bool = False  # [DONE] came
+    cut: bool = False  # cut at ``cut_at``: nothing more goes to the client
 
     def take(self, frames: list[bytes]) -> list[bytes]:
         """The frames that go on to the client."""
         out = []
         for frame in frames:
+            if self.cut_at is not None and self._past_cut(self.cut_at, frame):
+                self.cut = True
+                break
             if b'"usage":{' in frame or b'"usage": {' in frame:
                 doc = json_object(sse_data(frame) or b"")
                 self.usage = doc.get("usage")
@@ -128,6 +143,15 @@ class _Tally:
                 self.generated += 1
             out.append(frame)
         return out
+
+    def _past_cut(self, cut_at: int, frame: bytes) -> bool:
+        """Whether this frame is the token past ``cut_at`` (the stream is cut before it); counts those before."""
+        if not _has_generated_text(frame):
+            return False
+        if self.produced >= cut_at:
+            return True
+        self.produced += 1
+        return False
 
 
 def _has_generated_text(frame: bytes) -> bool:

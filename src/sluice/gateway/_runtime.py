@@ -9,9 +9,18 @@ from dataclasses import dataclass
 
 from sluice.cache import open_cache
 from sluice.clock import Clock
-from sluice.config import EngineSettings, ModelSettings, Settings
+from sluice.config import EngineSettings, GpuSettings, ModelSettings, Settings
 from sluice.dialects import DIALECTS
-from sluice.engines import CircuitBreaker, DnsDiscovery, EngineLauncher, EnginePool, LoadScraper, ReplicaSet, Router
+from sluice.engines import (
+    CircuitBreaker,
+    DnsDiscovery,
+    EngineLauncher,
+    EnginePool,
+    GpuSignal,
+    LoadScraper,
+    ReplicaSet,
+    Router,
+)
 from sluice.engines.dialects import dialect_for
 from sluice.errors import ConfigError
 from sluice.gateway._fleet import apply_admin_fleet
@@ -19,12 +28,13 @@ from sluice.gateway._gates import open_gate
 from sluice.gateway._launched import LaunchedFleet
 from sluice.gateway._live import LiveConfig
 from sluice.gateway._route import ModelRoute
+from sluice.gateway._started_models import StartedModels
 from sluice.gateway.autoscale import build_autoscalers, signals_for
 from sluice.gateway.service import GatewayService
 from sluice.identity import Directory
 from sluice.quota import EstimateCounter, ExactCounter, Pricer, PromptCounter, QuotaLimiter, QuotaPolicy, open_store
 from sluice.sim import SimServer
-from sluice.state import open_state
+from sluice.state import State, open_state
 from sluice.telemetry import GatewayMetrics, UsageLedger
 
 log = logging.getLogger("sluice")
@@ -35,6 +45,8 @@ class Runtime:
     service: GatewayService
     live: LiveConfig
     fleets: Mapping[str, LaunchedFleet]  # per model, the replicas Sluice launched (admin API: /admin/engines)
+    started: StartedModels  # the models started at run time through the admin API (their own launchers)
+    state: State  # the process's state store (memory or Redis): the console keeps its sessions there
 
 
 @asynccontextmanager
@@ -58,7 +70,8 @@ async def open_service(settings: Settings, clock: Clock, metrics: GatewayMetrics
         stack.push_async_callback(state.close)
         store = open_store(state, settings.quota, clock, observer=metrics)
         stack.push_async_callback(store.close)
-        limiter = QuotaLimiter(QuotaPolicy(settings.tiers, settings.quota), store, clock, observer=metrics)
+        limiter = QuotaLimiter(QuotaPolicy(settings.tiers, settings.quota), store, clock, observer=metrics,
+                               shadow_observer=metrics)
         stack.push_async_callback(limiter.close)
         _warn_if_limits_are_per_process(settings)
         usage = UsageLedger.for_state(state, clock)
@@ -72,28 +85,29 @@ async def open_service(settings: Settings, clock: Clock, metrics: GatewayMetrics
         stack.push_async_callback(live.directory.close)
         cache = open_cache(state, clock)
         stack.push_async_callback(cache.close)
-        service = GatewayService(routes, live.authenticator(), pricer_for(settings), limiter, clock, usage,
-                                 live.directory, cache)
+        counters, lengths = prompt_counters(settings), {m.name: m.context_length for m in settings.models}
+        pricer = Pricer(counters, settings.quota.default_max_tokens, lengths)  # tables a model started later joins
+        service = GatewayService(routes, live.authenticator(), pricer, limiter, clock, usage, live.directory, cache)
         live.attach(service)
         live.apply()
         stack.push_async_callback(service.drain)
+        started = StartedModels(service, lambda model, own: _open_route(model, settings, clock, metrics, own),
+                                clock, settings.console, counters, lengths)
+        stack.push_async_callback(started.close)
         for autoscaler in build_autoscalers(settings, signals_for(routes, metrics.engine_capacity_counts), clock,
                                             state, metrics, fleets):
             routes[autoscaler.model].pool.replicas.describe("autoscaler", autoscaler.snapshot)
             autoscaler.start()
             stack.push_async_callback(autoscaler.close)
-        yield Runtime(service, live, fleets)
+        yield Runtime(service, live, fleets, started, state)
 
 
 def replicas_of(model: ModelSettings) -> list[str]:
     return model.engine.urls if model.engine is not None else []
 
 
-def pricer_for(settings: Settings) -> Pricer:
-    counters: dict[str, PromptCounter] = {
-        m.name: ExactCounter.from_file(m.tokenizer) if m.tokenizer else EstimateCounter() for m in settings.models
-    }
-    return Pricer(counters, settings.quota.default_max_tokens, {m.name: m.context_length for m in settings.models})
+def prompt_counters(settings: Settings) -> dict[str, PromptCounter]:
+    return {m.name: ExactCounter.from_file(m.tokenizer) if m.tokenizer else EstimateCounter() for m in settings.models}
 
 
 def _warn_if_limits_are_per_process(settings: Settings) -> None:
@@ -110,7 +124,8 @@ async def _open_route(model: ModelSettings, settings: Settings, clock: Clock, me
         sim = await SimServer.start(model.sim, model_name=model.name, clock=clock)
         stack.push_async_callback(sim.stop)
         log.info("model %s: built-in engine simulator (%s dialect) at %s", model.name, model.sim.dialect, sim.url)
-        engine = EngineSettings(dialect=model.sim.dialect, urls=[sim.url], served_model=model.name)
+        engine = EngineSettings(dialect=model.sim.dialect, urls=[sim.url], served_model=model.name,
+                                gpu=GpuSettings())  # the simulator exports dcgm-exporter's GPU gauges
     assert engine is not None
     replicas = ReplicaSet(engine.dialect, clock=clock, name=model.name, breaker=lambda: CircuitBreaker(
         clock, failures=engine.breaker_failures, open_s=engine.breaker_open_s))
@@ -125,7 +140,11 @@ async def _open_route(model: ModelSettings, settings: Settings, clock: Clock, me
     scraper = None
     if (model.admission.enabled and model.admission.watch_load) or engine.routing == "least_kv":
         sat = model.admission.saturation
-        scraper = LoadScraper(replicas, clock, interval_s=sat.scrape_interval_s, max_age_s=sat.stale_after_s)
+        gpu = GpuSignal.open(engine.gpu, engine.urls) if engine.gpu is not None else None
+        if gpu is not None:
+            stack.callback(gpu.close)
+        scraper = LoadScraper(replicas, clock, interval_s=sat.scrape_interval_s, max_age_s=sat.stale_after_s,
+                              gpu=gpu)
         scraper.start()
         stack.push_async_callback(scraper.stop)
         replicas.describe("load", scraper.readings)  # the engines' own readings, in the console's snapshot

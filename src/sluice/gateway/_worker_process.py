@@ -15,11 +15,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
+from typing import Any
 
 import uvicorn
 
 from sluice.clock import Clock, MonotonicClock
 from sluice.config import Settings
+from sluice.gateway._asgi import GatewayApp
 from sluice.gateway._worker_metrics import WorkerMetrics
 from sluice.gateway.app import create_app
 from sluice.gateway.server import LISTEN_BACKLOG, STARTUP_FAILURE, gateway_server, reuseport_socket
@@ -41,14 +43,19 @@ class WorkerSpec:
     index: int
     supervisor_pid: int
     prepare: Callable[[], None] | None = None  # run in the worker once its app is built (e.g. the GC tuning)
+    # what builds the worker's app from (settings, config_path=...): ``create_app``, or the console's
+    # ``create_console_app`` (``sluice serve``); a module-level function, pickled by name
+    app_factory: Callable[..., GatewayApp] | None = None
 
 
 def worker_main(spec: WorkerSpec, ready: Connection) -> None:
     """A worker process: the gateway app on its own SO_REUSEPORT socket, its exposition on its unix socket."""
     _die_with(spec.supervisor_pid)
     logging.basicConfig(level=logging.INFO, format=f"[worker {spec.index}] %(message)s", stream=sys.stderr)
-    limit_repeats(logging.getLogger().handlers, MonotonicClock())  # as one process: repeats twice a minute per kind
-    app = create_app(spec.settings, config_path=spec.config_path)  # its supervisor announces, once
+    limiters = limit_repeats(logging.getLogger().handlers, MonotonicClock())  # as one process: twice a minute per kind
+    factory: Callable[..., GatewayApp] = spec.app_factory or create_app
+    app: Any = factory(spec.settings, config_path=spec.config_path)  # its supervisor announces, once
+    app.state.worker_index = spec.index  # said by the console's snapshot: which worker answered
     exposition = WorkerMetrics(Path(spec.metrics_dir), spec.index, app.state.metrics.render)
     app.state.worker_metrics = exposition
     host, port = spec.settings.server.host, spec.settings.server.port
@@ -62,7 +69,11 @@ def worker_main(spec: WorkerSpec, ready: Connection) -> None:
     if spec.prepare is not None:
         spec.prepare()
     with contextlib.suppress(KeyboardInterrupt), asyncio.Runner(loop_factory=server.config.get_loop_factory()) as run:
-        run.run(_serve(server, sock, exposition, ready, MonotonicClock()))
+        try:
+            run.run(_serve(server, sock, exposition, ready, MonotonicClock()))
+        finally:  # a SIGTERM ends the serving: the pending "repeated N times" lines are written, not lost
+            for limiter in limiters:
+                limiter.flush()
     sys.exit(0 if server.started else STARTUP_FAILURE)
 
 

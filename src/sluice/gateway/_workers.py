@@ -28,6 +28,7 @@ from typing import Any, TypeVar
 from sluice.clock import Clock, MonotonicClock
 from sluice.config import Settings
 from sluice.engines import EngineLauncher
+from sluice.gateway._asgi import GatewayApp
 from sluice.gateway._banner import announce
 from sluice.gateway._startup import bind_port
 from sluice.gateway._worker_process import WorkerSpec, worker_main
@@ -44,8 +45,10 @@ T = TypeVar("T")
 
 
 def run_workers(settings: Settings, *, config_path: str | None, launcher: EngineLauncher | None = None,
-                prepare: Callable[[], None] | None = None, clock: Clock | None = None) -> int:
-    """Serve ``settings`` with ``settings.server.workers`` processes until SIGTERM/SIGINT; the exit status."""
+                prepare: Callable[[], None] | None = None, clock: Clock | None = None,
+                app_factory: Callable[..., GatewayApp] | None = None) -> int:
+    """Serve ``settings`` with ``settings.server.workers`` processes until SIGTERM/SIGINT; the exit status.
+    ``app_factory``: what each worker builds its app with (default ``create_app``; ``sluice serve``: the console's)."""
     server = settings.server
     try:
         if server.port:  # a plain bind first: SO_REUSEPORT alone would share the port with another Sluice's workers
@@ -58,13 +61,14 @@ def run_workers(settings: Settings, *, config_path: str | None, launcher: Engine
         port = int(reservation.getsockname()[1])
         settings = settings.model_copy(update={"server": server.model_copy(update={"port": port})})
         supervisor = Supervisor(settings, config_path=config_path, metrics_dir=directory, launcher=launcher,
-                                prepare=prepare, clock=clock or MonotonicClock())
+                                prepare=prepare, clock=clock or MonotonicClock(), app_factory=app_factory)
         return asyncio.run(supervisor.run())
 
 
 class Supervisor:
     def __init__(self, settings: Settings, *, config_path: str | None, metrics_dir: str,
-                 launcher: EngineLauncher | None, prepare: Callable[[], None] | None, clock: Clock) -> None:
+                 launcher: EngineLauncher | None, prepare: Callable[[], None] | None, clock: Clock,
+                 app_factory: Callable[..., GatewayApp] | None = None) -> None:
         self._settings = settings
         self._config_path = config_path
         self._launcher = launcher
@@ -73,7 +77,8 @@ class Supervisor:
         self._metrics_dir = metrics_dir
         context = multiprocessing.get_context("spawn")
         self._workers = [
-            _Worker(WorkerSpec(settings, config_path, metrics_dir, i, os.getpid(), prepare), context, clock)
+            _Worker(WorkerSpec(settings, config_path, metrics_dir, i, os.getpid(), prepare, app_factory), context,
+                    clock)
             for i in range(settings.server.workers)
         ]
 

@@ -39,10 +39,13 @@ def create_app(settings: Settings, *, config_path: str | Path | None = None, clo
 
     @asynccontextmanager
     async def _serving(app: GatewayApp) -> AsyncIterator[None]:
+        access_log.start(clock)  # lines in batches, off the request path; the rest written by close()
         async with open_service(settings, clock, metrics, launcher) as runtime:
             app.state.service = runtime.service
             app.state.live = runtime.live
             app.state.fleets = runtime.fleets
+            app.state.started_models = runtime.started
+            app.state.state_store = runtime.state
             app.state.max_body_bytes = settings.server.max_body_bytes
             app.state.body_timeout_s = settings.server.body_timeout_s
             app.state.admin_key_hash = settings.auth.admin_key_hash
@@ -57,6 +60,7 @@ def create_app(settings: Settings, *, config_path: str | Path | None = None, clo
                     reloader.cancel()
         access_log.close()
 
-    access_log = AccessLog.to(settings.server.access_log_path, enabled=settings.server.access_log)
+    access_log = AccessLog.to(settings.server.access_log_path, enabled=settings.server.access_log,
+                              flush_s=settings.server.access_log_flush_s)
     return GatewayApp((*ROUTES, *extra_routes), lifespan=lifespan, metrics=metrics, access_log=access_log,
                       clock=clock, ops_port=settings.server.ops_port)

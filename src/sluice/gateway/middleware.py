@@ -35,7 +35,7 @@ class RequestObserver:
             return
         request_id = _client_request_id(scope) or self._ids.next()
         route = scope["path"] if scope["path"] in self.routes else "other"
-        record = RequestRecord(request_id, scope["method"], route, self.clock.now())
+        record = RequestRecord(request_id, scope["method"], route, self.clock.now(), at=round(self.clock.wall(), 3))
         scope.setdefault("state", {})["record"] = record
         header = (REQUEST_ID_HEADER, request_id.encode())
 

@@ -19,6 +19,7 @@ from sluice.cache import CacheStore, cache_key
 from sluice.clock import Clock
 from sluice.errors import InvalidRequestError, NotFoundError
 from sluice.gateway._flight import NOTHING_RAN, Flight, Settlement, outcome_of
+from sluice.gateway._over_budget import terms as over_budget_terms
 from sluice.gateway._relay import json_object, relay
 from sluice.gateway._resume import Resender, Transcript, resumes_exactly
 from sluice.gateway._route import ModelRoute
@@ -105,6 +106,7 @@ class GatewayService:
         stream = record.stream = bool(getattr(request, "stream", False))
         priority = principal.priority if priority is None else min(priority, principal.priority)
         price: Price = getattr(self.pricer, endpoint.pricing)(request)
+        record.prompt_estimate, record.max_tokens = price.prompt_tokens, price.max_output_tokens
         key = cache_key(route.name, principal.tenant, request) if route.cache_ttl_s else None
         if key is not None:
             cached = await self.cache.get(key)
@@ -112,12 +114,16 @@ class GatewayService:
             if cached is not None:  # answered without an engine, so without spending quota
                 return FullReply(200, cached, "application/json", {"x-sluice-cache": "hit"})
         upstream_body = _upstream_body(request, body, route, stream, priority)  # before reserving: it may refuse
-        reservation = await self.limiter.reserve(principal, route.name, price, route.tighten_for(priority))
+        reservation = await self.limiter.reserve(principal, route.name, price, route.tighten_for(priority),
+                                                 witness=record)
+        over = over_budget_terms(reservation, upstream_body, stream=stream)  # None: its whole price fit
+        if over is not None:
+            upstream_body, record.over_budget = over.body, over.action
         flight = Flight(self.settlement, route, record, reservation)
         resender = self._resender(flight, endpoint.path, stream, upstream_body)
         affinity = _prefix(request) if route.affinity else None
         try:
-            await self._admit(flight, principal, priority, price)
+            await self._admit(flight, principal, priority, reservation.price)  # as charged (clamped or not)
             if resender is not None:
                 upstream = await resender.send(affinity=affinity)
             else:
@@ -127,7 +133,8 @@ class GatewayService:
             raise
         record.replica = upstream.replica.url
         if stream:
-            chunks = relay(upstream, flight, self.clock, wants_usage=request.wants_usage_chunk(), resender=resender)
+            chunks = relay(upstream, flight, self.clock, wants_usage=request.wants_usage_chunk(), resender=resender,
+                           cut_at=over.cut_at if over is not None else None)
 
             def abandoned() -> None:  # the client left before the relay began: nothing was forwarded
                 upstream.close()
@@ -140,7 +147,8 @@ class GatewayService:
             flight.finish(None, outcome_of(exc))  # aborted with unknown usage: keep what was reserved
             raise
         flight.finish(json_object(data).get("usage"), Outcome.SUCCESS)
-        if key is not None and upstream.status == 200 and route.cache_ttl_s:
+        whole = over is None or over.action == "tag"  # a clamped answer is not the answer to the request asked
+        if key is not None and upstream.status == 200 and route.cache_ttl_s and whole:
             self.spawn(self.cache.set(key, data, route.cache_ttl_s))
         return FullReply(upstream.status, data, upstream.content_type or "application/json", reservation.headers)
 
@@ -156,12 +164,14 @@ class GatewayService:
             await asyncio.gather(*self._settling, return_exceptions=True)
 
     async def _admit(self, flight: Flight, principal: Principal, priority: int, price: Price) -> None:
+        tier = self.limiter.policy.tiers.get(principal.tier or "")
+        slo_s = flight.record.ttft_slo_s = tier.ttft_slo_s if tier else None  # goodput's bar, gate or not
         gate = flight.route.gate
         if gate is None:
             return
         weight, max_queue_s = self._queueing(principal.tier)
         ticket = ticket_for(priority, principal.tenant, weight, price.prompt_tokens, price.max_output_tokens,
-                            self.clock.now() + max_queue_s)
+                            self.clock.now() + max_queue_s, slo_s)
         flight.permit = await gate.admit(ticket)
         flight.record.queue_wait_s = flight.permit.waited_s
 

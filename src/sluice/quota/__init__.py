@@ -12,6 +12,7 @@ from sluice.quota._model import Bucket, BucketState, Decision, Lease, LimitInfo
 from sluice.quota._policy import Plan, QuotaPolicy
 from sluice.quota._pricing import Price, Pricer
 from sluice.quota._redis import RedisStore
+from sluice.quota._shadow import ShadowObserver, promotion
 from sluice.quota._store import QuotaStore
 from sluice.quota._stores import open_store
 from sluice.quota._tokenizer import ChatOverhead, EstimateCounter, ExactCounter, PromptCounter
@@ -37,7 +38,9 @@ __all__ = [
     "QuotaStore",
     "RedisStore",
     "Reservation",
+    "ShadowObserver",
     "duration",
     "open_store",
+    "promotion",
     "ratelimit_headers",
 ]

@@ -29,7 +29,7 @@ from typing import Literal, Protocol
 from sluice.clock import Clock
 from sluice.errors import EngineUnavailableError, StateUnavailableError
 from sluice.quota._memory import MemoryStore
-from sluice.quota._model import Bucket, Decision, Lease
+from sluice.quota._model import Bucket, Decision, Lease, Stretch
 from sluice.quota._redis import RedisStore
 
 log = logging.getLogger("sluice.quota")
@@ -59,10 +59,11 @@ class FailoverStore:
     def degraded(self) -> bool:
         return not self._state.available or self._handover is not None
 
-    async def acquire(self, buckets: Sequence[Bucket], leases: Sequence[Lease], lease_id: str) -> Decision:
+    async def acquire(self, buckets: Sequence[Bucket], leases: Sequence[Lease], lease_id: str,
+                      stretch: Stretch | None = None) -> Decision:
         if not self.degraded:
             try:
-                decision = await self.shared.acquire(buckets, leases, lease_id)
+                decision = await self.shared.acquire(buckets, leases, lease_id, stretch)
             except StateUnavailableError:
                 pass
             else:
@@ -76,7 +77,7 @@ class FailoverStore:
                 "The shared quota store is unavailable and this limit fails closed; please retry shortly.",
                 code="quota_store_unavailable", reason="quota_store_unavailable", headers={"retry-after": "1"})
         decision = self.local.acquire_now([self._share(b) for b in buckets],
-                                          [self._share_lease(lease) for lease in leases], lease_id)
+                                          [self._share_lease(lease) for lease in leases], lease_id, stretch)
         if decision.allowed and leases:
             self._held[lease_id] = (leases, "local")
         return decision

@@ -34,6 +34,17 @@ def current(tat: float, now: float, interval_s: float, capacity: int) -> BucketS
     return BucketState(_units(capacity * interval_s - (base - now), interval_s), base - now, 0.0)
 
 
+def room(tat: float, now: float, interval_s: float, capacity: int) -> int:
+    """Units that would still fit in a bucket standing at ``tat`` (0 when it is full or in debt): the most a
+    stretched charge may take from it."""
+    return _units(capacity * interval_s + EPSILON_S - (max(tat, now) - now), interval_s)
+
+
+def charged(tat: float, now: float, interval_s: float, capacity: int) -> BucketState:
+    """The bucket once charged up to ``tat`` (past its capacity, when a charge overran it)."""
+    return BucketState(_units(capacity * interval_s - (tat - now), interval_s), tat - now, 0.0)
+
+
 def adjust(tat: float, now: float, delta: int, interval_s: float) -> float:
     """Charge ``delta`` more units (or refund them when negative) without asking: reconciliation."""
     if delta >= 0:

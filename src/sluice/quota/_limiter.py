@@ -11,16 +11,20 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from sluice.clock import Clock
+from sluice.errors import RateLimitError
 from sluice.identity import Principal
 from sluice.ids import IdSource
 from sluice.quota._headers import ratelimit_headers, refusal
 from sluice.quota._model import Bucket, Decision, Lease
+from sluice.quota._over_budget import BudgetAsk, OverBudget
 from sluice.quota._policy import Plan, QuotaPolicy
 from sluice.quota._pricing import Price
+from sluice.quota._shadow import ShadowHold, ShadowObserver, ShadowQuota, ShadowWitness
 from sluice.quota._store import QuotaStore
 from sluice.quota._wait_queue import WaitQueue
 
@@ -40,14 +44,16 @@ class Reservation:
     rid: str
     buckets: tuple[Bucket, ...]
     leases: tuple[Lease, ...]
-    price: Price
+    price: Price  # what it was charged: its output clamped to what was left, when its tier's over_budget did
     headers: dict[str, str] = field(default_factory=dict)
     settled: bool = False
+    over_budget: OverBudget | None = None  # the policy that admitted it though its whole price did not fit
+    shadow: ShadowHold | None = None  # what it holds in shadow limits (``_shadow``), settled with it
 
 
 class QuotaLimiter:
     def __init__(self, policy: QuotaPolicy, store: QuotaStore, clock: Clock,
-                 observer: QuotaObserver | None = None) -> None:
+                 observer: QuotaObserver | None = None, shadow_observer: ShadowObserver | None = None) -> None:
         self.policy = policy  # replaced whole on a configuration reload; state lives in the store
         self.store = store
         self._clock = clock
@@ -56,12 +62,43 @@ class QuotaLimiter:
         self._renewer: asyncio.Task[None] | None = None
         self._ids = IdSource()
         self._line = WaitQueue(clock)
+        self.shadow = ShadowQuota(store, clock, shadow_observer)
 
-    async def reserve(self, principal: Principal, model: str, price: Price, tighten: float = 1.0) -> Reservation:
+    def reserve(self, principal: Principal, model: str, price: Price, tighten: float = 1.0,
+                witness: ShadowWitness | None = None) -> Coroutine[Any, Any, Reservation]:
+        """The live decision (below), and alongside it the shadow one when shadow limits apply to the caller
+        (``_shadow``: noted on ``witness``, the request's record, and counted; never enforced). Without one, the
+        live decision's coroutine itself: a caller with no shadow limit pays nothing for them."""
+        shadow = self.shadow.begin(self.policy, principal, model, price, witness)
+        if shadow is None:
+            return self._reserve_live(principal, model, price, tighten)
+        return self._reserve_with_shadow(shadow, principal, model, price, tighten)
+
+    async def _reserve_with_shadow(self, shadow: asyncio.Task[ShadowHold | None], principal: Principal, model: str,
+                                   price: Price, tighten: float) -> Reservation:
+        try:
+            reservation = await self._reserve_live(principal, model, price, tighten)
+        except BaseException as exc:
+            self.shadow.abandon(shadow)  # nobody will settle it: once decided, its permits go back
+            if isinstance(exc, RateLimitError):
+                await asyncio.wait([shadow])  # its refusal, if any, is on the record before the 429 is logged
+            raise
+        try:
+            reservation.shadow = await asyncio.shield(shadow)
+        except asyncio.CancelledError:  # granted, but the caller will never have it: give both back
+            self.shadow.abandon(shadow)
+            self.shadow.spawn(self.settle(reservation, 0, 0))
+            raise
+        return reservation
+
+    async def _reserve_live(self, principal: Principal, model: str, price: Price, tighten: float) -> Reservation:
         """Charge every applicable limit at once, or wait in line up to the tier's ``max_wait_s``; raise 429
         otherwise, at once when the request cannot make it within its wait. ``tighten`` < 1 scales the caller's
-        tier rates down (protection mode)."""
-        plan = self.policy.plan(principal, model, price, tighten)
+        tier rates down (protection mode). A tier with an ``over_budget`` policy asks for its floor, stretched
+        (``_over_budget``)."""
+        ask = BudgetAsk.of(self.policy.tiers.get(principal.tier), price)
+        plan = self.policy.plan(principal, model, price if ask is None else ask.floor, tighten)
+        stretch = None if ask is None else ask.stretch
         if not plan.buckets and not plan.leases:
             return Reservation(self._ids.next(), (), (), price)
         arrival = self._line.arrival()
@@ -69,15 +106,15 @@ class QuotaLimiter:
         first: Decision | None = None
         if not self._line.busy(plan.buckets):  # nobody waits ahead of it here: ask the store straight away
             rid = self._ids.next()
-            first = await self.store.acquire(plan.buckets, plan.leases, rid)
+            first = await self.store.acquire(plan.buckets, plan.leases, rid, stretch)
             if first.allowed:
-                return self._granted(rid, plan, price, first)
+                return self._granted(rid, plan, price, first, ask)
             if first.never or self._clock.now() + first.retry_after_s > deadline:
                 raise refusal(plan.buckets, plan.leases, first)
-        return await self._wait_in_line(arrival, plan, price, deadline, first)
+        return await self._wait_in_line(arrival, plan, price, deadline, first, ask)
 
     async def _wait_in_line(self, arrival: int, plan: Plan, price: Price, deadline: float,
-                            last: Decision | None) -> Reservation:
+                            last: Decision | None, ask: BudgetAsk | None = None) -> Reservation:
         """Wait for the turn: until the buckets have refilled for every waiter ahead and for this one (and the
         store's own last answer allows), then ask the store; refuse as soon as the turn falls past the deadline."""
         line, started = self._line, self._clock.now()
@@ -101,12 +138,12 @@ class QuotaLimiter:
                     slept = True
                     continue
                 rid = self._ids.next()  # one decision, one id (a store fences each operation by it)
-                last = await self.store.acquire(plan.buckets, plan.leases, rid)
+                last = await self.store.acquire(plan.buckets, plan.leases, rid, None if ask is None else ask.stretch)
                 line.observe(plan.buckets, last, by=waiter)
                 if last.allowed:
                     if slept and self._observer:
                         self._observer.quota_waited(self._clock.now() - started)
-                    return self._granted(rid, plan, price, last)
+                    return self._granted(rid, plan, price, last, ask)
                 if last.never:
                     raise refusal(plan.buckets, plan.leases, last)
                 not_before = self._clock.now() + last.retry_after_s
@@ -115,9 +152,12 @@ class QuotaLimiter:
             if self._observer:
                 self._observer.quota_waiting(-1)
 
-    def _granted(self, rid: str, plan: Plan, price: Price, decision: Decision) -> Reservation:
-        reservation = Reservation(rid, plan.buckets, plan.leases, price,
-                                  ratelimit_headers(plan.buckets, decision.states))
+    def _granted(self, rid: str, plan: Plan, price: Price, decision: Decision, ask: BudgetAsk | None) -> Reservation:
+        buckets, acted = plan.buckets, False
+        if ask is not None:
+            buckets, price, acted = ask.granted(plan.buckets, decision)
+        reservation = Reservation(rid, buckets, plan.leases, price, ratelimit_headers(buckets, decision.states),
+                                  over_budget=ask.policy if ask is not None and acted else None)
         if plan.leases:
             self._held[rid] = reservation
             self._start_renewer()
@@ -135,8 +175,11 @@ class QuotaLimiter:
         if any(deltas) or reservation.leases:
             await self.store.settle(reservation.buckets, deltas, reservation.leases, reservation.rid)
         self._line.refund(reservation.buckets, deltas)  # once the store has it: a waiter woken now will find it
+        if reservation.shadow is not None:
+            await self.shadow.settle(reservation.shadow, lambda b, p: _delta(b, p, used_in, completion_tokens))
 
     async def close(self) -> None:
+        await self.shadow.close()
         if self._renewer is not None:
             self._renewer.cancel()
             self._renewer = None

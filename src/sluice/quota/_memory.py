@@ -13,7 +13,7 @@ from typing import Literal
 
 from sluice.clock import Clock
 from sluice.quota import _gcra
-from sluice.quota._model import Bucket, Decision, Lease
+from sluice.quota._model import Bucket, Decision, Lease, Stretch, flexible
 
 # Forget buckets that have been full this long (the Redis store lets such keys expire).
 IDLE_SWEEP_EVERY = 4096
@@ -30,18 +30,21 @@ class MemoryStore:
         self._marks: dict[str, tuple[Mark, float]] = {}  # decision id -> (what became of it, until when)
         self._mark_order: deque[tuple[float, str]] = deque()  # (expiry, id): the TTL is one, so in expiry order
         self._marker_ttl_s = marker_ttl_s
+        self._extras: dict[str, int] = {}  # decision id -> the extra units its stretch charged, while granted
         self._ops = 0
 
-    async def acquire(self, buckets: Sequence[Bucket], leases: Sequence[Lease], lease_id: str) -> Decision:
-        return self.acquire_now(buckets, leases, lease_id)
+    async def acquire(self, buckets: Sequence[Bucket], leases: Sequence[Lease], lease_id: str,
+                      stretch: Stretch | None = None) -> Decision:
+        return self.acquire_now(buckets, leases, lease_id, stretch)
 
-    def acquire_now(self, buckets: Sequence[Bucket], leases: Sequence[Lease], lease_id: str) -> Decision:
+    def acquire_now(self, buckets: Sequence[Bucket], leases: Sequence[Lease], lease_id: str,
+                    stretch: Stretch | None = None) -> Decision:
         now = self._clock.now()
         self._sweep(now)
         was = self._mark(lease_id, now)
         if was is not None:  # decided before: granted again without charging twice, or voided (-1 in Lua)
             states = [_gcra.current(self._tat(b, now), now, b.interval_s, b.capacity) for b in buckets]
-            return Decision(was == "granted", states, voided=was != "granted")
+            return Decision(was == "granted", states, voided=was != "granted", extra=self._extras.get(lease_id))
         states, new_tats, tats, fitting = [], [], [], []
         refused, worst = None, 0.0
         for i, b in enumerate(buckets):
@@ -61,12 +64,22 @@ class MemoryStore:
             if refused is not None:
                 return Decision(False, states, refused_bucket=refused, retry_after_s=worst)
             return Decision(False, states, refused_lease=refused_lease, retry_after_s=1.0)
+        extra = None
+        if stretch is not None:  # the floors fit: charge the flexible buckets as far as the stretch goes
+            extra = stretch.extra if stretch.overrun else min(
+                [stretch.extra, *(_gcra.room(t, now, b.interval_s, b.capacity)
+                                  for b, t in zip(buckets, new_tats, strict=True) if flexible(b))])
+            new_tats = [t + flexible(b) * extra * b.interval_s for b, t in zip(buckets, new_tats, strict=True)]
+            states = [_gcra.charged(t, now, b.interval_s, b.capacity) if flexible(b) else state
+                      for b, t, state in zip(buckets, new_tats, states, strict=True)]
         for b, new_tat in zip(buckets, new_tats, strict=True):
             self._tats[b.key] = (new_tat, b.interval_s)
         self.hold(leases, lease_id)
-        if leases or any(b.cost for b in buckets):
+        if leases or any(b.cost for b in buckets) or extra:
             self._set_mark(lease_id, "granted", now)
-        return Decision(True, states)
+            if extra:
+                self._extras[lease_id] = extra
+        return Decision(True, states, extra=extra)
 
     async def settle(self, buckets: Sequence[Bucket], deltas: Sequence[int], leases: Sequence[Lease],
                      lease_id: str) -> None:
@@ -87,7 +100,8 @@ class MemoryStore:
         if was in ("settled", "void"):
             return
         if was == "granted":
-            self._adjust(buckets, [-b.cost for b in buckets], now)
+            extra = self._extras.get(lease_id, 0)
+            self._adjust(buckets, [-b.cost - flexible(b) * extra for b in buckets], now)
         self.release(leases, lease_id)
         self._set_mark(lease_id, "void", now)
 
@@ -145,6 +159,8 @@ class MemoryStore:
         return stored[0] if stored is not None and stored[1] > now else None
 
     def _set_mark(self, decision: str, mark: Mark, now: float) -> None:
+        if mark != "granted":
+            self._extras.pop(decision, None)
         until = now + self._marker_ttl_s
         self._marks[decision] = (mark, until)
         self._mark_order.append((until, decision))
@@ -156,6 +172,7 @@ class MemoryStore:
             stored = marks.get(decision)
             if stored is not None and stored[1] == until:
                 del marks[decision]
+                self._extras.pop(decision, None)
         self._ops += 1
         if self._ops % IDLE_SWEEP_EVERY == 0:
             self._tats = {k: stored for k, stored in self._tats.items() if stored[0] > now}

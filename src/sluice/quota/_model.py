@@ -18,6 +18,7 @@ class LimitInfo:
     amount: int
     period_s: float
     on_store_error: Literal["open", "closed"] = "open"
+    per: str = "key"  # the rule's scope kind (key, user, tenant, tier, global): a bounded metric label
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +41,7 @@ class Lease:
     ttl_s: float
     scope: str
     on_store_error: Literal["open", "closed"] = "open"
+    per: str = "key"
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,7 +59,23 @@ class Decision:
     refused_lease: int | None = None  # or the lease that found its set full
     retry_after_s: float = 0.0
     voided: bool = False  # its id was voided before it ran (its caller had stopped waiting): refused, took nothing
+    extra: int | None = None  # granted with a ``Stretch``: the units charged past the floor on flexible buckets
 
     @property
     def never(self) -> bool:
         return math.isinf(self.retry_after_s)
+
+
+@dataclass(frozen=True, slots=True)
+class Stretch:
+    """An acquire whose buckets' costs are a floor: once every floor fits, each flexible bucket (tokens, output
+    tokens: ``flexible``) is charged up to ``extra`` units more, as many as fit in all of them, or, with
+    ``overrun``, all ``extra`` units whatever is left (the buckets go into debt, as an overrun's settle would)."""
+
+    extra: int
+    overrun: bool = False
+
+
+def flexible(bucket: Bucket) -> int:
+    """How many units a bucket is charged per unit of a stretch's extra: 1 for the output-bearing kinds."""
+    return 1 if bucket.info.kind in ("tokens", "output_tokens") else 0

@@ -46,11 +46,11 @@ class QuotaPolicy:
     def __init__(self, tiers: Mapping[str, TierSettings], quota: QuotaSettings, key_prefix: str = "{sluice}") -> None:
         self.tiers = dict(tiers)
         self.quota = quota
-        self._prefix = key_prefix
+        self._prefix = self.key_prefix = key_prefix
         self._rules: dict[str, list[_Rule]] = {
             name: [_Rule(f"tier.{name}", name, r) for r in tier.rules()] for name, tier in tiers.items()
         }
-        self._shared = [_Rule("all", None, r) for r in quota.limits]
+        self._shared = [_Rule("all", None, r) for r in quota.limits if r.mode == "enforce"]  # shadow: _shadow.py
         self._shapes: dict[tuple[Principal, str, float], _Shape] = {}
 
     def max_wait_s(self, principal: Principal) -> float:
@@ -86,12 +86,12 @@ class QuotaPolicy:
                 if rate is not None:
                     factor = tighten if r.tier is not None else 1.0
                     amount = max(1, math.floor(rate.amount * factor))
-                    info = LimitInfo(kind, scope, amount, rate.period_s, rule.on_store_error)
+                    info = LimitInfo(kind, scope, amount, rate.period_s, rule.on_store_error, rule.per)
                     buckets.append(Bucket(f"{where}:{kind}", rate.interval_s / factor,
                                           max(1, math.ceil(rate.capacity * factor)), 0, info))
             if rule.concurrent is not None:
                 leases.append(Lease(f"{where}:concurrent", rule.concurrent, self.quota.lease_ttl_s, scope,
-                                    rule.on_store_error))
+                                    rule.on_store_error, rule.per))
         return _Shape(tuple(buckets), tuple(leases))
 
 

@@ -38,6 +38,7 @@ class Price:
     prompt_chars: int = 0
     fixed_tokens: int = 0
     calibrates: bool = True
+    sequences: int = 1  # answers generated (choices times prompts): what max_output_tokens is summed over
 
     @property
     def total(self) -> int:
@@ -93,19 +94,20 @@ class Pricer:
         for text in _chat_texts(req):
             prompt.add(counter, text)
         cap = self._output_cap(req.model, req.output_cap(), prompt.tokens)
-        return Price(prompt.tokens, req.n * cap, prompt.chars, prompt.fixed_tokens, not _has_media(req))
+        return Price(prompt.tokens, req.n * cap, prompt.chars, prompt.fixed_tokens, not _has_media(req), req.n)
 
     def price_completion(self, req: CompletionRequest) -> Price:
         counter = self.counter(req.model)
         prompt_tokens = output_tokens = chars = fixed = 0
-        for part in req.prompts():
+        prompts = req.prompts()
+        for part in prompts:
             prompt = _Prompt()
             prompt.add(counter, part)
             prompt_tokens += prompt.tokens
             output_tokens += req.n * self._output_cap(req.model, req.output_cap(), prompt.tokens)
             chars += prompt.chars
             fixed += prompt.fixed_tokens
-        return Price(prompt_tokens, output_tokens, chars, fixed)
+        return Price(prompt_tokens, output_tokens, chars, fixed, sequences=req.n * len(prompts))
 
     def price_embedding(self, req: EmbeddingRequest) -> Price:
         counter = self.counter(req.model)

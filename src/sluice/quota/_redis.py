@@ -32,7 +32,7 @@ from sluice.config import QuotaSettings
 from sluice.errors import StateUnavailableError
 from sluice.quota import _wire
 from sluice.quota._give_back import GiveBack, GiveBackQueue
-from sluice.quota._model import Bucket, BucketState, Decision, Lease
+from sluice.quota._model import Bucket, BucketState, Decision, Lease, Stretch
 from sluice.state import Client, RedisState
 
 _US = 1_000_000
@@ -85,7 +85,8 @@ class RedisStore:
                                     retry_s=retry_s or defaults.store_retry_s)
         return cls(state, clock, owns_state=True)
 
-    async def acquire(self, buckets: Sequence[Bucket], leases: Sequence[Lease], lease_id: str) -> Decision:
+    async def acquire(self, buckets: Sequence[Bucket], leases: Sequence[Lease], lease_id: str,
+                      stretch: Stretch | None = None) -> Decision:
         keys = [b.key for b in buckets] + [lease.key for lease in leases]
         marker = _wire.marker_key(keys, lease_id, self._prefix)
         keys.append(marker)
@@ -95,8 +96,9 @@ class RedisStore:
                 self._give_back(keys, [_wire.void(buckets, leases, lease_id, marker, self._marker_ttl_ms)],
                                 self._clock.now() + self.marker_ttl_s)
 
-        granted, refused_bucket, refused_lease, retry_us, states = await self._call(
-            keys, [_wire.acquire(buckets, leases, lease_id, marker, self._marker_ttl_ms)], lost=lost)
+        reply = await self._call(
+            keys, [_wire.acquire(buckets, leases, lease_id, marker, self._marker_ttl_ms, stretch)], lost=lost)
+        granted, refused_bucket, refused_lease, retry_us, states = reply[:5]
         return Decision(
             allowed=granted == _wire.GRANTED,
             states=[BucketState(int(r), float(reset) / _US, float(retry) / _US) for r, reset, retry in states],
@@ -104,6 +106,7 @@ class RedisStore:
             refused_lease=None if refused_lease < 0 else int(refused_lease),
             retry_after_s=float(retry_us) / _US,
             voided=granted == _wire.VOIDED,
+            extra=int(reply[5]) if len(reply) > 5 else None,
         )
 
     async def settle(self, buckets: Sequence[Bucket], deltas: Sequence[int], leases: Sequence[Lease],

@@ -16,12 +16,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
-from sluice.quota._model import Bucket, Decision, Lease
+from sluice.quota._model import Bucket, Decision, Lease, Stretch
 
 
 class QuotaStore(Protocol):
-    async def acquire(self, buckets: Sequence[Bucket], leases: Sequence[Lease], lease_id: str) -> Decision:
-        """All buckets charged and all leases taken, or nothing changed."""
+    async def acquire(self, buckets: Sequence[Bucket], leases: Sequence[Lease], lease_id: str,
+                      stretch: Stretch | None = None) -> Decision:
+        """All buckets charged and all leases taken, or nothing changed. With a ``stretch``, the costs are floors
+        and the flexible buckets are charged ``Decision.extra`` more, decided in the same atomic step."""
         ...
 
     async def settle(self, buckets: Sequence[Bucket], deltas: Sequence[int], leases: Sequence[Lease],

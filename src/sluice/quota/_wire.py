@@ -9,8 +9,9 @@ Every operation names its decision (the reservation id) and the decision's marke
 it (granted, settled, void) and makes each operation idempotent or fenced (see lua/quota.lua):
 
     ["A", id, marker, marker_ttl_ms, [[key, interval_us, capacity, cost], ...], [[key, limit, ttl_us], ...]]  acquire
+    ["A", ..., [[key, interval_us, capacity, cost, flexible], ...], [...], [extra, overrun]]       stretched acquire
     ["S", id, marker, marker_ttl_ms, [[key, interval_us, delta], ...], [lease_key, ...]]                     settle
-    ["V", id, marker, marker_ttl_ms, [[key, interval_us, cost], ...], [lease_key, ...]]                      void
+    ["V", id, marker, marker_ttl_ms, [[key, interval_us, cost, flexible], ...], [lease_key, ...]]            void
     ["N", id, marker, [[key, ttl_us], ...]]                                                                  renew
 """
 
@@ -21,7 +22,7 @@ from typing import Any
 
 import orjson
 
-from sluice.quota._model import Bucket, Lease
+from sluice.quota._model import Bucket, Lease, Stretch, flexible
 
 _US = 1_000_000
 # Replies to an acquire: its first element.
@@ -37,9 +38,14 @@ def marker_key(keys: Sequence[str], decision: str, default_tag: str = "{sluice}"
 
 
 def acquire(buckets: Sequence[Bucket], leases: Sequence[Lease], decision: str, marker: str,
-            marker_ttl_ms: int) -> list[Any]:
-    return ["A", decision, marker, marker_ttl_ms, [[b.key, b.interval_s * _US, b.capacity, b.cost] for b in buckets],
-            [[lease.key, lease.limit, lease.ttl_s * _US] for lease in leases]]
+            marker_ttl_ms: int, stretch: Stretch | None = None) -> list[Any]:
+    lease_specs = [[lease.key, lease.limit, lease.ttl_s * _US] for lease in leases]
+    if stretch is None:
+        return ["A", decision, marker, marker_ttl_ms,
+                [[b.key, b.interval_s * _US, b.capacity, b.cost] for b in buckets], lease_specs]
+    return ["A", decision, marker, marker_ttl_ms,
+            [[b.key, b.interval_s * _US, b.capacity, b.cost, flexible(b)] for b in buckets], lease_specs,
+            [stretch.extra, 1 if stretch.overrun else 0]]
 
 
 def settle(buckets: Sequence[Bucket], deltas: Sequence[int], leases: Sequence[Lease], decision: str, marker: str,
@@ -54,8 +60,9 @@ def settle(buckets: Sequence[Bucket], deltas: Sequence[int], leases: Sequence[Le
 def void(buckets: Sequence[Bucket], leases: Sequence[Lease], decision: str, marker: str,
          marker_ttl_ms: int) -> list[Any]:
     """Give back a decision nobody waits for: refund and release it if it was granted, and refuse it if it was
-    not executed yet."""
-    return ["V", decision, marker, marker_ttl_ms, [[b.key, b.interval_s * _US, b.cost] for b in buckets if b.cost],
+    not executed yet. A stretched grant also gives back its extra units (the marker keeps how many)."""
+    return ["V", decision, marker, marker_ttl_ms,
+            [[b.key, b.interval_s * _US, b.cost, flexible(b)] for b in buckets if b.cost or flexible(b)],
             [lease.key for lease in leases]]
 
 

@@ -1,4 +1,5 @@
-"""``/metrics`` in each engine's own names, on a registry of this simulator's own (no global registry).
+"""``/metrics`` in each engine's own names, on a registry of this simulator's own (no global registry), and the
+simulated GPU's gauges in NVIDIA dcgm-exporter's names (``sluice.sim._gpu``), as if an exporter shared the port.
 
 Gauges and token counters are read off the engine model at scrape time; latency histograms and the success
 counter are fed by the runner (``StepObserver``).
@@ -19,6 +20,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from sluice.config import Dialect
 from sluice.dialects import DIALECTS, MetricNames
 from sluice.sim._engine import EngineModel
+from sluice.sim._gpu import DcgmCollector, GpuActivity
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -110,15 +112,19 @@ class _EngineStateCollector:
 
 
 class SimMetrics:
-    """The simulator's metrics in one dialect; implements the runner's ``StepObserver``."""
+    """The simulator's metrics in one dialect; implements the runner's ``StepObserver``. With ``gpu`` (the
+    engine loop's activity), dcgm-exporter's GPU gauges too (``sluice.sim._gpu``)."""
 
-    def __init__(self, dialect: Dialect, model_name: str, engine: EngineModel) -> None:
+    def __init__(self, dialect: Dialect, model_name: str, engine: EngineModel,
+                 gpu: GpuActivity | None = None) -> None:
         names = METRIC_NAMES[dialect]
         labels = {"model_name": model_name}
         if names.engine_label:
             labels["engine"] = "0"
         self.registry = CollectorRegistry(auto_describe=True)
         self.registry.register(_EngineStateCollector(engine, names, labels))
+        if gpu is not None:
+            self.registry.register(DcgmCollector(engine, gpu, engine.settings, model_name))
         keys = list(labels)
         self._ttft = Histogram(names.ttft, "Histogram of time to first token in seconds.", keys,
                                buckets=TTFT_BUCKETS_S, registry=self.registry).labels(**labels)

@@ -20,6 +20,7 @@ from typing import Protocol
 from sluice.clock import Clock
 from sluice.errors import EngineUnavailableError
 from sluice.sim._engine import EngineModel, SeqState, Sequence, Step
+from sluice.sim._gpu import GpuActivity
 
 MAX_BURST_STEPS = 64
 
@@ -70,9 +71,11 @@ class Generation:
 
 class EngineRunner:
     def __init__(
-        self, engine: EngineModel, clock: Clock, observer: StepObserver | None = None, *, min_sleep_s: float = 0.0
+        self, engine: EngineModel, clock: Clock, observer: StepObserver | None = None, *, min_sleep_s: float = 0.0,
+        gpu: GpuActivity | None = None,
     ) -> None:
         self.engine = engine
+        self._gpu = gpu  # told when the (simulated) GPU runs a step
         self._clock = clock
         self._min_sleep_s = min_sleep_s
         self._observer = observer
@@ -162,6 +165,8 @@ class EngineRunner:
             engine.commit(step)
             if not engine.has_work():
                 break
+        if self._gpu is not None:
+            self._gpu.busy(self._clock.now(), debt_s)
         await self._clock.sleep(debt_s)
         if pending is not None:
             engine.commit(pending)

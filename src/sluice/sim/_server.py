@@ -11,6 +11,7 @@ from sluice.clock import Clock, MonotonicClock
 from sluice.config import SimSettings
 from sluice.sim._app import SimRoutes
 from sluice.sim._engine import EngineModel
+from sluice.sim._gpu import GpuActivity
 from sluice.sim._metrics import SimMetrics
 from sluice.sim._runner import EngineRunner
 from sluice.sim._sampler import Sampler
@@ -51,8 +52,9 @@ class SimServer:
     ) -> SimServer:
         clock = clock or MonotonicClock()
         engine = EngineModel(settings)
-        metrics = SimMetrics(settings.dialect, model_name, engine)
-        runner = EngineRunner(engine, clock, metrics, min_sleep_s=MIN_SLEEP_S)
+        gpu = GpuActivity(clock)
+        metrics = SimMetrics(settings.dialect, model_name, engine, gpu)
+        runner = EngineRunner(engine, clock, metrics, min_sleep_s=MIN_SLEEP_S, gpu=gpu)
         serving = Serving(settings, model_name=model_name, runner=runner, sampler=Sampler(settings), clock=clock)
         app = SimRoutes(settings, model_name=model_name, serving=serving, metrics=metrics, clock=clock).app()
         app_runner = web.AppRunner(

@@ -6,7 +6,8 @@ from sluice.telemetry._merge import merge_expositions
 from sluice.telemetry._metrics import GatewayMetrics
 from sluice.telemetry._record import RequestRecord
 from sluice.telemetry._replica_timings import ReplicaTimings
+from sluice.telemetry._shadow_refusal import ShadowRefusal
 from sluice.telemetry._usage import MemoryUsage, RedisUsage, Usage, UsageLedger
 
 __all__ = ["AccessLog", "GatewayMetrics", "MemoryUsage", "RedisUsage", "RepeatLimiter", "ReplicaTimings",
-           "RequestRecord", "Usage", "UsageLedger", "limit_repeats", "merge_expositions"]
+           "RequestRecord", "ShadowRefusal", "Usage", "UsageLedger", "limit_repeats", "merge_expositions"]

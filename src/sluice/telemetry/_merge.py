@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 # The same fact seen by every worker (the pool's replicas) or a state: the largest value, not the sum.
 MAX_GAUGES = frozenset({"sluice_engine_saturation", "sluice_protection_engaged", "sluice_quota_store_degraded",
-                        "sluice_engine_replicas"})
+                        "sluice_engine_replicas", "sluice_engine_gpu_utilization", "sluice_engine_saturation_input"})
 MIN_GAUGES = frozenset({"sluice_engine_replica_up"})
 WORKERS_FAMILY = "sluice_gateway_workers"
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, Protocol
 
@@ -17,7 +18,9 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 from sluice.telemetry._record import RequestRecord
 from sluice.telemetry._replica_timings import ReplicaTimings
-from sluice.telemetry._traffic import TrafficWindow
+from sluice.telemetry._shadow_refusal import ShadowRefusal
+from sluice.telemetry._tally import Tallies
+from sluice.telemetry._traffic import TrafficWindow, met_ttft_slo
 
 
 class _Member(Protocol):
@@ -36,7 +39,7 @@ class WatchedReplicas(Protocol):
 CAPACITY_REASONS = frozenset({
     "quota_requests", "quota_tokens", "quota_input_tokens", "quota_output_tokens", "quota_concurrent",
     "quota_store_unavailable", "queue_timeout", "queue_full", "displaced", "shed", "engine_overloaded",
-    "upstream_saturated",
+    "upstream_saturated", "slo_unattainable",
 })
 # Of those, the ones more engine replicas would have avoided (quota refusals are budgets, not capacity): the
 # autoscaler's signal.
@@ -56,6 +59,8 @@ class GatewayMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
+        self._tallies = Tallies()  # registered first: every read of the registry publishes the tallies before
+        r.register(self._tallies)  # it reads a metric (label children are counted per request in ``_tally``)
         self.requests = Counter(
             "sluice_requests", "Requests answered, by route, model, tier and HTTP status.",
             ["route", "model", "tier", "status"], registry=r,
@@ -89,6 +94,15 @@ class GatewayMetrics:
         )
         self.cache = Counter("sluice_cache_requests", "Cacheable requests, by model and result (hit or miss).",
                              ["model", "result"], registry=r)
+        self.over_budget = Counter(
+            "sluice_over_budget_requests", "Requests admitted though prompt + max_tokens did not fit their token "
+            "budget, by tier and what its over_budget policy did: clamp, cut or tag.", ["tier", "policy"], registry=r)
+        self.goodput = Counter(
+            "sluice_goodput_requests", "Requests of tiers with a TTFT target (ttft_slo_s), by model, tier and "
+            "result: met (answered in full, first token within it: goodput), missed (late, failed or cut short), "
+            "refused (429/503).",
+            ["model", "tier", "result"], registry=r,
+        )
         self.tokens = Counter(
             "sluice_tokens", "Tokens served, by model, tenant and direction (input = prompt, output = completion). "
             f"Tenants past the first {MAX_TENANT_LABELS} are counted as 'other'.",
@@ -117,8 +131,9 @@ class GatewayMetrics:
         self.admission_queued = Gauge("sluice_admission_queued", "Requests waiting in front of the pool, by band.",
                                       ["model", "priority"], registry=r)
         self.saturation = Gauge("sluice_engine_saturation",
-                                "max(waiting / threshold, KV use / threshold) of the pool's least loaded replica "
-                                "(+Inf when its metrics are stale).", ["model"], registry=r)
+                                "max(waiting / threshold, KV use / threshold, GPU use with KV pressure or swapping) "
+                                "of the pool's least loaded replica (+Inf when its metrics are stale).", ["model"],
+                                registry=r)
         self.protection = Gauge("sluice_protection_engaged", "1 while protection mode is engaged for the pool.",
                                 ["model"], registry=r)
         self.protection_transitions = Counter("sluice_protection_transitions", "Protection mode engaged or relaxed.",
@@ -147,12 +162,24 @@ class GatewayMetrics:
                                     "(engine.max_connections).", ["model"], registry=r)
         self._children: dict[tuple[Any, ...], Any] = {}
         self._replica_health: _ReplicaHealth | None = None
+        self._engine_gpu = _RowGauge("sluice_engine_gpu_utilization", "GPU use of each replica, 0..1 (the busiest "
+                                     "of its GPUs; engine.gpu), where known.", ["model", "replica"])
+        self._saturation_inputs = _RowGauge("sluice_engine_saturation_input", "The inputs of sluice_engine_"
+                                            "saturation (queue, kv, gpu), of the replica it comes from; 1.0 is "
+                                            "at the threshold.", ["model", "input"])
+        r.register(self._engine_gpu)
+        r.register(self._saturation_inputs)
         self._tenants: set[str] = set()
         self.answered = 0  # plain counts: requests answered, and refused for capacity
         self.refused_for_capacity = 0
         self._engine_counts: dict[str, list[int]] = {}  # model -> [answered, refused for engine capacity]
         self.traffic = TrafficWindow()  # the last minutes per tier and tenant, for the console
         self.replica_timings = ReplicaTimings()  # the last minutes' TTFT and TPOT per replica, for the console
+        self.shadow_refusals = Counter(
+            "sluice_shadow_refusals", "Requests shadow limits (mode: shadow, a tier's shadow) would have refused, "
+            "by tier, scope (key, user, tenant, tier, global) and limit (requests, tokens, ..., concurrent); "
+            "never enforced.", ["tier", "scope", "limit"], registry=r)
+        self.last_shadow_refusals: deque[ShadowRefusal] = deque(maxlen=50)  # with their request ids, for the console
         self.autoscaler_desired = Gauge("sluice_autoscaler_desired_replicas", "The replicas the autoscaler wants "
                                         "for the model (its current count when no decision is in progress).",
                                         ["model"], registry=r)
@@ -185,6 +212,13 @@ class GatewayMetrics:
             self.registry.register(self._replica_health)
         self._replica_health.sources.append(health)
 
+    def watch_engine_signals(self, gpu: Callable[[], Iterable[tuple[str, str, float]]],
+                             inputs: Callable[[], Iterable[tuple[str, str, float]]]) -> None:
+        """Export ``sluice_engine_gpu_utilization{model,replica}`` from ``gpu()`` and ``sluice_engine_saturation_
+        input{model,input}`` from ``inputs()`` (rows of two labels and a value), read at scrape time."""
+        self._engine_gpu.sources.append(gpu)
+        self._saturation_inputs.sources.append(inputs)
+
     def watch_replica_set(self, model: str, replicas: WatchedReplicas) -> None:
         """Export ``sluice_engine_replicas{model,state}`` (read at scrape time) and count the set's changes; a
         replica that leaves takes its ``replica``-labelled series with it (DNS churn must not grow /metrics)."""
@@ -196,6 +230,7 @@ class GatewayMetrics:
         known = {r.url for r in replicas.all()}
 
         def changed(_: object) -> None:
+            self._tallies.publish()  # before a leaving replica's children go
             now = {r.url for r in replicas.all()}
             self._child(self.replica_changes, model, "added").inc(len(now - known))
             self._child(self.replica_changes, model, "removed").inc(len(known - now))
@@ -243,6 +278,10 @@ class GatewayMetrics:
             self._child(self.rejections, record.reason, model).inc()
         if record.route in INFERENCE_ROUTES:
             self.traffic.record(record)
+            met = met_ttft_slo(record)
+            if met is not None:
+                result = "met" if met else "refused" if record.status in (429, 503) else "missed"
+                self._child(self.goodput, model, record.tier or "", result).inc()
             self.answered += 1
             if record.reason in CAPACITY_REASONS and record.status in (429, 503):
                 self.refused_for_capacity += 1
@@ -262,6 +301,8 @@ class GatewayMetrics:
                                         _tpot_s(record))
         if record.cache is not None:
             self._child(self.cache, model, record.cache).inc()
+        if record.over_budget is not None:
+            self._child(self.over_budget, record.tier or "", record.over_budget).inc()
         tenant = self._tenant_label(record.tenant)
         if record.tokens_in:
             self._child(self.tokens, model, tenant, "input").inc(record.tokens_in)
@@ -292,7 +333,11 @@ class GatewayMetrics:
         self._child(self.autoscaler_failures, model).inc()
 
     def in_flight_for(self, route: str) -> Any:
-        return self._child(self.in_flight, route)
+        key = (id(self.in_flight), route)
+        gauge = self._children.get(key)
+        if gauge is None:
+            gauge = self._children[key] = self._tallies.gauge(self.in_flight.labels(route))
+        return gauge
 
     def _tenant_label(self, tenant: str | None) -> str:
         """Tenants as a label, bounded: the first ``MAX_TENANT_LABELS`` seen keep their name."""
@@ -307,7 +352,7 @@ class GatewayMetrics:
         key = (id(metric), *labels)
         child = self._children.get(key)
         if child is None:
-            child = self._children[key] = metric.labels(*labels)
+            child = self._children[key] = self._tallies.of(metric, metric.labels(*labels))
         return child
 
     # QuotaObserver and DegradedObserver, for the quota step
@@ -317,6 +362,10 @@ class GatewayMetrics:
     def quota_waited(self, seconds: float) -> None:
         self.quota_wait.observe(seconds)
 
+    def shadow_refused(self, refusal: ShadowRefusal) -> None:
+        self._child(self.shadow_refusals, refusal.tier, refusal.scope, refusal.limit).inc()
+        self.last_shadow_refusals.append(refusal)
+
     def quota_store_degraded(self, degraded: bool) -> None:
         self.quota_degraded.set(1 if degraded else 0)
         if degraded:
@@ -324,6 +373,23 @@ class GatewayMetrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class _RowGauge:
+    """A gauge family read at scrape time from its sources' rows (two label values and a value each)."""
+
+    def __init__(self, name: str, doc: str, labels: list[str]) -> None:
+        self._name, self._doc, self._labels = name, doc, labels
+        self.sources: list[Callable[[], Iterable[tuple[str, str, float]]]] = []
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = GaugeMetricFamily(self._name, self._doc, labels=self._labels)
+        for first, second, value in (row for source in self.sources for row in source()):
+            family.add_metric([first, second], value)
+        yield family
+
+    def describe(self) -> Iterator[GaugeMetricFamily]:
+        yield GaugeMetricFamily(self._name, self._doc, labels=self._labels)
 
 
 class _ReplicaHealth:

@@ -19,14 +19,27 @@ RATE_WINDOW_S = 10  # per-group rates are averaged over this many seconds
 _NOTHING = (0, 0, 0, 0)
 
 
+def met_ttft_slo(record: RequestRecord) -> bool | None:
+    """Whether a request was answered in full, its first token within its tier's TTFT target (goodput); None
+    without a target. A whole (non-streamed) answer's first token comes with the rest: its TTFT is its duration.
+    A refusal, a failure or an answer cut short (a reason set: client gone, engine failed) never meets it."""
+    if record.ttft_slo_s is None:
+        return None
+    ttft_s = record.ttft_s if record.stream else record.duration_s
+    return (200 <= record.status < 300 and record.reason is None and ttft_s is not None
+            and ttft_s <= record.ttft_slo_s)
+
+
 @dataclass(slots=True)
 class _Counts:
     requests: int = 0
     tokens: int = 0
     refused: dict[str, int] = field(default_factory=dict)  # "429 quota_tokens" -> count
+    good: int = 0  # answered within the tier's TTFT target (goodput)
 
     def add(self, record: RequestRecord) -> None:
         self.requests += 1
+        self.good += met_ttft_slo(record) is True
         self.tokens += (record.tokens_in or 0) + (record.tokens_out or 0)
         if record.status in (429, 503):
             key = f"{record.status} {record.reason or 'unknown'}"
@@ -104,10 +117,12 @@ class TrafficWindow:
                 into = merged.setdefault(group, _Counts())
                 into.requests += counts.requests
                 into.tokens += counts.tokens
+                into.good += counts.good
                 for key, n in counts.refused.items():
                     into.refused[key] = into.refused.get(key, 0) + n
         return [{"tier": tier, "tenant": tenant, "requests_per_s": c.requests / RATE_WINDOW_S,
-                 "tokens_per_s": c.tokens / RATE_WINDOW_S, "refused": dict(sorted(c.refused.items()))}
+                 "tokens_per_s": c.tokens / RATE_WINDOW_S, "goodput_per_s": c.good / RATE_WINDOW_S,
+                 "refused": dict(sorted(c.refused.items()))}
                 for (tier, tenant), c in sorted(merged.items())]
 
     def _forget_before(self, oldest: int) -> None:

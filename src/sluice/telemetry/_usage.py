@@ -24,6 +24,7 @@ log = logging.getLogger("sluice")
 UsageScope = Literal["key", "user", "tenant"]
 FIELDS = ("requests", "tokens_in", "tokens_out")
 RETAIN_DAYS = 400
+_DAY_S = 86_400.0
 WRITE_TIMEOUT_S = 2.0  # a flush is background work, and may carry many principals: no request waits on it
 
 
@@ -101,6 +102,7 @@ class UsageLedger:
         self._pending: Counts = {}
         self._task: asyncio.Task[None] | None = None
         self._failing = False
+        self._day, self._day_from_s = "", float("inf")  # today's date, and the wall time it began at
 
     @classmethod
     def for_state(cls, state: State, clock: Clock) -> UsageLedger:
@@ -120,7 +122,13 @@ class UsageLedger:
         return Usage(**{name: fields.get(name, 0) for name in FIELDS})
 
     def today(self) -> str:
-        return dt.datetime.fromtimestamp(self._clock.wall(), dt.UTC).date().isoformat()
+        """The UTC day of the clock's wall time (worked out once a day: it is asked once a request)."""
+        wall = self._clock.wall()
+        if not self._day_from_s <= wall < self._day_from_s + _DAY_S:
+            date = dt.datetime.fromtimestamp(wall, dt.UTC).date()
+            self._day_from_s = dt.datetime(date.year, date.month, date.day, tzinfo=dt.UTC).timestamp()
+            self._day = date.isoformat()
+        return self._day
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._flush_forever())

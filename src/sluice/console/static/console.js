@@ -65,7 +65,7 @@
       const health = el("span", r.health, r.health === "up" ? "" : "engaged");
       if (e.error) health.title = e.error;
       return row([p.model, r.url, health, r.breaker, r.outstanding, num(e.running, 0), num(e.waiting, 0), kv,
-        e.age_s === null || e.age_s === undefined ? "-" : `${num(e.age_s, 1)} s`, r.gpu_use === null ? "n/a" : num(r.gpu_use, 2),
+        e.age_s === null || e.age_s === undefined ? "-" : `${num(e.age_s, 1)} s`, gpuUse(r.gpu_use),
         ttft, r.tpot_s ? `${num(r.tpot_s.p50 * 1000, 1)} ms` : "-", `${num(r.age_s, 0)} s`]);
     })));
     drawTtft(s);
@@ -73,7 +73,15 @@
       b.kind, `${b.limit} / ${num(b.period_s, 0)} s`, b.used === null ? "-" : b.used, b.remaining === null ? "-" : b.remaining])));
     fill("#groups", s.traffic.groups.map((g) => row([g.tier, g.tenant, num(g.requests_per_s), num(g.tokens_per_s),
       Object.entries(g.refused).map(([k, n]) => `${k}: ${n}`).join(", ")])));
-    fill("#refusals", s.traffic.refusals.map((r) => row([`${num(r.ago_s, 0)} s`, r.request_id, r.status, r.reason, r.key_id, r.tenant, r.tier, r.model])));
+    fill("#refusals", s.traffic.refusals.map((r) => row([`${num(r.ago_s, 0)} s`, r.request_id, r.shadow ? `${r.status} shadow` : r.status, r.reason, r.key_id, r.tenant, r.tier, r.model])));
+  }
+
+  // a replica's GPU use and framebuffer ("—": unknown, not read or stale)
+  function gpuUse(g) {
+    if (!g) return "\u2014";
+    const mem = g.fb_used_mib === null || g.fb_free_mib === null ? ""
+      : `, ${num(g.fb_used_mib / 1024, 1)} / ${num((g.fb_used_mib + g.fb_free_mib) / 1024, 1)} GiB`;
+    return `${num(g.utilization * 100, 0)} %${mem}`;
   }
 
   // each replica's mean TTFT a second (the server keeps them), carried over the seconds without an answer
@@ -185,9 +193,27 @@
       const save = el("button", "Save");
       save.type = "submit";
       form.append(save);
+      if (tier.shadow) form.append(...shadowControls(name, tier.shadow));
       form.addEventListener("submit", (event) => { event.preventDefault(); saveTier(name, tier, new FormData(form)); });
       return form;
     }));
+  }
+
+  // A tier's shadow (candidate limits counted, never enforced): what it is, promote it live or drop it.
+  function shadowControls(name, shadow) {
+    const parts = ["requests", "tokens"].filter((f) => shadow[f]).map((f) => `${f} ${shadow[f].amount} per ${shadow[f].period_s} s`);
+    if (shadow.concurrent !== null && shadow.concurrent !== undefined) parts.push(`concurrent ${shadow.concurrent}`);
+    if (shadow.limits) parts.push(`${shadow.limits.length} limit(s)`);
+    const buttons = [["Promote shadow", "POST", "/shadow/promote", "promoted"], ["Drop shadow", "DELETE", "/shadow", "dropped"]];
+    return [el("p", `In shadow: ${parts.join(", ") || "limits removed"}`, "shadow"), ...buttons.map(([label, method, suffix, done]) => {
+      const button = el("button", label);
+      button.type = "button";
+      button.dataset.shadow = done;
+      button.addEventListener("click", async () => {
+        try { await admin(method, `/admin/tiers/${encodeURIComponent(name)}${suffix}`); say(`Shadow of tier ${name} ${done}.`); } catch (err) { say(err.message); }
+      });
+      return button;
+    })];
   }
 
   // Only the fields changed are sent (PATCH): the others keep their value, wherever it came from.
@@ -257,10 +283,22 @@
   let shownLog = null;
   async function drawLaunched() {
     const models = (await admin("GET", "/admin/engines")).data.filter((m) => m.launched);
-    if (!models.length) return;
+    if (shownLog && !models.some((m) => m.model === shownLog.model && m.fleet)) shownLog = null;  // stopped since
+    if (!models.length) { $("#launched").replaceChildren(el("p", "No model's engines were launched by this gateway.")); return; }
     $("#launched").replaceChildren(...models.map((m) => {
       const box = el("div", null, "launched");
       box.dataset.model = m.model;
+      box.dataset.state = m.state || "serving";
+      const stop = el("button", "Stop model"); stop.type = "button"; stop.dataset.stop = m.model;
+      stop.disabled = m.state === "stopping";
+      stop.addEventListener("click", () => act("/admin/engines/stop", { model: m.model, drain_timeout_s: 60 }, drawLaunched));
+      if (!m.fleet) {  // started at run time and not serving: starting, stopping or failed
+        box.append(el("h3", `${m.model} (${m.backend}): ${m.state}`));
+        if (m.error) box.append(el("p", m.error, "engaged"));
+        if (m.state === "failed") stop.textContent = "Remove";  // its engines are gone already: forget it
+        box.append(stop);
+        return box;
+      }
       const f = m.fleet, target = f.target === null ? f.replicas : f.target;
       const busy = f.scaling ? ` · scaling to ${f.target}` : f.restarting.length ? ` · restarting ${f.restarting.join(", ")}` : "";
       box.append(el("h3", `${m.model} (${m.dialect}): ${f.replicas} replica${f.replicas === 1 ? "" : "s"}${busy}${m.autoscaled ? " · autoscaled" : ""}`));
@@ -268,6 +306,7 @@
       const scale = (n) => { const b = el("button", n < target ? "Scale −" : "Scale +"); b.type = "button"; b.dataset.scale = n < target ? "down" : "up";
         b.disabled = m.autoscaled || n < 0; b.addEventListener("click", () => act("/admin/engines/scale", { model: m.model, replicas: n }, drawLaunched)); return b; };
       box.append(scale(target - 1), " ", scale(target + 1));
+      if (m.started_at_runtime) box.append(" ", stop);
       const table = el("table");
       table.append(el("thead"), el("tbody"));
       table.tHead.append(row(["Replica", "PID", "Port", "GPUs", "State", "Restarts", ""]));
@@ -291,6 +330,16 @@
     $("#engine-log-title").textContent = `Log of ${tail.url} (${tail.model}), last ${tail.lines.length} lines`;
     $("#engine-log").textContent = tail.lines.join("\n");
   }
+
+  // a new model: POST /admin/engines/models; its state shows under "Engines Sluice launched" (redrawn by the poll)
+  $("#new-model").addEventListener("submit", (event) => {
+    event.preventDefault();
+    const form = new FormData(event.target);
+    const body = { name: form.get("name"), model: form.get("model"), backend: form.get("backend"), replicas: Number(form.get("replicas")) };
+    for (const field of ["max_model_len", "tensor_parallel", "gpu_memory_utilization"]) if (form.get(field)) body[field] = Number(form.get(field));
+    if (form.get("gpus")) body.gpus = form.get("gpus");
+    act("/admin/engines/models", body, () => { document.activeElement.blur(); return drawLaunched(); });
+  });
 
   $("#new-replica").addEventListener("submit", (event) => {
     event.preventDefault();

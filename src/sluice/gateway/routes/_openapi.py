@@ -36,7 +36,7 @@ def openapi_document(routes: Sequence[RouteSpec]) -> dict[str, Any]:
             operation["requestBody"] = {"required": True, "content": _json(route.request_model.__name__)}
         path = route.path.replace(":path}", "}")
         if "{" in path:
-            name = path[path.index("{") + 1:-1]
+            name = path[path.index("{") + 1:path.index("}")]
             operation["parameters"] = [{"name": name, "in": "path", "required": True, "schema": {"type": "string"}}]
         paths.setdefault(path, {})[route.method.lower()] = operation
     return {

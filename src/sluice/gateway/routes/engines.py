@@ -10,8 +10,15 @@ their processes (pid, port, GPUs, state, restarts), scaling, restarts and the ta
   replacement starts (on the next free port: its URL may change).
 - ``GET /admin/engines/logs?model=&url=&lines=200``: the last lines (at most 1000, 64 KiB) of that replica's log,
   found by URL among the launcher's own replicas.
+- ``POST /admin/engines/models`` ``{name, model, backend, replicas, max_model_len, tensor_parallel, ...}``: 202 at
+  once; a NEW model's engines are launched, then its pool is built and served under ``name`` by this gateway
+  process (gateway/_started_models.py). Refused (409 ``workers_have_no_launcher``) with ``server.workers`` > 1.
+- ``POST /admin/engines/stop`` ``{model, drain_timeout_s}``: 202 at once; a model started that way leaves the
+  route table, its requests in flight finish, its engines stop and its pool closes (then it leaves the list).
 
 Models whose engines run elsewhere are listed with ``launched: false``; their writes answer 409 ``not_launched``.
+Models started at run time are listed with ``started_at_runtime: true`` and their ``state`` (starting, serving,
+stopping, failed: with ``error``).
 """
 
 from __future__ import annotations
@@ -25,12 +32,20 @@ from starlette.responses import Response
 from sluice.errors import InvalidRequestError, NotFoundError
 from sluice.gateway._asgi import RouteSpec
 from sluice.gateway._launched import LaunchedFleet
+from sluice.gateway._started_models import ModelLaunch, StartedModels
 from sluice.gateway.routes.admin import admin_body, admin_service, json_response
 from sluice.gateway.routes.replicas import ReplicaRef
 from sluice.protocol import parse_request
 
 MAX_REPLICAS = 64
 MAX_LOG_LINES = 1000
+
+
+class StopModel(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(min_length=1)
+    drain_timeout_s: float = Field(60.0, ge=0, le=3600)
 
 
 class ScaleRequest(BaseModel):
@@ -43,18 +58,43 @@ class ScaleRequest(BaseModel):
 async def list_engines(request: Request) -> Response:
     """Every model: launched or not, its launched processes, the fleet's progress, its replica set."""
     service = admin_service(request)
-    fleets: dict[str, LaunchedFleet] = dict(getattr(request.app.state, "fleets", {}))
+    started = _started(request)
     rows = []
     for name, route in service.routes.items():
         replicas = route.pool.replicas.snapshot()
-        fleet = fleets.get(name)
+        fleet = _fleet_of(request, name)
         details = replicas.get("details", {})
         rows.append({"model": name, "dialect": route.pool.replicas.dialect, "launched": fleet is not None,
-                     "autoscaled": _autoscaled(request, name),
+                     "autoscaled": _autoscaled(request, name), "started_at_runtime": name in started.names(),
+                     **(started.describe(name) or {}),
                      "engines": details.get("launcher", []) if fleet is not None else [],
                      "fleet": fleet.snapshot() if fleet is not None else None,
                      "replicas": replicas["replicas"]})
+    for name in started.names():  # started at run time, not (or no longer) serving: starting, stopping, failed
+        if name not in service.routes:
+            rows.append({"model": name, "dialect": None, "launched": True, "autoscaled": False,
+                         "started_at_runtime": True, **(started.describe(name) or {}), "engines": [],
+                         "fleet": None, "replicas": []})
     return json_response({"object": "list", "data": rows})
+
+
+async def start_model(request: Request) -> Response:
+    """Launch the engines of a new model and serve it under its name, once they are healthy."""
+    admin_service(request)
+    launch = parse_request(ModelLaunch, await admin_body(request))
+    workers = request.app.state.live.settings.server.workers
+    if workers > 1:
+        raise _conflict(f"This gateway runs {workers} worker processes: engines are launched by the process that "
+                        "serves them, so a model is started at run time only with one (--workers 1). Add the model "
+                        "to the configuration instead.", "workers_have_no_launcher")
+    return json_response(_started(request).start(launch), status=202)
+
+
+async def stop_model(request: Request) -> Response:
+    """Drain a model started at run time, stop its engines, remove its pool."""
+    admin_service(request)
+    stop = parse_request(StopModel, await admin_body(request))
+    return json_response(_started(request).stop(stop.model, stop.drain_timeout_s), status=202)
 
 
 async def scale_engines(request: Request) -> Response:
@@ -114,11 +154,22 @@ def _lines(text: str | None) -> int:
 def _fleet(request: Request, model: str) -> LaunchedFleet:
     if model not in request.app.state.service.routes:
         raise NotFoundError(f"No model {model!r}.", param="model", code="model_not_found")
-    fleet: LaunchedFleet | None = dict(getattr(request.app.state, "fleets", {})).get(model)
+    fleet = _fleet_of(request, model)
     if fleet is None:
         raise _conflict(f"Sluice did not launch the engines of model {model!r}: start, stop and scale them where "
                         "they run.", "not_launched", param="model")
     return fleet
+
+
+def _fleet_of(request: Request, model: str) -> LaunchedFleet | None:
+    """The replicas Sluice launched for ``model``: at start (``--model``) or at run time."""
+    fleet: LaunchedFleet | None = dict(getattr(request.app.state, "fleets", {})).get(model)
+    return fleet if fleet is not None else _started(request).fleet(model)
+
+
+def _started(request: Request) -> StartedModels:
+    started: StartedModels = request.app.state.started_models
+    return started
 
 
 def _autoscaled(request: Request, model: str) -> bool:
@@ -141,4 +192,6 @@ ROUTES = [
     RouteSpec("POST", "/admin/engines/scale", scale_engines, "admin", request_model=ScaleRequest),
     RouteSpec("POST", "/admin/engines/restart", restart_engine, "admin", request_model=ReplicaRef),
     RouteSpec("GET", "/admin/engines/logs", engine_logs, "admin"),
+    RouteSpec("POST", "/admin/engines/models", start_model, "admin", request_model=ModelLaunch),
+    RouteSpec("POST", "/admin/engines/stop", stop_model, "admin", request_model=StopModel),
 ]

@@ -4,8 +4,12 @@
 -- ARGV[1] is a JSON array of operations (see quota/_wire.py); each names its keys, and every key must be one of
 -- KEYS (the batch's distinct keys, declared for Redis Cluster's routing):
 --   ["A", id, marker, marker_ttl_ms, [[key, interval_us, capacity, cost]...], [[key, limit, ttl_us]...]]  acquire
+--   ["A", ..., [[key, interval_us, capacity, cost, flexible]...], [...], [extra, overrun]]   stretched acquire:
+--            the costs are floors; once all fit, each flexible bucket takes up to extra units more, as many as fit
+--            in all of them (overrun 0) or all of them, into debt (overrun 1); the marker is 'granted <extra>'
 --   ["S", id, marker, marker_ttl_ms, [[key, interval_us, delta]...], [lease_key...]]     settle (charge/refund, release)
---   ["V", id, marker, marker_ttl_ms, [[key, interval_us, cost]...], [lease_key...]]      void (give a decision back)
+--   ["V", id, marker, marker_ttl_ms, [[key, interval_us, cost, flexible]...], [lease_key...]]   void (give a
+--            decision back: its costs, and flexible * extra more for a stretched grant)
 --   ["N", id, marker, [[key, ttl_us]...]]                                                 renew leases
 -- Every operation is idempotent or fenced by its decision's marker (a string key, kept marker_ttl_ms):
 --   acquire: absent -> decide; on a grant that holds something, mark 'granted'. 'granted' -> granted again,
@@ -15,7 +19,8 @@
 --            refused; either way 'void'. Already void or settled -> nothing.
 --   renew:   holds the leases again (even if Redis lost them), unless the decision is settled or void.
 -- Replies, one per operation: A -> {granted (1), refused (0) or voided (-1), refused_bucket, refused_lease,
---   retry_after_us, {remaining, reset_us, retry_us}*nb}; S, V, N -> {1} when applied, {0} when fenced off.
+--   retry_after_us, {remaining, reset_us, retry_us}*nb[, extra (a stretched grant)]}; S, V, N -> {1} when
+--   applied, {0} when fenced off.
 --   Indices are 0-based, -1 for none; durations are whole microseconds rounded up, or 'inf'.
 local EPS = 1e-3
 local t = redis.call('TIME')
@@ -62,6 +67,8 @@ local function acquire(op)
     local states = {}
     for i = 1, nb do states[i] = standing(key(bspecs[i][1]), bspecs[i][2], bspecs[i][3]) end
     if was == 'granted' then return {1, -1, -1, 0, states} end
+    local extra = string.match(was, '^granted (%d+)$')
+    if extra then return {1, -1, -1, 0, states, tonumber(extra)} end
     return {-1, -1, -1, 0, states}
   end
   local bkeys, intervals, newtats, states, bases, taus, fits = {}, {}, {}, {}, {}, {}, {}
@@ -112,7 +119,23 @@ local function acquire(op)
       return {0, -1, i - 1, 1000000, states}
     end
   end
-  local holds = nl > 0
+  local stretch, extra = op[7], nil
+  if stretch then
+    extra = stretch[1]
+    for i = 1, nb do
+      if bspecs[i][5] == 1 and stretch[2] == 0 then  -- as far as every flexible bucket has room
+        local room = units(taus[i] + EPS - (newtats[i] - now), intervals[i])
+        if room < extra then extra = room end
+      end
+    end
+    for i = 1, nb do
+      if bspecs[i][5] == 1 then
+        newtats[i] = newtats[i] + extra * intervals[i]
+        states[i] = {units(taus[i] - (newtats[i] - now), intervals[i]), us(newtats[i] - now), 0}
+      end
+    end
+  end
+  local holds = nl > 0 or (extra ~= nil and extra > 0)
   for i = 1, nb do
     write_tat(bkeys[i], newtats[i], intervals[i])
     if bspecs[i][4] ~= 0 then holds = true end
@@ -120,6 +143,10 @@ local function acquire(op)
   for i = 1, nl do
     redis.call('ZADD', lkeys[i], now + ttls[i], lease_id)
     redis.call('PEXPIRE', lkeys[i], math.ceil(ttls[i] / 1000) + 1000)
+  end
+  if extra ~= nil then
+    if holds then redis.call('SET', marker, 'granted ' .. extra, 'PX', marker_ttl) end
+    return {1, -1, -1, 0, states, extra}
   end
   if holds then redis.call('SET', marker, 'granted', 'PX', marker_ttl) end
   return {1, -1, -1, 0, states}
@@ -153,8 +180,10 @@ local function void(op)
   local lease_id, marker, marker_ttl = op[2], key(op[3]), op[4]
   local was = redis.call('GET', marker)
   if over(was) then return {0} end
-  if was == 'granted' then
-    for _, spec in ipairs(op[5]) do adjust(key(spec[1]), spec[2], -spec[3]) end
+  local granted = was and string.match(was, '^granted ?(%d*)$')
+  if granted then
+    local extra = tonumber(granted) or 0
+    for _, spec in ipairs(op[5]) do adjust(key(spec[1]), spec[2], -(spec[3] + (spec[4] or 0) * extra)) end
   end
   for _, k in ipairs(op[6]) do redis.call('ZREM', key(k), lease_id) end
   redis.call('SET', marker, 'void', 'PX', marker_ttl)
