@@ -6,8 +6,6 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-DEFAULT_ATTAINMENT = 0.99  # share of a tier's requests that must meet its TTFT target
-
 
 def add_plan_parser(sub: Any) -> None:
     """The ``plan`` command, on the ``sluice`` parser's subparsers."""
@@ -18,8 +16,8 @@ def add_plan_parser(sub: Any) -> None:
     plan.add_argument("--replicas", default="1", help="replicas per model: N, a range A-B, or auto (default 1)")
     plan.add_argument("--model", help="replay every request against this model of the config")
     plan.add_argument("--slo-ttft-ms", type=float, help="TTFT target of the tiers without their own ttft_slo_s")
-    plan.add_argument("--attainment", type=float, default=DEFAULT_ATTAINMENT,
-                      help=f"share of a tier's requests that must meet its target (default {DEFAULT_ATTAINMENT})")
+    plan.add_argument("--attainment", type=float,
+                      help="share of a tier's requests that must meet its target (default 0.99)")
     calibration = plan.add_mutually_exclusive_group()
     calibration.add_argument("--calibrate-bench", metavar="RUN", help="fit the engine's speed to a bench run")
     calibration.add_argument("--calibrate-metrics", metavar="FILE", help="fit it to a vLLM /metrics scrape")

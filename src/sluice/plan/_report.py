@@ -17,14 +17,16 @@ from typing import Any
 from sluice.bench import percentile
 from sluice.config import Settings
 from sluice.errors import ConfigError
-from sluice.plan._arguments import DEFAULT_ATTAINMENT
 from sluice.plan._replay import ReplayResult, RequestOutcome
+
+DEFAULT_ATTAINMENT = 0.99  # share of a tier's requests that must meet its TTFT target
 
 
 class SloPolicy:
     """The TTFT target of each tier, and the share of requests that must meet it."""
 
-    def __init__(self, settings: Settings, *, default_ttft_s: float | None, attainment: float = DEFAULT_ATTAINMENT):
+    def __init__(self, settings: Settings, *, default_ttft_s: float | None, attainment: float | None = None):
+        attainment = DEFAULT_ATTAINMENT if attainment is None else attainment
         if not 0 < attainment <= 1:
             raise ConfigError(f"--attainment is a share within (0, 1], not {attainment:g}")
         self._targets = {name: t.ttft_slo_s for name, t in settings.tiers.items()}
