@@ -294,10 +294,9 @@ def _launch_plan(args: argparse.Namespace, settings: Settings,
         EngineLauncher,
         GpuPool,
         ReplicaPlanner,
-        VisibleGpus,
         choose_backend,
         context_length,
-        visible_gpus,
+        launch_gpus,
     )
     from sluice.engines.dialects import LaunchSpec
 
@@ -316,8 +315,7 @@ def _launch_plan(args: argparse.Namespace, settings: Settings,
     spec = LaunchSpec(model=args.model, port=0, tp=args.tp, pp=args.pp,
                       gpu_memory_utilization=args.gpu_memory_utilization, max_model_len=args.max_model_len,
                       served_model_name=name, extra_args=tuple(args.engine_args), python=args.engine_python)
-    # the simulator needs no GPU: it takes some (a rehearsal of the layout) only when --gpus names them
-    visible = visible_gpus(args.gpus, os.environ) if choice.backend != "sim" or args.gpus else VisibleGpus((), "sim")
+    visible = launch_gpus(choice.backend, args.gpus, os.environ)
     gpus = GpuPool(visible)
     if not gpus.enabled and choice.backend != "sim":
         log.info("no GPU visible (%s lists none): replicas get no CUDA_VISIBLE_DEVICES and share what the engine "

@@ -14,7 +14,7 @@ from sluice.engines._gpu_signal import (
     PynvmlReader,
     parse_dcgm,
 )
-from sluice.engines._gpus import GpuPool, NotEnoughGpus, VisibleGpus, visible_gpus
+from sluice.engines._gpus import GpuPool, NotEnoughGpus, VisibleGpus, launch_gpus, visible_gpus
 from sluice.engines._launch_plan import Backend, EngineCommand, ReplicaPlanner, plan_commands
 from sluice.engines._launcher import EngineLauncher
 from sluice.engines._pool import EnginePool, UpstreamResponse
@@ -56,6 +56,7 @@ __all__ = [
     "choose_backend",
     "context_length",
     "engine_error",
+    "launch_gpus",
     "parse_dcgm",
     "parse_load",
     "plan_commands",

@@ -63,6 +63,14 @@ def visible_gpus(explicit: str | None, env: Mapping[str, str],
     return VisibleGpus(query(), "nvidia-smi")
 
 
+def launch_gpus(backend: str, explicit: str | None, env: Mapping[str, str]) -> VisibleGpus:
+    """The GPUs a launch of ``backend`` may use (``visible_gpus``); the simulator needs none, and takes some (a
+    rehearsal of the layout) only when ``explicit`` names them."""
+    if backend == "sim" and explicit is None:
+        return VisibleGpus((), "sim")
+    return visible_gpus(explicit, env)
+
+
 class GpuPool:
     """The visible GPUs, handed out ``count`` at a time in order and given back when a replica is removed."""
 

@@ -30,10 +30,9 @@ from sluice.engines import (
     EngineLauncher,
     GpuPool,
     ReplicaPlanner,
-    VisibleGpus,
     choose_backend,
     context_length,
-    visible_gpus,
+    launch_gpus,
 )
 from sluice.engines.dialects import LaunchSpec
 from sluice.errors import ConfigError, InvalidRequestError, NotFoundError
@@ -124,8 +123,7 @@ class StartedModels:
         spec = LaunchSpec(model=launch.model, port=0, tp=launch.tensor_parallel, pp=launch.pipeline_parallel,
                           gpu_memory_utilization=launch.gpu_memory_utilization, max_model_len=launch.max_model_len,
                           served_model_name=launch.name, python=self._settings.engine_python or sys.executable)
-        wants_gpus = choice.backend != "sim" or launch.gpus is not None
-        gpus = GpuPool(visible_gpus(launch.gpus, os.environ) if wants_gpus else VisibleGpus((), "sim"))
+        gpus = GpuPool(launch_gpus(choice.backend, launch.gpus, os.environ))
         try:
             planner = ReplicaPlanner(choice.backend, spec, gpus)  # type: ignore[arg-type]
             commands = planner.plan(launch.replicas)
