@@ -51,14 +51,15 @@ CONNECTIONS = 64
 # (step, module prefixes under sluice/), innermost Sluice frame first; the first prefix that matches decides.
 SLUICE_STEPS = (
     ("HTTP parse and server (uvicorn, httptools, Sluice's protocol)", ("gateway/_http_protocol", "gateway/server",
-                                                                       "gateway/_connections")),
+                                                                       "gateway/_connections", "gateway/_exchange")),
     ("ASGI layer, middleware, routes", ("gateway/_asgi", "gateway/middleware", "gateway/app", "gateway/routes/",
                                         "gateway/_responses", "gateway/_disconnect")),
     ("auth (API key lookup)", ("identity/",)),
     ("pricing (prompt tokens)", ("quota/_pricing", "quota/_tokenizer")),
     ("quota (limiter, Redis store, batching, headers)", ("quota/", "state")),
     ("admission", ("admission/", "gateway/_gates")),
-    ("upstream client (engine call and its answer)", ("engines/_pool", "engines/_backend", "engines/_errors")),
+    ("upstream client (engine call and its answer)", ("engines/_pool", "engines/_backend", "engines/_errors",
+                                                    "engines/_http_client", "engines/_http_connection")),
     ("routing (pool, replicas)", ("engines/",)),
     ("SSE relay and usage reconcile", ("gateway/_relay", "gateway/_resume", "protocol/_sse")),
     ("request parsing and validation", ("protocol/",)),

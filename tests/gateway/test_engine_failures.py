@@ -179,21 +179,37 @@ def test_time_to_first_token_starts_at_generated_text_not_at_the_role_chunk():
 async def test_a_stream_abandoned_before_it_began_still_gives_back_what_it_held():
     import asyncio
 
-    from sluice.gateway._disconnect import DisconnectWatch
-    from sluice.gateway._responses import SSEResponse
+    from uvicorn.protocols.http.flow_control import FlowControl
 
-    relay_ran, closed = [], []
+    from sluice.gateway._disconnect import ClientDisconnected
+    from sluice.gateway._exchange import Exchange
+    from sluice.gateway._responses import write_reply
+    from sluice.gateway.service import StreamReply
+
+    relay_closed, given_back, written = [], [], []
 
     async def relay():
-        relay_ran.append(True)
-        yield b"data: {}\n\n"
+        try:
+            yield b"data: {}\n\n"
+            await asyncio.sleep(3600)
+        finally:
+            relay_closed.append(True)
 
-    async def receive():
-        return {"type": "http.disconnect"}  # the client is already gone
+    class Transport(asyncio.Transport):
+        def write(self, data):
+            written.append(data)
 
-    async def send(message):
-        await asyncio.sleep(0.01)  # the watch cancels us while the headers go out
+        def close(self):
+            pass
 
-    response = SSEResponse(relay(), DisconnectWatch(receive), {}, on_close=lambda: closed.append(True))
-    await response({"type": "http"}, receive, send)
-    assert closed == [True] and relay_ran == []
+        def is_closing(self):
+            return True
+
+    transport = Transport()
+    exchange = Exchange(method="POST", path="/v1/chat/completions", headers=[], server=None, keep_alive=True,
+                        expect_continue=False, transport=transport, flow=FlowControl(transport), default_headers=[],
+                        on_complete=lambda: None, serve=None, app_state=None)
+    exchange.connection_lost()  # the client is already gone
+    with pytest.raises(ClientDisconnected):
+        await write_reply(exchange, StreamReply(relay(), {}, on_close=lambda: given_back.append(True)))
+    assert given_back == [True] and relay_closed == [True] and written == []

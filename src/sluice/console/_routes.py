@@ -195,8 +195,10 @@ def _page(body: str, status: int = 200) -> Response:
     return Response(body, status_code=status, media_type="text/html; charset=utf-8", headers=PAGE_HEADERS)
 
 
-def _with_session(handler: Handler) -> Handler:
+def _with_session(handler: Handler | None) -> Handler:
     """``handler``, once the request's console session (if its cookie names one) is read from the state store."""
+    assert handler is not None, "the console's routes are ASGI routes"
+
     @functools.wraps(handler)
     async def handle(request: Request) -> Response:
         console = request.app.state.console

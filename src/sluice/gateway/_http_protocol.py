@@ -10,7 +10,9 @@ connection. This subclass adds, per connection:
   complete: past ``header_timeout_s``, 408 if a head had begun, else a silent close (an idle connection has no
   request to answer; uvicorn's own keep-alive timeout usually closes those first);
 - a place in the server's ``ConnectionTable`` (the cap on open connections, see ``_connections``);
-- OpenAI-shaped answers for all of these, and for heads the parser rejects (400), instead of uvicorn's text.
+- OpenAI-shaped answers for all of these, and for heads the parser rejects (400), instead of uvicorn's text;
+- the hot routes (``HotRoutes``: the inference endpoints) served straight from here, as an ``Exchange`` in place
+  of uvicorn's ASGI cycle: no ASGI scope, messages or Starlette objects on the path most requests take.
 
 Those answers are written before any request exists: they are in neither the access log nor the request metrics,
 but counted by reason (``ConnectionObserver``: ``sluice_connections_refused_total``).
@@ -25,7 +27,9 @@ from __future__ import annotations
 import asyncio
 import http
 import logging
+import urllib.parse
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Any, ClassVar, Protocol
 
 import httptools
@@ -42,6 +46,7 @@ from sluice.errors import (
     SluiceError,
 )
 from sluice.gateway._connections import ConnectionTable
+from sluice.gateway._exchange import Exchange, Serve
 
 log = logging.getLogger("sluice")
 
@@ -52,6 +57,15 @@ class HttpLimits:
     max_headers: int
     header_timeout_s: float
     max_connections: int
+
+
+@dataclass(frozen=True, slots=True)
+class HotRoutes:
+    """The POST routes served straight from the protocol, what serves them, and the app state they read."""
+
+    paths: frozenset[str]
+    serve: Serve
+    state: SimpleNamespace
 
 
 class ConnectionObserver(Protocol):
@@ -117,6 +131,7 @@ class LimitedHttpProtocol(HttpToolsProtocol):
     table: ClassVar[ConnectionTable]
     answers: ClassVar[_Answers]
     observer: ClassVar[ConnectionObserver | None]
+    hot: ClassVar[HotRoutes | None]
 
     def __init__(self, config: Config, server_state: ServerState, app_state: dict[str, Any],
                  _loop: asyncio.AbstractEventLoop | None = None) -> None:
@@ -145,7 +160,10 @@ class LimitedHttpProtocol(HttpToolsProtocol):
             self._head_timer.cancel()
             self._head_timer = None
         self.table.remove(self)
+        cycle: object = self.cycle
         super().connection_lost(exc)
+        if isinstance(cycle, Exchange):
+            cycle.connection_lost()
 
     def shed(self) -> None:
         self._answer(self.answers.too_many_connections if self._head_begun() else None)
@@ -212,7 +230,35 @@ class LimitedHttpProtocol(HttpToolsProtocol):
         self._close_section()
         self._in_head = False
         self._stop_waiting()
-        super().on_headers_complete()
+        exchange = self._hot_exchange()
+        if exchange is None:
+            super().on_headers_complete()
+            return
+        existing = self.cycle
+        self.cycle = exchange  # type: ignore[assignment]  # it stands in for uvicorn's cycle
+        if existing is None or existing.response_complete:
+            self._start_asgi_task(exchange, self.app)  # type: ignore[arg-type]
+        else:  # pipelined behind a request still being answered, as uvicorn queues its cycles
+            self.flow.pause_reading()
+            self.pipeline.appendleft((exchange, self.app))  # type: ignore[arg-type]
+
+    def _hot_exchange(self) -> Exchange | None:
+        """The exchange of a request to a hot route; None for any other request (served over ASGI)."""
+        hot = self.hot
+        if hot is None or self.parser.get_method() != b"POST":
+            return None
+        raw_path = httptools.parse_url(self.url).path
+        path = raw_path.decode("ascii")
+        if "%" in path:
+            path = urllib.parse.unquote(path)
+        if path not in hot.paths:
+            return None
+        version = self.parser.get_http_version()
+        keep_alive = version != "1.0" and self.parser.should_keep_alive()
+        return Exchange(method="POST", path=path, headers=self.headers, server=self.server, keep_alive=keep_alive,
+                        expect_continue=self.expect_100_continue, transport=self.transport, flow=self.flow,
+                        default_headers=self.server_state.default_headers, on_complete=self.on_response_complete,
+                        serve=hot.serve, app_state=hot.state)
 
     def on_chunk_header(self) -> None:
         self._section_room = self.limits.max_header_bytes  # chunk data follows, or (last chunk) the trailers
@@ -269,9 +315,10 @@ class LimitedHttpProtocol(HttpToolsProtocol):
         self.transport.close()
 
 
-def protocol_class(limits: HttpLimits, observer: ConnectionObserver | None = None) -> type[LimitedHttpProtocol]:
-    """The protocol uvicorn instantiates per connection, bound to ``limits``, one new connection table, and the
-    observer that counts its refusals."""
+def protocol_class(limits: HttpLimits, observer: ConnectionObserver | None = None,
+                   hot: HotRoutes | None = None) -> type[LimitedHttpProtocol]:
+    """The protocol uvicorn instantiates per connection, bound to ``limits``, one new connection table, the
+    observer that counts its refusals, and the routes it serves itself."""
 
     class SluiceHttpProtocol(LimitedHttpProtocol):
         pass
@@ -280,4 +327,5 @@ def protocol_class(limits: HttpLimits, observer: ConnectionObserver | None = Non
     SluiceHttpProtocol.table = ConnectionTable(limits.max_connections)
     SluiceHttpProtocol.answers = _Answers.for_limits(limits)
     SluiceHttpProtocol.observer = observer
+    SluiceHttpProtocol.hot = hot
     return SluiceHttpProtocol

@@ -1,11 +1,13 @@
 """The request observer: request id in and out, the request record, metrics and the access log.
 
-Pure ASGI (no BaseHTTPMiddleware): it must not buffer or delay streamed bodies.
+Pure ASGI (no BaseHTTPMiddleware): it must not buffer or delay streamed bodies. The hot routes, served without
+ASGI (``_exchange``), open and close their records with the same ``begin`` and ``end``.
 """
 
 from __future__ import annotations
 
 import re
+from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -33,11 +35,9 @@ class RequestObserver:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        request_id = _client_request_id(scope) or self._ids.next()
-        route = scope["path"] if scope["path"] in self.routes else "other"
-        record = RequestRecord(request_id, scope["method"], route, self.clock.now(), at=round(self.clock.wall(), 3))
+        record, in_flight = self.begin(scope["method"], scope["path"], scope["headers"])
         scope.setdefault("state", {})["record"] = record
-        header = (REQUEST_ID_HEADER, request_id.encode())
+        header = (REQUEST_ID_HEADER, record.request_id.encode())
 
         async def observed_send(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -45,19 +45,27 @@ class RequestObserver:
                 message["headers"] = [*message.get("headers", ()), header]
             await send(message)
 
-        in_flight = self.metrics.in_flight_for(route)
-        in_flight.inc()
         try:
             await self.app(scope, receive, observed_send)
         except BaseException:
-            record.status = record.status or 500
-            record.reason = record.reason or "internal_error"
+            failed(record)
             raise
         finally:
-            in_flight.dec()
-            self._finish(record)
+            self.end(record, in_flight)
 
-    def _finish(self, record: RequestRecord) -> None:
+    def begin(self, method: str, path: str, headers: list[tuple[bytes, bytes]]) -> tuple[RequestRecord, Any]:
+        """A request's record (its id: the client's ``x-request-id`` if valid, else a new one), and the in-flight
+        gauge it counts in until ``end``."""
+        request_id = _client_request_id(headers) or self._ids.next()
+        route = path if path in self.routes else "other"
+        record = RequestRecord(request_id, method, route, self.clock.now(), at=round(self.clock.wall(), 3))
+        in_flight = self.metrics.in_flight_for(route)
+        in_flight.inc()
+        return record, in_flight
+
+    def end(self, record: RequestRecord, in_flight: Any) -> None:
+        """The request is over, however it ended: counted and logged."""
+        in_flight.dec()
         if not record.status:
             record.status, record.reason = CLIENT_CLOSED_STATUS, record.reason or "client_disconnected"
         record.duration_s = self.clock.now() - record.started_s
@@ -65,8 +73,13 @@ class RequestObserver:
         self.access_log.write(record)
 
 
-def _client_request_id(scope: Scope) -> str | None:
-    headers: list[tuple[bytes, bytes]] = scope["headers"]
+def failed(record: RequestRecord) -> None:
+    """What a request that ended in an exception nobody answered is recorded as."""
+    record.status = record.status or 500
+    record.reason = record.reason or "internal_error"
+
+
+def _client_request_id(headers: list[tuple[bytes, bytes]]) -> str | None:
     for name, value in headers:
         if name == REQUEST_ID_HEADER and _VALID_REQUEST_ID.match(value):
             return value.decode()

@@ -1,4 +1,5 @@
-"""How the gateway is served: uvicorn (uvloop, httptools) with Sluice's HTTP limits.
+"""How the gateway is served: uvicorn (uvloop, httptools) with Sluice's HTTP limits, the hot routes served
+straight from its protocol (``_http_protocol``, ``_exchange``).
 
 ``sluice serve`` and the tests' live servers both build their server here, so tests meet the limits users get.
 With ``server.ops_port``, the server listens on a second socket, the operations port (admin API, metrics), bound
@@ -18,6 +19,7 @@ import uvicorn
 from starlette.types import ASGIApp
 
 from sluice.config import ServerSettings
+from sluice.gateway._asgi import GatewayApp
 from sluice.gateway._http_protocol import HttpLimits, protocol_class
 from sluice.gateway._startup import bind_port
 from sluice.telemetry import GatewayMetrics
@@ -61,7 +63,7 @@ def http_limits(server: ServerSettings, fd_limit: int) -> HttpLimits:
 
 def uvicorn_config(app: ASGIApp, server: ServerSettings, limits: HttpLimits,
                    metrics: GatewayMetrics | None = None) -> uvicorn.Config:
-    protocol = protocol_class(limits, metrics)
+    protocol = protocol_class(limits, metrics, app.hot() if isinstance(app, GatewayApp) else None)
     if metrics is not None:
         metrics.watch_connections(protocol.table.count)
     return uvicorn.Config(app, host=server.host, port=server.port, loop="uvloop", http=protocol,

@@ -5,7 +5,7 @@ the deadline, the retry on a fresh connection, the translation of errors and Red
 At most ``MAX_CALLS_IN_FLIGHT`` script calls are on the wire at once; the operations issued meanwhile are sent
 together in the next call (at most ``MAX_BATCH`` a call): under load one round trip carries many decisions (each
 still atomic and all-or-nothing), which keeps a shared store cheap per request; at low load a decision costs one
-round trip.
+round trip, sent from the caller's own task (it never waits for a batch when nothing else is in flight).
 
 Every operation is idempotent or fenced by its decision's marker (lua/quota.lua), which is what makes failures
 safe: a batch whose connection broke is sent again once on a fresh connection; a decision whose caller will never
@@ -73,6 +73,7 @@ class RedisStore:
         self._owns_state = owns_state
         self._queue: list[_Pending] = []
         self._calls_in_flight = 0
+        self._idle: list[Connection] = []  # the store's own connections, between calls (at most MAX_CALLS_IN_FLIGHT)
         self.give_back = GiveBackQueue(self._deliver, state, clock)
 
     @classmethod
@@ -139,6 +140,7 @@ class RedisStore:
 
     async def close(self) -> None:
         await self.give_back.close()
+        await self._drop_idle()
         if self._owns_state:
             await self.state.close()
 
@@ -151,6 +153,8 @@ class RedisStore:
     async def _call(self, keys: list[str], ops: list[list[Any]], *, lost: Callable[[Any], None] | None = None) -> Any:
         if not self.state.available:
             raise self.state.refusal("quota")
+        if not self._queue and self._calls_in_flight < MAX_CALLS_IN_FLIGHT:
+            return await self._call_now(keys, ops, lost)
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._queue.append(_Pending(keys, ops, future, lost))
         self._kick()
@@ -163,6 +167,21 @@ class RedisStore:
             raise
         finally:
             del future  # a failure raised here keeps this frame in its traceback: the frame must not keep the failure
+
+    async def _call_now(self, keys: list[str], ops: list[list[Any]], lost: Callable[[Any], None] | None) -> Any:
+        """A call nothing is queued for: sent from the caller's own task at once (no batch, task or future). A
+        call that failed or was interrupted (its caller cancelled) may have run: ``lost`` hears of it."""
+        self._calls_in_flight += 1
+        try:
+            wire_keys, args = _wire.encode(ops, keys)
+            replies = await self.state.run(lambda client: self._evalsha(client, wire_keys, args), "quota")
+        except (StateUnavailableError, asyncio.CancelledError):
+            if lost is not None:
+                lost(None)
+            raise
+        finally:
+            self._next_call()
+        return replies[-1]
 
     def _kick(self) -> None:
         while self._queue and self._calls_in_flight < MAX_CALLS_IN_FLIGHT:
@@ -198,18 +217,29 @@ class RedisStore:
                 pending.lost(reply)
 
     async def _evalsha(self, client: Client, keys: list[str], args: list[bytes]) -> Any:
-        """EVALSHA on a pooled connection, loading the script on NOSCRIPT (a restarted or flushed Redis). Straight
-        on the connection: redis-py's per-command path (retries, metrics hooks) cost ~180 µs of CPU per call here,
-        and its argument packing (an encoder call and type checks per argument) ~8% of a decision's client CPU.
-        An interrupted call drops its connection (redis-py does, on any error while sending or reading)."""
+        """EVALSHA on a connection of the store's own, loading the script on NOSCRIPT (a restarted or flushed
+        Redis). Straight on the connection: redis-py's per-command path (retries, metrics hooks) cost ~180 µs of
+        CPU per call here, its argument packing (an encoder call and type checks per argument) ~8% of a
+        decision's client CPU, and its pool's checkout (a lock, observability hooks, and a zero-timeout read to
+        check the connection) as much again. The store keeps the connections it made (made by the client's pool,
+        with its settings); an interrupted call drops its connection (redis-py does, on any error while sending
+        or reading), and with it every idle one: after a Redis restart they are all dead, and the state layer's
+        retry must find a fresh one."""
         if isinstance(client, RedisCluster):
             return await self._evalsha_on_cluster(client, keys, args)
-        pool = client.connection_pool
-        conn = await pool.get_connection()  # type: ignore[no-untyped-call]
+        conn = self._idle.pop() if self._idle else client.connection_pool.make_connection()
         try:
-            return await self._evalsha_on(conn, keys, args)
-        finally:
-            await pool.release(conn)
+            result = await self._evalsha_on(conn, keys, args)
+        except Exception:
+            await self._drop_idle()
+            raise
+        self._idle.append(conn)
+        return result
+
+    async def _drop_idle(self) -> None:
+        idle, self._idle = self._idle, []
+        for conn in idle:
+            await conn.disconnect(nowait=True)
 
     async def _evalsha_on(self, conn: Connection, keys: list[str], args: list[bytes]) -> Any:
         for attempt in range(2):

@@ -25,8 +25,8 @@ def openapi_document(routes: Sequence[RouteSpec]) -> dict[str, Any]:
     for route in documented:
         operation: dict[str, Any] = {
             "tags": [route.tag],
-            "summary": (route.handler.__doc__ or "").strip().split("\n")[0],
-            "operationId": route.handler.__name__,
+            "summary": (route.function.__doc__ or "").strip().split("\n")[0],
+            "operationId": route.function.__name__,
             "responses": {
                 "200": _ok(route),
                 "default": {"description": "An OpenAI-shaped error.", "content": _json(ErrorResponse.__name__)},

@@ -7,10 +7,9 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 import orjson
-from starlette.requests import Request
-from starlette.responses import Response
 
 from sluice.gateway._asgi import RouteSpec
+from sluice.gateway._exchange import Exchange
 from sluice.gateway.routes._proxy import proxy
 from sluice.gateway.service import CHAT, FullReply, Reply, StreamReply
 from sluice.protocol import ResponseEvents, ResponsesRequest, chat_body, parse_request, response_from_chat
@@ -49,11 +48,11 @@ async def _told_as(events: ResponseEvents, chunks: AsyncIterator[bytes]) -> Asyn
         await chunks.aclose()  # type: ignore[attr-defined]  # the relay: closing it aborts the engine request
 
 
-async def create_response(request: Request) -> Response:
+async def create_response(exchange: Exchange) -> None:
     """A model response (OpenAI's Responses API, text only), streamed (SSE events) or not."""
-    record = request.state.record
-    created_at = int(request.app.state.service.clock.wall())
-    return await proxy(request, CHAT, ResponsesTranslation(record.request_id, created_at))
+    assert exchange.record is not None
+    created_at = int(exchange.app_state.service.clock.wall())
+    await proxy(exchange, CHAT, ResponsesTranslation(exchange.record.request_id, created_at))
 
 
-ROUTES = [RouteSpec("POST", "/v1/responses", create_response, "inference", ResponsesRequest)]
+ROUTES = [RouteSpec("POST", "/v1/responses", None, "inference", ResponsesRequest, exchange_handler=create_response)]
