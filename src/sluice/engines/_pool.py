@@ -3,13 +3,14 @@
 The router orders the replicas; replicas whose circuit is open are skipped; a connect error or an engine's
 "overloaded" answer (429/503) moves on to the next replica, since nothing has reached the client yet. Active
 health checks probe every replica. The replicas are the pool's live ``ReplicaSet``: a replica added is tried by
-the next request, a draining one gets no new request and leaves when its last answer is closed. aiohttp is the
-upstream client: measured against httpx as a proxy client in ``python -m bench.upstream_client``.
+the next request, a draining one gets no new request and leaves when its last answer is closed. The upstream
+client is our own (engines/_http_client.py: keep-alive HTTP/1.1 on asyncio protocols and httptools), measured
+against aiohttp and httpx as a proxy client in ``python -m bench.upstream_client``.
 
 A request holds one of the pool's ``max_connections`` slots (``ConnectionSlots``) from the moment it is sent
-until its answer is read or closed; the slots, not aiohttp's connector (unlimited here, whose queue has no
-deadline), bound the connections, so a request that cannot have one is refused in bounded time. Health probes
-are not counted: one per replica at a time.
+until its answer is read or closed; the slots, not the client (which does not cap its connections), bound the
+connections, so a request that cannot have one is refused in bounded time. Health probes are not counted: one
+per replica at a time.
 """
 
 from __future__ import annotations
@@ -19,11 +20,11 @@ import logging
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
-import aiohttp
-
 from sluice.clock import Clock, MonotonicClock
 from sluice.engines._breaker import BreakerState
 from sluice.engines._errors import engine_error
+from sluice.engines._http_client import HttpResponse, UpstreamClient
+from sluice.engines._http_connection import UpstreamBodyError, UpstreamConnectError, UpstreamHttpError
 from sluice.engines._replica import Replica
 from sluice.engines._replica_set import ReplicaSet
 from sluice.engines._routing import Router
@@ -33,6 +34,8 @@ from sluice.errors import EngineUnavailableError, SluiceError
 
 log = logging.getLogger("sluice")
 
+PROBE_TIMEOUT_S = 2.0
+
 
 @dataclass
 class UpstreamResponse:
@@ -41,28 +44,34 @@ class UpstreamResponse:
     replica: Replica
     status: int
     content_type: str
-    _resp: aiohttp.ClientResponse = field(repr=False)
+    _resp: HttpResponse = field(repr=False)
     _slots: ConnectionSlots = field(repr=False)
     _replicas: ReplicaSet = field(repr=False)
     _closed: bool = False
 
     async def read(self) -> bytes:
+        """The whole body; the answer is closed after. An engine that dies mid-answer raises
+        ``EngineUnavailableError`` (reason ``engine_died``)."""
         try:
             return await self._resp.read()
+        except (UpstreamBodyError, TimeoutError) as exc:
+            raise _engine_died(self.replica, exc) from exc
         finally:
             self.close()
 
-    async def chunks(self) -> AsyncIterator[bytes]:
-        """The body as it arrives, chunk by chunk (never buffered whole). An engine that dies mid-answer raises
-        ``EngineUnavailableError`` (reason ``engine_died``), not the HTTP client's own exception."""
+    async def next_chunk(self) -> bytes | None:
+        """The body received so far (what came since the last call, never buffered whole), None at its end. An
+        engine that dies mid-answer raises ``EngineUnavailableError`` (reason ``engine_died``), not the HTTP
+        client's own exception."""
         try:
-            async for chunk in self._resp.content.iter_any():
-                yield chunk
-        except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as exc:
-            log.warning("engine %s stopped in the middle of its answer: %s: %s", self.replica.url,
-                        type(exc).__name__, exc)
-            raise EngineUnavailableError("The model's engine stopped in the middle of its answer.",
-                                         status=502, code="engine_died", reason="engine_died") from exc
+            return await self._resp.next_chunk()
+        except (UpstreamBodyError, TimeoutError) as exc:
+            raise _engine_died(self.replica, exc) from exc
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        """The body as it arrives, chunk by chunk (``next_chunk`` until the end)."""
+        while (chunk := await self.next_chunk()) is not None:
+            yield chunk
 
     def close(self) -> None:
         """Release the replica and the pool's slot. A body not read to the end closes the connection, which
@@ -90,22 +99,12 @@ class EnginePool:
         self.router = router or Router(self.replicas)
         self.connections = ConnectionSlots(max_connections, connection_wait_s, clock or MonotonicClock())
         self._health_task: asyncio.Task[None] | None = None
-        self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout_s, sock_read=read_timeout_s)
-        self._session: aiohttp.ClientSession | None = None
+        self.client = UpstreamClient(connect_timeout_s=connect_timeout_s, read_timeout_s=read_timeout_s)
 
     @property
     def max_connections(self) -> int:
         """Requests the pool may have at its engines at once: the most any admission window may hold."""
         return self.connections.capacity
-
-    @property
-    def session(self) -> aiohttp.ClientSession:
-        if self._session is None:
-            connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300)  # bounded by self.connections
-            self._session = aiohttp.ClientSession(
-                connector=connector, timeout=self._timeout, auto_decompress=False, skip_auto_headers=("User-Agent",)
-            )
-        return self._session
 
     async def post(self, path: str, body: bytes, headers: Mapping[str, str],
                    affinity: str | None = None, prefer: Replica | None = None) -> UpstreamResponse:
@@ -137,12 +136,11 @@ class EnginePool:
             replica.breaker.on_send()
             replica.outstanding += 1
             try:
-                resp = await self.session.post(replica.url + path, data=body, headers=headers)
-            except (TimeoutError, aiohttp.ClientConnectionError) as exc:
+                resp = await self.client.request("POST", replica.url, path, body, headers)
+            except (TimeoutError, UpstreamConnectError) as exc:
                 self.replicas.release(replica)
                 replica.breaker.on_failure()
                 unreachable = f"{replica.url}: {type(exc).__name__}: {exc}"
-                exc.__traceback__ = None  # aiohttp's connect failures sit in cycles through their tracebacks
                 continue
             except BaseException:
                 self.replicas.release(replica)
@@ -154,6 +152,10 @@ class EnginePool:
                                         self.connections, self.replicas)
             try:
                 err_body = await resp.read()
+            except (UpstreamBodyError, TimeoutError) as exc:  # it died while saying what went wrong
+                replica.breaker.on_failure()
+                unreachable = f"{replica.url}: {type(exc).__name__}: {exc}"
+                continue
             finally:
                 resp.close()
                 self.replicas.release(replica)
@@ -201,19 +203,27 @@ class EnginePool:
         dialect = dialect_for(replica.dialect)
         path = dialect.ready_path if ready else dialect.health_path
         try:
-            async with self.session.get(replica.url + path, timeout=aiohttp.ClientTimeout(total=2)) as resp:
+            async with asyncio.timeout(PROBE_TIMEOUT_S):
+                resp = await self.client.request("GET", replica.url, path)
+                try:
+                    await resp.read()  # read whole, its connection serves the next probe
+                finally:
+                    resp.close()
                 return resp.status == 200
-        except (TimeoutError, aiohttp.ClientError) as exc:
-            exc.__traceback__ = None  # aiohttp's connect failures sit in cycles through their tracebacks
+        except (TimeoutError, UpstreamHttpError):
             return False
 
     async def close(self) -> None:
         if self._health_task is not None:
             self._health_task.cancel()
             self._health_task = None
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        await self.client.close()
+
+
+def _engine_died(replica: Replica, exc: BaseException) -> EngineUnavailableError:
+    log.warning("engine %s stopped in the middle of its answer: %s: %s", replica.url, type(exc).__name__, exc)
+    return EngineUnavailableError("The model's engine stopped in the middle of its answer.",
+                                  status=502, code="engine_died", reason="engine_died")
 
 
 def _all_failing(any_replica: bool) -> EngineUnavailableError:

@@ -61,7 +61,6 @@ class _Stream:
         self._flight = flight
         self._clock = clock
         self._resender = resender
-        self._chunks = upstream.chunks()
         self._parser = SSEParser()
         self._over = False
 
@@ -69,9 +68,7 @@ class _Stream:
         """What goes to the client next; None when the stream is over."""
         while not self._over:
             try:
-                chunk: bytes | None = await self._chunks.__anext__()
-            except StopAsyncIteration:
-                chunk = None  # the upstream's answer ended
+                chunk = await self.upstream.next_chunk()  # None: the upstream's answer ended
             except SluiceError:
                 if not self._flight.stopped:
                     raise
@@ -97,7 +94,6 @@ class _Stream:
             self._over = self.tally.finished = True
             return self._flight.route.rename(resender.transcript.ending(self.tally.wants_usage))
         self.upstream = await resender.resume(self.upstream)
-        self._chunks = self.upstream.chunks()
         self._parser = SSEParser()
         return None
 

@@ -227,7 +227,7 @@ class RedisStore:
         retry must find a fresh one."""
         if isinstance(client, RedisCluster):
             return await self._evalsha_on_cluster(client, keys, args)
-        conn = self._idle.pop() if self._idle else client.connection_pool.make_connection()
+        conn = self._idle.pop() if self._idle else client.connection_pool.make_connection()  # type: ignore[no-untyped-call]
         try:
             result = await self._evalsha_on(conn, keys, args)
         except Exception:
