@@ -132,3 +132,51 @@ def test_a_hot_route_reached_over_asgi_says_which_server_serves_it():
     asyncio.run(app(scope, receive, send))
     assert sent[0]["status"] == 501
     assert json.loads(sent[1]["body"])["error"]["code"] == "not_implemented"
+
+
+def test_a_stream_goes_out_in_one_write_per_chunk_its_head_with_the_first_and_its_end_with_the_last():
+    """Every write is a TCP send (the costliest step of relaying a chunk): a stream of N chunks takes N writes."""
+    from uvicorn.protocols.http.flow_control import FlowControl
+
+    from sluice.gateway._exchange import Exchange
+    from sluice.gateway._responses import write_reply
+    from sluice.gateway.service import StreamReply
+
+    writes: list[bytes] = []
+
+    class Transport(asyncio.Transport):
+        def write(self, data):
+            writes.append(data)
+
+        def is_closing(self):
+            return False
+
+    async def chunks():
+        for frame in (b"data: 1\n\n", b"data: 2\n\n", b"data: [DONE]\n\n"):
+            yield frame
+
+    async def run(finished_at_done: bool) -> None:
+        writes.clear()
+        transport = Transport()
+        exchange = Exchange(method="POST", path="/v1/chat/completions", headers=[], server=None, keep_alive=True,
+                            expect_continue=False, transport=transport, flow=FlowControl(transport),
+                            default_headers=[], on_complete=lambda: None, serve=None, app_state=None)
+        seen: list[bytes] = []
+
+        async def tallied():
+            async for chunk in chunks():
+                seen.append(chunk)
+                yield chunk
+
+        def finished() -> bool:
+            return finished_at_done and seen[-1].startswith(b"data: [DONE]")
+
+        await write_reply(exchange, StreamReply(tallied(), {"x-a": "1"}, finished=finished))
+        assert exchange.response_complete
+
+    asyncio.run(run(True))
+    assert len(writes) == 3
+    assert writes[0].startswith(b"HTTP/1.1 200 OK\r\n") and writes[0].endswith(b"\r\n\r\n9\r\ndata: 1\n\n\r\n")
+    assert writes[2] == b"e\r\ndata: [DONE]\n\n\r\n0\r\n\r\n"
+    asyncio.run(run(False))  # not known to be the last: the end goes on its own
+    assert len(writes) == 4 and writes[3] == b"0\r\n\r\n"

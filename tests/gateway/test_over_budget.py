@@ -232,14 +232,14 @@ def _token(text: str, finish: str | None = None) -> bytes:
 
 
 def test_the_tally_cuts_before_the_token_past_the_budget_and_not_an_answer_that_ends_within_it():
-    from sluice.gateway._relay import _Tally
+    from sluice.gateway._relay import StreamTally
 
     role = _frame({"choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]})
     usage = _frame({"choices": [], "usage": {"prompt_tokens": 5, "completion_tokens": 3}})
-    ends_within = _Tally(wants_usage=True, cut_at=3)
+    ends_within = StreamTally(wants_usage=True, cut_at=3)
     frames = [role, _token("a"), _token("b"), _token("c", "stop"), usage, b"data: [DONE]\n\n"]
     assert ends_within.take(frames) == frames and not ends_within.cut and ends_within.finished
-    runs_on = _Tally(wants_usage=False, cut_at=3)
+    runs_on = StreamTally(wants_usage=False, cut_at=3)
     out = runs_on.take([role, _token("a"), _token("b")])
     out += runs_on.take([_token("c"), _token("d"), _token("e")])
     assert out == [role, _token("a"), _token("b"), _token("c")] and runs_on.cut and runs_on.produced == 3

@@ -132,7 +132,7 @@ def test_the_rewriting_path_turns_what_it_cannot_forward_into_a_400() -> None:
     """The last line of defence, behind the models: a body orjson cannot read is a 400, not a 500."""
     request = CompletionRequest.model_construct(model="m", prompt="hi", stream=True, stream_options=None)
     with pytest.raises(InvalidRequestError) as info:
-        _upstream_body(request, b'{"model": "m", "prompt": "hi", "x": 1e400}', _route(), True, 0)
+        _upstream_body(request, b'{"model": "m", "prompt": "hi", "x": 1e400}', _route("engine-name"), True, 0)
     assert info.value.status == 400 and info.value.code == "invalid_json"
 
 
@@ -225,6 +225,20 @@ def test_fuzz_any_value_in_any_field_is_a_4xx_or_goes_through_every_step(
         sent = orjson.loads(_upstream_body(request, body, route, is_stream, 7))
         kept = {k: v for k, v in original.items() if k not in ("model", "stream_options", "priority")}
         assert {k: v for k, v in sent.items() if k in kept} == kept  # passed-through fields arrive as they came
+        if is_stream and path != EMBEDDINGS_PATH:  # every upstream stream carries usage, to be accounted
+            assert sent["stream_options"]["include_usage"] is True
+
+
+@pytest.mark.parametrize("extra", ['', ', "stream_options": null', ', "stream_options": {}',
+                                   ', "stream_options": {"include_usage": false}', ', "user": "stream_options"'])
+def test_every_upstream_stream_asks_for_usage_however_the_client_wrote_its_options(extra: str) -> None:
+    body = ('{"model": "m", "stream": true, "messages": [{"role": "user", "content": "say \\"stream_options\\""}]'
+            + extra + "}").encode()
+    request: Any = parse_request(MODELS[CHAT_PATH], body)
+    sent = orjson.loads(_upstream_body(request, body, _route(), True, 0))
+    assert sent["stream_options"]["include_usage"] is True
+    assert {k: v for k, v in sent.items() if k != "stream_options"} == \
+        {k: v for k, v in orjson.loads(body).items() if k != "stream_options"}
 
 
 # --- through a running gateway (real sockets) ------------------------------------------------------------------

@@ -9,8 +9,9 @@ them instead of uvicorn's ``RequestResponseCycle``, which it stands in for: the 
 same way, and starts it with ``run_asgi``. Everything else (admin API, console, metrics) stays on the ASGI layer.
 
 A response is written in one ``transport.write`` (head and body), a stream in one write per chunk (chunked
-transfer coding). While a handler is ``watching()``, the client closing the connection cancels the handler's
-task, and the cancellation comes out as ``ClientDisconnected``: work stops the moment nobody waits for it.
+transfer coding; its head goes with its first chunk, its end with its last: each write is a TCP send). While a
+handler is ``watching()``, the client closing the connection cancels the handler's task, and the cancellation comes
+out as ``ClientDisconnected``: work stops the moment nobody waits for it.
 """
 
 from __future__ import annotations
@@ -70,6 +71,7 @@ class Exchange:
         "_serve",
         "_task",
         "_transport",
+        "_unsent_head",
         "_watching",
         "app_state",
         "body",
@@ -112,6 +114,7 @@ class Exchange:
         self._task: asyncio.Task[Any] | None = None
         self._watching = False
         self._cancelled = False  # the client left while watched: this task was cancelled for it
+        self._unsent_head = b""  # a stream's head, until its first chunk goes with it
 
     async def run_asgi(self, _app: object) -> None:
         """Serve the request in this task (the name and signature are those of the cycle it stands in for)."""
@@ -186,23 +189,35 @@ class Exchange:
         self._complete()
 
     def start_stream(self, status: int, headers: Iterable[tuple[str, str]]) -> None:
-        """The head of a streamed response (chunked); ``send`` its chunks, then ``end_stream``."""
-        head = self._head(status, headers, b"transfer-encoding: chunked\r\n")
-        if not self.disconnected:
-            self._transport.write(head)
+        """The head of a streamed response (chunked), written with its first chunk (one write, not two: each is a
+        TCP send); ``send`` its chunks, then ``end_stream``."""
+        self._unsent_head = self._head(status, headers, b"transfer-encoding: chunked\r\n")
 
-    async def send(self, chunk: bytes) -> None:
-        """One chunk of a stream, once the client's connection can take it (the transport's flow control)."""
+    async def send(self, chunk: bytes, *, last: bool = False) -> None:
+        """One chunk of a stream, once the client's connection can take it (the transport's flow control);
+        ``last``: the stream ends with it (in the same write)."""
+        if self.response_complete:  # ended already: nothing may follow its end
+            return
         if self._flow.write_paused and not self.disconnected:
             await self._flow.drain()
         if self.disconnected:
             raise ClientDisconnected
-        if chunk:
-            self._transport.write(b"%x\r\n%b\r\n" % (len(chunk), chunk))
+        data = b"%x\r\n%b\r\n" % (len(chunk), chunk) if chunk else b""
+        if last:
+            data += _LAST_CHUNK
+        if self._unsent_head:
+            data, self._unsent_head = self._unsent_head + data, b""
+        if data:
+            self._transport.write(data)
+        if last:
+            self._complete()
 
     def end_stream(self) -> None:
+        if self.response_complete:
+            return
         if not self.disconnected:
-            self._transport.write(_LAST_CHUNK)
+            self._transport.write(self._unsent_head + _LAST_CHUNK)
+        self._unsent_head = b""
         self._complete()
 
     def abort(self) -> None:

@@ -20,12 +20,13 @@ from sluice.gateway._resume import Resender
 from sluice.protocol import SSEParser, sse_data, sse_event
 
 
-async def relay(upstream: UpstreamResponse, flight: Flight, clock: Clock, *, wants_usage: bool,
-                resender: Resender | None, cut_at: int | None = None) -> AsyncIterator[bytes]:
-    """The client's stream. Closing it early (client gone) closes the upstream, aborting the request there, and
-    charges what was generated so far; an engine dying mid-answer ends it with an error event. ``cut_at``: the
-    stream ends after that many generated tokens with an error event and [DONE] (its tier's over-budget cut)."""
-    stream = _Stream(upstream, flight, clock, _Tally(wants_usage, cut_at), resender)
+async def relay(upstream: UpstreamResponse, flight: Flight, clock: Clock, tally: StreamTally, *,
+                resender: Resender | None) -> AsyncIterator[bytes]:
+    """The client's stream, tallied in ``tally``. Closing it early (client gone) closes the upstream, aborting the
+    request there, and charges what was generated so far; an engine dying mid-answer ends it with an error event.
+    ``tally.cut_at``: the stream ends after that many generated tokens with an error event and [DONE] (its tier's
+    over-budget cut)."""
+    stream = _Stream(upstream, flight, clock, tally, resender)
     record = flight.record
     outcome = Outcome.IGNORED
     try:
@@ -54,7 +55,7 @@ async def relay(upstream: UpstreamResponse, flight: Flight, clock: Clock, *, wan
 class _Stream:
     """The upstream stream being relayed (the rest of it, after each stop), read one client write at a time."""
 
-    def __init__(self, upstream: UpstreamResponse, flight: Flight, clock: Clock, tally: _Tally,
+    def __init__(self, upstream: UpstreamResponse, flight: Flight, clock: Clock, tally: StreamTally,
                  resender: Resender | None) -> None:
         self.upstream = upstream
         self.tally = tally
@@ -98,6 +99,9 @@ class _Stream:
         return None
 
     def _take(self, chunk: bytes) -> bytes | None:
+        if (self._resender is None and self.tally.cut_at is None and self._flight.record.ttft_s is not None
+                and not self._parser.tail() and self.tally.take_whole(chunk)):
+            return self._flight.route.rename(chunk)
         frames = self._parser.feed(chunk)
         if self._resender is not None and frames:
             frames = self._resender.rewrite(frames)
@@ -109,9 +113,10 @@ class _Stream:
 
 
 @dataclass(slots=True)
-class _Tally:
-    """What a relayed stream has said so far. Only a frame carrying usage is parsed: its usage is kept, and the
-    usage-only frame is dropped if the client did not ask for it."""
+class StreamTally:
+    """What a relayed stream has said so far (``finished``: its [DONE] came, the last the client is sent). Only a
+    frame carrying usage is parsed: its usage is kept, and the usage-only frame is dropped if the client did not
+    ask for it."""
 
     wants_usage: bool
     cut_at: int | None = None  # stop after this many frames carrying generated text (the tier's over-budget cut)
@@ -120,6 +125,18 @@ class _Tally:
     produced: int = 0  # frames carrying generated text: one token each (vLLM and the simulator send them so)
     finished: bool = False  # [DONE] came
     cut: bool = False  # cut at ``cut_at``: nothing more goes to the client
+
+    def take_whole(self, chunk: bytes) -> bool:
+        """Tally a chunk of whole frames that all go on to the client as they are (the usual chunk, once the first
+        token came): True if it is one, without splitting it into frames; False (nothing tallied) for any other
+        (a frame cut across chunks, usage, CRs to normalize): ``take`` its frames."""
+        if not chunk.endswith(b"\n\n") or b"\r" in chunk or b'"usage":{' in chunk or b'"usage": {' in chunk:
+            return False
+        # JSON escapes newlines: a blank line only ends a frame, and a frame's start follows one
+        ends = chunk.startswith(b"data: [DONE]") + chunk.count(b"\n\ndata: [DONE]")
+        self.finished = self.finished or ends > 0
+        self.generated += chunk.count(b"\n\n") - ends
+        return True
 
     def take(self, frames: list[bytes]) -> list[bytes]:
         """The frames that go on to the client."""

@@ -13,8 +13,9 @@ _SSE_HEADERS = (("content-type", "text/event-stream"), ("cache-control", "no-cac
 
 
 async def write_reply(exchange: Exchange, reply: Reply) -> None:
-    """``reply`` on ``exchange``: whole, in one write, or as server-sent events, one write per chunk. Call it
-    ``watching()`` the client: when it leaves, the stream stops, and closing the chunks aborts the engine request."""
+    """``reply`` on ``exchange``: whole, in one write, or as server-sent events, one write per chunk (the head goes
+    with the first, the end with the last). Call it ``watching()`` the client: when it leaves, the stream stops, and
+    closing the chunks aborts the engine request."""
     if isinstance(reply, FullReply):
         exchange.respond(reply.status, reply.headers.items(), reply.content_type, reply.body)
         return
@@ -22,7 +23,7 @@ async def write_reply(exchange: Exchange, reply: Reply) -> None:
     try:
         exchange.start_stream(200, (*_SSE_HEADERS, *reply.headers.items()))
         async for chunk in chunks:
-            await exchange.send(chunk)
+            await exchange.send(chunk, last=reply.finished())
         exchange.end_stream()
     finally:
         await chunks.aclose()  # type: ignore[attr-defined]

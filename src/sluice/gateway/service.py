@@ -20,7 +20,7 @@ from sluice.clock import Clock
 from sluice.errors import InvalidRequestError, NotFoundError
 from sluice.gateway._flight import NOTHING_RAN, Flight, Settlement, outcome_of
 from sluice.gateway._over_budget import terms as over_budget_terms
-from sluice.gateway._relay import json_object, relay
+from sluice.gateway._relay import StreamTally, json_object, relay
 from sluice.gateway._resume import Resender, Transcript, resumes_exactly
 from sluice.gateway._route import ModelRoute
 from sluice.identity import Authenticator, Directory, Principal
@@ -61,6 +61,7 @@ class StreamReply:
     chunks: AsyncIterator[bytes]
     headers: Mapping[str, str] = field(default_factory=dict)
     on_close: Callable[[], None] = lambda: None  # called once the stream is over, however it ended
+    finished: Callable[[], bool] = lambda: False  # the chunk just taken is the stream's last ([DONE] came)
 
 
 Reply = FullReply | StreamReply
@@ -133,14 +134,14 @@ class GatewayService:
             raise
         record.replica = upstream.replica.url
         if stream:
-            chunks = relay(upstream, flight, self.clock, wants_usage=request.wants_usage_chunk(), resender=resender,
-                           cut_at=over.cut_at if over is not None else None)
+            tally = StreamTally(request.wants_usage_chunk(), over.cut_at if over is not None else None)
+            chunks = relay(upstream, flight, self.clock, tally, resender=resender)
 
             def abandoned() -> None:  # the client left before the relay began: nothing was forwarded
                 upstream.close()
                 flight.finish({"completion_tokens": 0}, Outcome.IGNORED)
 
-            return StreamReply(chunks, reservation.headers, abandoned)
+            return StreamReply(chunks, reservation.headers, abandoned, lambda: tally.finished)
         try:
             data = route.rename(await upstream.read())
         except BaseException as exc:
@@ -214,6 +215,8 @@ def _upstream_body(request: Any, body: bytes, route: ModelRoute, stream: bool, p
     client_priority = "priority" in (request.model_extra or {})
     if not changes and not client_priority:
         return body
+    if list(changes) == ["stream_options"] and not client_priority and b'"stream_options"' not in body:
+        return _with_usage_asked(body)
     try:  # the protocol admits only numbers orjson keeps (protocol/_fields.py); this is the last line of defence
         doc = orjson.loads(body)
         if client_priority:
@@ -222,6 +225,14 @@ def _upstream_body(request: Any, body: bytes, route: ModelRoute, stream: bool, p
         return orjson.dumps(doc)
     except (orjson.JSONDecodeError, orjson.JSONEncodeError) as exc:
         raise InvalidRequestError(f"The request body cannot be forwarded: {exc}", code="invalid_json") from exc
+
+
+def _with_usage_asked(body: bytes) -> bytes:
+    """A stream's body that has no ``stream_options`` member (not even null), asking for the usage chunk: the
+    member goes in first, in bytes (the body is a JSON object with members: the request parsed from it has them),
+    without parsing it again."""
+    start = body.index(b"{") + 1
+    return b'%b"stream_options":{"include_usage":true},%b' % (body[:start], body[start:])
 
 
 def _prefix(request: Any) -> str:

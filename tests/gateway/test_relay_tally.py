@@ -1,0 +1,55 @@
+"""The relay's tally of a stream, two ways: a chunk of whole frames tallied without splitting it (``take_whole``,
+the usual chunk) must count exactly what splitting it into frames does (``take``), whatever the frames (tokens,
+the role chunk, usage, [DONE], text that looks like a marker) and however they were chunked."""
+
+from __future__ import annotations
+
+import itertools
+import json
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from sluice.gateway._relay import StreamTally
+from sluice.protocol import SSEParser
+
+
+def _frame(doc: dict) -> bytes:
+    return b"data: " + json.dumps(doc, separators=(",", ":")).encode() + b"\n\n"
+
+
+TEXTS = st.sampled_from(["a", " b", "data: [DONE]", '"usage":{', "\n\n", "", "x\r\ny"])
+FRAMES = st.one_of(
+    TEXTS.map(lambda t: _frame({"choices": [{"index": 0, "delta": {"content": t}}], "usage": None})),
+    st.just(_frame({"choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]})),
+    st.just(_frame({"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 2}})),
+    st.just(b": keep-alive\n\n"),
+    st.just(b"data: [DONE]\n\n"),
+)
+
+
+def _tallied(stream: bytes, cuts: list[int], fast: bool, wants_usage: bool) -> tuple[bytes, int, bool, object]:
+    tally, parser, out = StreamTally(wants_usage=wants_usage), SSEParser(), b""
+    bounds = sorted({c % (len(stream) + 1) for c in cuts} | {0, len(stream)})
+    for start, end in itertools.pairwise(bounds):
+        chunk = stream[start:end]
+        if fast and not parser.tail() and tally.take_whole(chunk):
+            out += chunk
+        else:
+            out += b"".join(tally.take(parser.feed(chunk)))
+    return out, tally.generated, tally.finished, tally.usage
+
+
+@given(st.lists(FRAMES, max_size=12), st.lists(st.integers(min_value=0, max_value=4000), max_size=8), st.booleans())
+def test_a_chunk_of_whole_frames_is_tallied_as_its_frames_would_be(frames, cuts, wants_usage):
+    stream = b"".join(frames)
+    assert _tallied(stream, cuts, True, wants_usage) == _tallied(stream, cuts, False, wants_usage)
+
+
+def test_whole_chunks_are_taken_without_splitting_and_the_others_are_not():
+    token = _frame({"choices": [{"index": 0, "delta": {"content": "hi"}}], "usage": None})
+    tally = StreamTally(wants_usage=False)
+    assert tally.take_whole(token + token) and tally.generated == 2 and not tally.finished
+    assert tally.take_whole(token + b"data: [DONE]\n\n") and tally.generated == 3 and tally.finished
+    assert not StreamTally(wants_usage=False).take_whole(token[:-1])  # a frame cut across chunks
+    assert not StreamTally(wants_usage=False).take_whole(_frame({"choices": [], "usage": {"completion_tokens": 1}}))
