@@ -189,9 +189,13 @@ class QuotaLimiter:
             self._renewer = asyncio.get_running_loop().create_task(self._renew_forever())
 
     async def _renew_forever(self) -> None:
-        """Keep the permits of long requests alive: renew every held lease at a third of its time to live."""
-        while self._held:
+        """Keep the permits of long requests alive: renew every held lease at a third of its time to live; stop
+        once nothing is held (looked at after the sleep: a request settled within a third of the time to live needs
+        no renewal, and a renewer that stopped at its first step, before that, would be started again per request)."""
+        while True:
             await self._clock.sleep(self.policy.quota.lease_ttl_s / 3)
+            if not self._held:
+                return
             for reservation in list(self._held.values()):
                 try:
                     await self.store.renew(reservation.leases, reservation.rid)
