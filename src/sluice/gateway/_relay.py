@@ -30,8 +30,18 @@ async def relay(upstream: UpstreamResponse, flight: Flight, clock: Clock, tally:
     record = flight.record
     outcome = Outcome.IGNORED
     try:
-        while (out := await stream.read()) is not None:
-            yield out
+        while not stream.over:  # read here, not in a coroutine of the stream's: one frame less per chunk
+            try:
+                chunk = await stream.upstream.next_chunk()  # None: the upstream's answer ended
+            except SluiceError:
+                if not flight.stopped:
+                    raise
+                chunk = None  # the gate stopped it
+            out = stream.take(chunk) if chunk is not None else await stream.after_segment()
+            if tally.cut:
+                out = stream.cut(out)
+            if out:
+                yield out
         if stream.tally.finished:
             outcome = Outcome.SUCCESS
     except SluiceError as exc:  # the engine died mid-answer: say so in the stream, and end it cleanly
@@ -53,7 +63,7 @@ async def relay(upstream: UpstreamResponse, flight: Flight, clock: Clock, tally:
 
 
 class _Stream:
-    """The upstream stream being relayed (the rest of it, after each stop), read one client write at a time."""
+    """The upstream stream being relayed (the rest of it, after each stop): what each chunk of it sends on."""
 
     def __init__(self, upstream: UpstreamResponse, flight: Flight, clock: Clock, tally: StreamTally,
                  resender: Resender | None) -> None:
@@ -63,42 +73,30 @@ class _Stream:
         self._clock = clock
         self._resender = resender
         self._parser = SSEParser()
-        self._over = False
+        self.over = False  # nothing more goes to the client
 
-    async def read(self) -> bytes | None:
-        """What goes to the client next; None when the stream is over."""
-        while not self._over:
-            try:
-                chunk = await self.upstream.next_chunk()  # None: the upstream's answer ended
-            except SluiceError:
-                if not self._flight.stopped:
-                    raise
-                chunk = None  # the gate stopped it
-            out = self._take(chunk) if chunk is not None else await self._after_segment()
-            if self.tally.cut:
-                self._over = True
-                self._flight.record.reason = "over_budget_cut"
-                end = sse_event(orjson.dumps(cut_error(self.tally.produced).body())) + DONE
-                return (out or b"") + end
-            if out:
-                return out
-        return None
+    def cut(self, out: bytes | None) -> bytes:
+        """The stream's last bytes, cut at its tier's token budget: what was taken, an error event and [DONE]."""
+        self.over = True
+        self._flight.record.reason = "over_budget_cut"
+        return (out or b"") + sse_event(orjson.dumps(cut_error(self.tally.produced).body())) + DONE
 
-    async def _after_segment(self) -> bytes | None:
+    async def after_segment(self) -> bytes | None:
         """An upstream answer ended: the stream is over, or it was stopped by the gate and goes on with its rest
         (None then: nothing to write yet), or it was stopped after its last token (its ending is written here)."""
         resender = self._resender
         if self.tally.finished or resender is None or not self._flight.stopped:
-            self._over = True
+            self.over = True
             return None
         if resender.transcript.finished:  # stopped between its last token and its [DONE]: end it here
-            self._over = self.tally.finished = True
+            self.over = self.tally.finished = True
             return self._flight.route.rename(resender.transcript.ending(self.tally.wants_usage))
         self.upstream = await resender.resume(self.upstream)
         self._parser = SSEParser()
         return None
 
-    def _take(self, chunk: bytes) -> bytes | None:
+    def take(self, chunk: bytes) -> bytes | None:
+        """What of ``chunk`` goes to the client (None: nothing yet), tallied."""
         if (self._resender is None and self.tally.cut_at is None and self._flight.record.ttft_s is not None
                 and not self._parser.tail() and self.tally.take_whole(chunk)):
             return self._flight.route.rename(chunk)
