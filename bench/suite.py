@@ -44,7 +44,7 @@ RESULTS = HERE / "results"
 # name (the module bench.<name>) -> (extra arguments, title); run in this order, each if its module exists.
 BENCHMARKS: dict[str, tuple[list[str], str]] = {
     "overhead": ([], "Gateway overhead"),
-    "upstream_client": ([], "Upstream client: aiohttp vs httpx"),
+    "upstream_client": ([], "Upstream client: Sluice's own vs aiohttp vs httpx"),
     "limiter": ([], "Quota limiter"),
     "overload": ([], "Overload"),
     "vllm": ([], "Sluice in front of a real vLLM"),

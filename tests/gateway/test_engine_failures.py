@@ -168,12 +168,12 @@ def test_an_engine_dying_mid_stream_ends_the_stream_with_an_error_event():
 
 
 def test_time_to_first_token_starts_at_generated_text_not_at_the_role_chunk():
-    from sluice.gateway._relay import _has_generated_text
+    from sluice.gateway._relay import has_generated_text
 
-    assert not _has_generated_text(b'data: {"choices":[{"delta":{"role":"assistant","content":""}}]}\n\n')
-    assert _has_generated_text(b'data: {"choices":[{"delta":{"content":" Hello"}}]}\n\n')
-    assert _has_generated_text(b'data: {"choices":[{"text":"x","index":0}]}\n\n')
-    assert not _has_generated_text(b'data: [DONE]\n\n')
+    assert not has_generated_text(b'data: {"choices":[{"delta":{"role":"assistant","content":""}}]}\n\n')
+    assert has_generated_text(b'data: {"choices":[{"delta":{"content":" Hello"}}]}\n\n')
+    assert has_generated_text(b'data: {"choices":[{"text":"x","index":0}]}\n\n')
+    assert not has_generated_text(b'data: [DONE]\n\n')
 
 
 async def test_a_stream_abandoned_before_it_began_still_gives_back_what_it_held():

@@ -10,7 +10,7 @@ import json
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sluice.gateway._relay import StreamTally
+from sluice.gateway._relay import StreamTally, has_generated_text
 from sluice.protocol import SSEParser
 
 
@@ -33,8 +33,9 @@ def _tallied(stream: bytes, cuts: list[int], fast: bool, wants_usage: bool) -> t
     bounds = sorted({c % (len(stream) + 1) for c in cuts} | {0, len(stream)})
     for start, end in itertools.pairwise(bounds):
         chunk = stream[start:end]
-        if fast and not parser.tail() and tally.take_whole(chunk):
-            out += chunk
+        whole = tally.take_whole(chunk) if fast and not parser.tail() else None
+        if whole is not None:
+            out += whole
         else:
             out += b"".join(tally.take(parser.feed(chunk)))
     return out, tally.generated, tally.finished, tally.usage
@@ -49,7 +50,17 @@ def test_a_chunk_of_whole_frames_is_tallied_as_its_frames_would_be(frames, cuts,
 def test_whole_chunks_are_taken_without_splitting_and_the_others_are_not():
     token = _frame({"choices": [{"index": 0, "delta": {"content": "hi"}}], "usage": None})
     tally = StreamTally(wants_usage=False)
-    assert tally.take_whole(token + token) and tally.generated == 2 and not tally.finished
+    assert tally.take_whole(token + token) == token + token and tally.generated == 2 and not tally.finished
     assert tally.take_whole(token + b"data: [DONE]\n\n") and tally.generated == 3 and tally.finished
-    assert not StreamTally(wants_usage=False).take_whole(token[:-1])  # a frame cut across chunks
-    assert not StreamTally(wants_usage=False).take_whole(_frame({"choices": [], "usage": {"completion_tokens": 1}}))
+    assert StreamTally(wants_usage=False).take_whole(token[:-1]) is None  # a frame cut across chunks
+    usage = _frame({"choices": [], "usage": {"completion_tokens": 1}})
+    only_usage = StreamTally(wants_usage=False)
+    assert only_usage.take_whole(token + usage + token) == token + token  # the usage frame alone is taken apart
+    assert only_usage.usage == {"completion_tokens": 1} and only_usage.generated == 2
+    assert StreamTally(wants_usage=False).take_whole(usage + usage) is None  # usage twice: frame by frame
+
+
+@given(st.lists(FRAMES, max_size=12))
+def test_the_first_token_is_found_in_a_chunk_as_in_its_frames(frames):
+    stream = b"".join(frames)
+    assert has_generated_text(stream) == any(map(has_generated_text, frames))

@@ -221,7 +221,10 @@ class Exchange:
         self._complete()
 
     def abort(self) -> None:
-        """A response begun that cannot be finished: the connection closes, so the client sees it cut."""
+        """A response begun that cannot be finished: the connection closes, so the client sees it cut. (None
+        once the response is complete: the connection stays for the next request.)"""
+        if self.response_complete:
+            return
         self.keep_alive = False
         self._transport.close()
         self._complete()

@@ -97,14 +97,17 @@ class _Stream:
 
     def take(self, chunk: bytes) -> bytes | None:
         """What of ``chunk`` goes to the client (None: nothing yet), tallied."""
-        if (self._resender is None and self.tally.cut_at is None and self._flight.record.ttft_s is not None
-                and not self._parser.tail() and self.tally.take_whole(chunk)):
-            return self._flight.route.rename(chunk)
+        record = self._flight.record
+        if self._resender is None and self.tally.cut_at is None and not self._parser.tail():
+            whole = self.tally.take_whole(chunk)
+            if whole is not None:
+                if record.ttft_s is None and has_generated_text(chunk):
+                    record.ttft_s = self._clock.now() - record.started_s
+                return self._flight.route.rename(whole) if whole else None
         frames = self._parser.feed(chunk)
         if self._resender is not None and frames:
             frames = self._resender.rewrite(frames)
-        record = self._flight.record
-        if record.ttft_s is None and any(map(_has_generated_text, frames)):
+        if record.ttft_s is None and any(map(has_generated_text, frames)):
             record.ttft_s = self._clock.now() - record.started_s
         out = self.tally.take(frames)
         return self._flight.route.rename(b"".join(out)) if out else None
@@ -124,17 +127,33 @@ class StreamTally:
     finished: bool = False  # [DONE] came
     cut: bool = False  # cut at ``cut_at``: nothing more goes to the client
 
-    def take_whole(self, chunk: bytes) -> bool:
-        """Tally a chunk of whole frames that all go on to the client as they are (the usual chunk, once the first
-        token came): True if it is one, without splitting it into frames; False (nothing tallied) for any other
-        (a frame cut across chunks, usage, CRs to normalize): ``take`` its frames."""
-        if not chunk.endswith(b"\n\n") or b"\r" in chunk or b'"usage":{' in chunk or b'"usage": {' in chunk:
-            return False
+    def take_whole(self, chunk: bytes) -> bytes | None:
+        """What goes on to the client of a chunk of whole frames (the usual chunk), tallied without splitting it
+        into frames: only the frame carrying usage, if any, is taken apart (``take``). None (nothing tallied)
+        for any other chunk (a frame cut across chunks, CRs to normalize, usage twice): ``take`` its frames."""
+        if not chunk.endswith(b"\n\n") or b"\r" in chunk:
+            return None
+        at = _usage_at(chunk, 0)
+        if at < 0:
+            self._count(chunk)
+            return chunk
         # JSON escapes newlines: a blank line only ends a frame, and a frame's start follows one
-        ends = chunk.startswith(b"data: [DONE]") + chunk.count(b"\n\ndata: [DONE]")
+        previous = chunk.rfind(b"\n\n", 0, at)
+        start = previous + 2 if previous >= 0 else 0
+        end = chunk.find(b"\n\n", at) + 2
+        if _usage_at(chunk, end) >= 0:
+            return None
+        before, after = chunk[:start], chunk[end:]
+        self._count(before)
+        kept = self.take([chunk[start:end]])
+        self._count(after)
+        return before + b"".join(kept) + after
+
+    def _count(self, frames: bytes) -> None:
+        """Tally whole frames that carry no usage."""
+        ends = frames.startswith(b"data: [DONE]") + frames.count(b"\n\ndata: [DONE]")
         self.finished = self.finished or ends > 0
-        self.generated += chunk.count(b"\n\n") - ends
-        return True
+        self.generated += frames.count(b"\n\n") - ends
 
     def take(self, frames: list[bytes]) -> list[bytes]:
         """The frames that go on to the client."""
@@ -157,7 +176,7 @@ class StreamTally:
 
     def _past_cut(self, cut_at: int, frame: bytes) -> bool:
         """Whether this frame is the token past ``cut_at`` (the stream is cut before it); counts those before."""
-        if not _has_generated_text(frame):
+        if not has_generated_text(frame):
             return False
         if self.produced >= cut_at:
             return True
@@ -165,14 +184,22 @@ class StreamTally:
         return False
 
 
-def _has_generated_text(frame: bytes) -> bool:
-    """Whether an SSE frame carries generated text (not only the opening ``role`` chunk): the first such frame
-    is the time to first token. Engines write compact JSON, so a byte test does it without parsing."""
+def has_generated_text(frames: bytes) -> bool:
+    """Whether SSE frames carry generated text (not only the opening ``role`` chunk): the first such frame is the
+    time to first token. Engines write compact JSON, so a byte test does it without parsing."""
     for marker in (b'"content":"', b'"text":"', b'"reasoning_content":"'):
-        at = frame.find(marker)
-        if at >= 0 and frame[at + len(marker):at + len(marker) + 1] != b'"':
-            return True
+        at = frames.find(marker)
+        while at >= 0:
+            if frames[at + len(marker):at + len(marker) + 1] != b'"':
+                return True
+            at = frames.find(marker, at + len(marker))
     return False
+
+
+def _usage_at(chunk: bytes, start: int) -> int:
+    """Where in ``chunk`` (from ``start``) a usage object begins; -1 if nowhere."""
+    found = [at for at in (chunk.find(b'"usage":{', start), chunk.find(b'"usage": {', start)) if at >= 0]
+    return min(found) if found else -1
 
 
 def json_object(data: bytes) -> dict[str, Any]:
