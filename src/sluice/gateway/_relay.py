@@ -33,10 +33,8 @@ async def relay(upstream: UpstreamResponse, flight: Flight, clock: Clock, tally:
         while not stream.over:  # read here, not in a coroutine of the stream's: one frame less per chunk
             try:
                 chunk = await stream.upstream.next_chunk()  # None: the upstream's answer ended
-            except SluiceError:
-                if not flight.stopped:
-                    raise
-                chunk = None  # the gate stopped it
+            except SluiceError as exc:
+                chunk = stream.stopped(exc)
             out = stream.take(chunk) if chunk is not None else await stream.after_segment()
             if tally.cut:
                 out = stream.cut(out)
@@ -74,6 +72,13 @@ class _Stream:
         self._resender = resender
         self._parser = SSEParser()
         self.over = False  # nothing more goes to the client
+
+    def stopped(self, failure: SluiceError) -> bytes | None:
+        """The upstream read failed: if the gate stopped the request, that is why, and this segment is over (its
+        rest follows: no chunk, None); else the failure is raised."""
+        if not self._flight.stopped:
+            raise failure
+        return None
 
     def cut(self, out: bytes | None) -> bytes:
         """The stream's last bytes, cut at its tier's token budget: what was taken, an error event and [DONE]."""
