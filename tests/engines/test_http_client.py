@@ -404,6 +404,39 @@ async def test_through_the_pool_an_engine_dying_mid_answer_is_engine_died(raw: M
         await pool.close()
 
 
+async def test_through_the_pool_an_answer_the_gateway_closed_reads_as_closed_before_or_while_it_is_read(
+        raw: MakeServer) -> None:
+    """The gate stops a request by closing its answer (preemption), whether the relay is between reads or waiting
+    in one: either way the next read raises the pool's ``upstream_closed``, which the relay knows (never the
+    client's own RuntimeError)."""
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> bool:
+        writer.write(OK_HEAD + b"content-length: 100\r\n\r\npartial")
+        await writer.drain()
+        await asyncio.sleep(30)
+        return False
+
+    _, url = await raw(answer)
+    pool = EnginePool([Replica(url)], clock=FakeClock())
+    try:
+        between = await pool.post(CHAT, b"{}", JSON)
+        assert await between.next_chunk() == b"partial"
+        between.close()
+        with pytest.raises(EngineUnavailableError) as closed:
+            await between.next_chunk()
+        assert closed.value.reason == "upstream_closed"
+        waiting = await pool.post(CHAT, b"{}", JSON)
+        assert await waiting.next_chunk() == b"partial"
+        read = asyncio.ensure_future(waiting.next_chunk())
+        await asyncio.sleep(0.05)
+        waiting.close()
+        with pytest.raises(EngineUnavailableError) as closed:
+            await read
+        assert closed.value.reason == "upstream_closed"
+        assert pool.connections.in_use == 0
+    finally:
+        await pool.close()
+
+
 async def test_an_https_origin_is_reached_over_tls_checked_against_the_trusted_cas(tmp_path: Path) -> None:
     cert, key = tmp_path / "engine.crt", tmp_path / "engine.key"
     subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out",

@@ -62,10 +62,15 @@ class UpstreamResponse:
     async def next_chunk(self) -> bytes | None:
         """The body received so far (what came since the last call, never buffered whole), None at its end. An
         engine that dies mid-answer raises ``EngineUnavailableError`` (reason ``engine_died``), not the HTTP
-        client's own exception."""
+        client's own exception; an answer the gateway closed (the gate stopped its request), before or while it
+        is read, raises ``EngineUnavailableError`` (reason ``upstream_closed``)."""
+        if self._closed:
+            raise _closed()
         try:
             return await self._resp.next_chunk()
         except (UpstreamBodyError, TimeoutError) as exc:
+            if self._closed:
+                raise _closed() from exc
             raise _engine_died(self.replica, exc) from exc
 
     async def chunks(self) -> AsyncIterator[bytes]:
@@ -224,6 +229,11 @@ def _engine_died(replica: Replica, exc: BaseException) -> EngineUnavailableError
     log.warning("engine %s stopped in the middle of its answer: %s: %s", replica.url, type(exc).__name__, exc)
     return EngineUnavailableError("The model's engine stopped in the middle of its answer.",
                                   status=502, code="engine_died", reason="engine_died")
+
+
+def _closed() -> EngineUnavailableError:
+    return EngineUnavailableError("The answer was closed before its end.", status=502, code="upstream_closed",
+                                  reason="upstream_closed")
 
 
 def _all_failing(any_replica: bool) -> EngineUnavailableError:
