@@ -40,7 +40,7 @@ async def relay(upstream: UpstreamResponse, flight: Flight, clock: Clock, tally:
                 out = stream.cut(out)
             if out:
                 yield out
-        if stream.tally.finished:
+        if tally.finished:
             outcome = Outcome.SUCCESS
     except SluiceError as exc:  # the engine died mid-answer: say so in the stream, and end it cleanly
         outcome, record.reason = Outcome.DROPPED, exc.reason
@@ -51,7 +51,6 @@ async def relay(upstream: UpstreamResponse, flight: Flight, clock: Clock, tally:
         raise
     finally:
         stream.upstream.close()
-        tally = stream.tally
         if not tally.finished:
             record.reason = record.reason or "client_disconnected"
         usage = tally.usage if isinstance(tally.usage, dict) else {"completion_tokens": tally.generated}
