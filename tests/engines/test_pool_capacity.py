@@ -170,7 +170,9 @@ async def test_slots_come_back_however_a_request_ends(engine) -> None:
         assert (await (await asyncio.wait_for(full, 5)).read()).startswith(b"{")  # a full answer, read whole
         stream = await pool.post(CHAT, body(), HEADERS)
         await sim_clock.run_for(1.0)
-        chunks = [chunk async for chunk in stream.chunks()]
+        chunks = []
+        while (chunk := await stream.next_chunk()) is not None:
+            chunks.append(chunk)
         assert b"[DONE]" in b"".join(chunks)
         stream.close()
         cancelled = asyncio.ensure_future(pool.post(CHAT, body(), HEADERS))

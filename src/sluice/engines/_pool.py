@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from sluice.clock import Clock, MonotonicClock
@@ -72,11 +72,6 @@ class UpstreamResponse:
             if self._closed:
                 raise _closed() from exc
             raise _engine_died(self.replica, exc) from exc
-
-    async def chunks(self) -> AsyncIterator[bytes]:
-        """The body as it arrives, chunk by chunk (``next_chunk`` until the end)."""
-        while (chunk := await self.next_chunk()) is not None:
-            yield chunk
 
     def close(self) -> None:
         """Release the replica and the pool's slot. A body not read to the end closes the connection, which

@@ -166,7 +166,7 @@ class StreamTally:
             if self.cut_at is not None and self._past_cut(self.cut_at, frame):
                 self.cut = True
                 break
-            if b'"usage":{' in frame or b'"usage": {' in frame:
+            if _usage_at(frame, 0) >= 0:
                 doc = json_object(sse_data(frame) or b"")
                 self.usage = doc.get("usage")
                 if not doc.get("choices") and not self.wants_usage:

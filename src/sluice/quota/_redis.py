@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
@@ -173,8 +173,7 @@ class RedisStore:
         call that failed or was interrupted (its caller cancelled) may have run: ``lost`` hears of it."""
         self._calls_in_flight += 1
         try:
-            wire_keys, args = _wire.encode(ops, keys)
-            replies = await self.state.run(lambda client: self._evalsha(client, wire_keys, args), "quota")
+            replies = await self._script(ops, keys)
         except (StateUnavailableError, asyncio.CancelledError):
             if lost is not None:
                 lost(None)
@@ -191,8 +190,7 @@ class RedisStore:
 
     async def _send(self, batch: list[_Pending]) -> None:
         try:
-            keys, args = _wire.encode((o for p in batch for o in p.ops), (k for p in batch for k in p.keys))
-            replies = await self.state.run(lambda client: self._evalsha(client, keys, args), "quota")
+            replies = await self._script((o for p in batch for o in p.ops), (k for p in batch for k in p.keys))
         except StateUnavailableError as exc:
             self._next_call()
             exc.with_traceback(None)  # each waiter raises it in its own frame; this frame holds the batch holding it
@@ -215,6 +213,11 @@ class RedisStore:
                 pending.future.set_result(reply)
             elif pending.lost is not None:
                 pending.lost(reply)
+
+    async def _script(self, ops: Iterable[list[Any]], keys: Iterable[str]) -> Any:
+        """One script call carrying ``ops`` (one reply each), through the state layer (deadline, retry, errors)."""
+        wire_keys, args = _wire.encode(ops, keys)
+        return await self.state.run(lambda client: self._evalsha(client, wire_keys, args), "quota")
 
     async def _evalsha(self, client: Client, keys: list[str], args: list[bytes]) -> Any:
         """EVALSHA on a connection of the store's own, loading the script on NOSCRIPT (a restarted or flushed
