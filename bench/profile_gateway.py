@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import collections
 import datetime
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -188,6 +189,7 @@ def main() -> int:
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--rate", type=int, default=500, help="samples per second (default 500)")
     parser.add_argument("--output", type=Path, default=RESULTS)
+    parser.add_argument("--raw", type=Path, help="keep py-spy's raw stacks (profile-full.txt, profile-stream.txt) here")
     args = parser.parse_args()
     exit_on_signals()
     py_spy = wheel_command(PY_SPY, cache_dir())
@@ -209,6 +211,10 @@ def main() -> int:
                 scripts[-1].write_text(WRK_LUA.format(body=request_body(stream, 16), key=key))
             profile = profile_under_load("wrk", gateway.proc.pid, gateway.base_url, scripts[0], scripts[1], py_spy,
                                          args.seconds, workdir, args.rate)
+            if args.raw:
+                args.raw.mkdir(parents=True, exist_ok=True)
+                for raw in workdir.glob("profile-*.txt"):
+                    shutil.copy(raw, args.raw / raw.name)
         finally:
             procs.stop_all()
     result = {"date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"), "command": command_line(),

@@ -4,7 +4,7 @@ its place lets it do at the gate, and the one place that gives it all back, what
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,12 +21,12 @@ NOTHING_RAN = {"prompt_tokens": 0, "completion_tokens": 0}
 @dataclass(frozen=True, slots=True)
 class Settlement:
     """Where a finished request's accounts go: the pricer learns the real prompt size, the usage ledger records
-    what was used, the quota limiter reconciles the reservation (in a task that must finish: ``spawn``)."""
+    what was used, the quota limiter reconciles the reservation (its store sends it with its next call, and before
+    it closes)."""
 
     pricer: Pricer
     usage: UsageLedger
     limiter: QuotaLimiter
-    spawn: Callable[[Coroutine[Any, Any, None]], None]
 
 
 @dataclass(slots=True)
@@ -67,7 +67,7 @@ class Flight:
 
     def finish(self, usage: Any, outcome: Outcome) -> None:
         """Record the usage, give the window place back (teaching the window algorithm), and reconcile the quota
-        reservation in a task of its own: it must happen even while the request's task is being cancelled.
+        reservation, all without waiting (so it happens even while the request's task is being cancelled).
         ``usage`` None means unknown (the reservation is kept whole)."""
         if self.finished:
             return
@@ -91,7 +91,7 @@ class Flight:
                 latency = max(0.0, record.ttft_s - (record.queue_wait_s or 0.0))
             self.route.gate.release(self.permit, outcome, latency, completion)
         if reservation.buckets or reservation.leases:
-            settlement.spawn(settlement.limiter.settle(reservation, prompt, completion))
+            settlement.limiter.settle_soon(reservation, prompt, completion)
 
 
 def outcome_of(exc: BaseException) -> Outcome:

@@ -78,8 +78,8 @@ class GatewayService:
         self.usage = usage
         self.directory = directory  # keys issued and revoked, tiers changed: the admin API's
         self.cache = cache
-        self._settling: set[asyncio.Task[None]] = set()
-        self.settlement = Settlement(pricer, usage, limiter, self.spawn)  # where each request's accounts go
+        self._background: set[asyncio.Task[None]] = set()
+        self.settlement = Settlement(pricer, usage, limiter)  # where each request's accounts go
 
     def identify(self, record: RequestRecord, authorization: str | None, api_key: str | None) -> Principal:
         principal = self.keyring.authenticate(authorization, api_key)
@@ -156,13 +156,14 @@ class GatewayService:
     def spawn(self, work: Coroutine[Any, Any, None]) -> None:
         """Run bookkeeping that must finish even if the request's task is cancelled; awaited at shutdown."""
         task = asyncio.get_running_loop().create_task(work)
-        self._settling.add(task)
-        task.add_done_callback(self._settling.discard)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     async def drain(self) -> None:
-        """Wait for the settlements still in flight (at shutdown: no accounting is lost)."""
-        if self._settling:
-            await asyncio.gather(*self._settling, return_exceptions=True)
+        """Wait for the bookkeeping still in flight (at shutdown). Quota settlements are not here: the quota store
+        sends what it holds before it closes."""
+        if self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
 
     async def _admit(self, flight: Flight, principal: Principal, priority: int, price: Price) -> None:
         tier = self.limiter.policy.tiers.get(principal.tier or "")

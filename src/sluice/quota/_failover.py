@@ -23,7 +23,7 @@ import contextlib
 import dataclasses
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Literal, Protocol
 
 from sluice.clock import Clock
@@ -31,6 +31,7 @@ from sluice.errors import EngineUnavailableError, StateUnavailableError
 from sluice.quota._memory import MemoryStore
 from sluice.quota._model import Bucket, Decision, Lease, Stretch
 from sluice.quota._redis import RedisStore
+from sluice.quota._store import until_landed
 
 log = logging.getLogger("sluice.quota")
 
@@ -82,17 +83,23 @@ class FailoverStore:
             self._held[lease_id] = (leases, "local")
         return decision
 
-    async def settle(self, buckets: Sequence[Bucket], deltas: Sequence[int], leases: Sequence[Lease],
-                     lease_id: str) -> None:
+    def settle_soon(self, buckets: Sequence[Bucket], deltas: Sequence[int], leases: Sequence[Lease],
+                    lease_id: str, landed: Callable[[], None]) -> None:
         origin = self._origin(lease_id)
         if origin == "shared":
             self.local.release(leases, lease_id)
-            await self.shared.settle(buckets, deltas, leases, lease_id)
+            self.shared.settle_soon(buckets, deltas, leases, lease_id, landed)
             return
         self.local.settle_now([self._share(b) for b in buckets], deltas,
                               [self._share_lease(lease) for lease in leases], lease_id)
         if origin == "handed":
-            await self.shared.settle([], [], leases, lease_id + LOCAL)
+            self.shared.settle_soon([], [], leases, lease_id + LOCAL, landed)
+        else:
+            landed()
+
+    async def settle(self, buckets: Sequence[Bucket], deltas: Sequence[int], leases: Sequence[Lease],
+                     lease_id: str) -> None:
+        await until_landed(lambda landed: self.settle_soon(buckets, deltas, leases, lease_id, landed))
 
     async def void(self, buckets: Sequence[Bucket], leases: Sequence[Lease], lease_id: str) -> None:
         origin = self._origin(lease_id)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -25,7 +25,7 @@ from sluice.quota._over_budget import BudgetAsk, OverBudget
 from sluice.quota._policy import Plan, QuotaPolicy
 from sluice.quota._pricing import Price
 from sluice.quota._shadow import ShadowHold, ShadowObserver, ShadowQuota, ShadowWitness
-from sluice.quota._store import QuotaStore
+from sluice.quota._store import QuotaStore, until_landed
 from sluice.quota._wait_queue import WaitQueue
 
 log = logging.getLogger("sluice.quota")
@@ -163,20 +163,41 @@ class QuotaLimiter:
             self._start_renewer()
         return reservation
 
-    async def settle(self, reservation: Reservation, prompt_tokens: int | None, completion_tokens: int) -> None:
-        """Reconcile the reservation with what was used, and give back its permits. Safe to call twice."""
+    def settle_soon(self, reservation: Reservation, prompt_tokens: int | None, completion_tokens: int,
+                    landed: Callable[[], None] | None = None) -> asyncio.Task[None] | None:
+        """Reconcile the reservation with what was used, and give back its permits, without waiting: the store
+        applies it as soon as it can and never loses it (``QuotaStore.settle_soon``); ``landed`` hears when it
+        has. The shadow limits' settlement, if any, runs in the task returned. Safe to call twice."""
         if reservation.settled:
-            return
+            if landed is not None:
+                landed()
+            return None
         reservation.settled = True
         self._held.pop(reservation.rid, None)
-        price = reservation.price
+        price, buckets = reservation.price, reservation.buckets
         used_in = price.prompt_tokens if prompt_tokens is None else prompt_tokens
-        deltas = [_delta(b, price, used_in, completion_tokens) for b in reservation.buckets]
+        deltas = [_delta(b, price, used_in, completion_tokens) for b in buckets]
+
+        def refunded() -> None:  # once the store has it: a waiter woken now will find it
+            self._line.refund(buckets, deltas)
+            if landed is not None:
+                landed()
+
         if any(deltas) or reservation.leases:
-            await self.store.settle(reservation.buckets, deltas, reservation.leases, reservation.rid)
-        self._line.refund(reservation.buckets, deltas)  # once the store has it: a waiter woken now will find it
-        if reservation.shadow is not None:
-            await self.shadow.settle(reservation.shadow, lambda b, p: _delta(b, p, used_in, completion_tokens))
+            self.store.settle_soon(buckets, deltas, reservation.leases, reservation.rid, refunded)
+        else:
+            refunded()
+        if reservation.shadow is None:
+            return None
+        return self.shadow.spawn(self.shadow.settle(reservation.shadow,
+                                                    lambda b, p: _delta(b, p, used_in, completion_tokens)))
+
+    async def settle(self, reservation: Reservation, prompt_tokens: int | None, completion_tokens: int) -> None:
+        """``settle_soon``, returning once the store has it (and the shadow limits theirs)."""
+        shadow = await until_landed(lambda landed: self.settle_soon(reservation, prompt_tokens, completion_tokens,
+                                                                    landed))
+        if shadow is not None:
+            await shadow
 
     async def close(self) -> None:
         await self.shadow.close()

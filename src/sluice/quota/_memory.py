@@ -8,7 +8,7 @@ Atomic by construction: nothing here awaits, so one event loop never interleaves
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Literal
 
 from sluice.clock import Clock
@@ -84,6 +84,11 @@ class MemoryStore:
     async def settle(self, buckets: Sequence[Bucket], deltas: Sequence[int], leases: Sequence[Lease],
                      lease_id: str) -> None:
         self.settle_now(buckets, deltas, leases, lease_id)
+
+    def settle_soon(self, buckets: Sequence[Bucket], deltas: Sequence[int], leases: Sequence[Lease],
+                    lease_id: str, landed: Callable[[], None]) -> None:
+        self.settle_now(buckets, deltas, leases, lease_id)
+        landed()
 
     def settle_now(self, buckets: Sequence[Bucket], deltas: Sequence[int], leases: Sequence[Lease],
                    lease_id: str) -> None:

@@ -146,9 +146,9 @@ class ShadowQuota:
 
         decision.add_done_callback(decided)
 
-    def spawn(self, work: Coroutine[Any, Any, None]) -> None:
+    def spawn(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         """Run bookkeeping that must finish even though its caller is gone."""
-        self._spawn(work)
+        return self._spawn(work)
 
     def _spawn(self, work: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
         task = asyncio.get_running_loop().create_task(work)

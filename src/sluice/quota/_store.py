@@ -2,7 +2,8 @@
 
 Every store has the same semantics (the contract suite in tests/contract runs over all of them):
 ``acquire`` checks and charges every bucket and takes every lease of one request at once, all or nothing;
-``settle`` reconciles the buckets and gives the leases back, in one step. A store shared over the network bounds
+``settle`` reconciles the buckets and gives the leases back, in one step (``settle_soon`` does it without waiting:
+a gateway settles every request that way, with no task of its own). A store shared over the network bounds
 its own calls in time and gives back what an abandoned call took (a caller that stopped waiting holds nothing).
 
 Every operation names its decision (the reservation id, unique per attempt) and is idempotent or fenced by it:
@@ -13,10 +14,13 @@ nothing (``Decision.voided``); ``renew`` holds the leases again unless the decis
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Protocol
+import asyncio
+from collections.abc import Callable, Sequence
+from typing import Protocol, TypeVar
 
 from sluice.quota._model import Bucket, Decision, Lease, Stretch
+
+T = TypeVar("T")
 
 
 class QuotaStore(Protocol):
@@ -26,10 +30,17 @@ class QuotaStore(Protocol):
         and the flexible buckets are charged ``Decision.extra`` more, decided in the same atomic step."""
         ...
 
+    def settle_soon(self, buckets: Sequence[Bucket], deltas: Sequence[int], leases: Sequence[Lease],
+                    lease_id: str, landed: Callable[[], None]) -> None:
+        """Charge (positive) or refund (negative) units without asking, and release the leases; once. Applied as
+        soon as the store can (a shared store: with its next call; while it cannot reach its backend it keeps the
+        settlement and applies it when it can, and it sends what it holds before it closes); ``landed`` is called
+        once the settlement is applied or kept."""
+        ...
+
     async def settle(self, buckets: Sequence[Bucket], deltas: Sequence[int], leases: Sequence[Lease],
                      lease_id: str) -> None:
-        """Charge (positive) or refund (negative) units without asking, and release the leases; once. A shared
-        store that cannot reach its backend keeps the settlement and applies it when it can."""
+        """``settle_soon``, returning once the settlement is applied or kept."""
         ...
 
     async def void(self, buckets: Sequence[Bucket], leases: Sequence[Lease], lease_id: str) -> None:
@@ -44,3 +55,12 @@ class QuotaStore(Protocol):
 
     async def close(self) -> None:
         ...
+
+
+async def until_landed(settle_soon: Callable[[Callable[[], None]], T]) -> T:
+    """Start a settlement (``settle_soon``, given its ``landed`` callback), wait until it has landed, and return
+    what ``settle_soon`` returned."""
+    landed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    started = settle_soon(lambda: None if landed.done() else landed.set_result(None))
+    await landed
+    return started
