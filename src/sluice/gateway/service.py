@@ -48,7 +48,7 @@ COMPLETIONS = Endpoint("/v1/completions", CompletionRequest, "price_completion")
 EMBEDDINGS = Endpoint("/v1/embeddings", EmbeddingRequest, "price_embedding")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # made per request: not frozen (a frozen __init__ costs 3x), never changed
 class FullReply:
     status: int
     body: bytes
@@ -56,7 +56,7 @@ class FullReply:
     headers: Mapping[str, str] = field(default_factory=dict)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # made per request: not frozen (a frozen __init__ costs 3x), never changed
 class StreamReply:
     chunks: AsyncIterator[bytes]
     headers: Mapping[str, str] = field(default_factory=dict)

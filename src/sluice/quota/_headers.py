@@ -10,7 +10,8 @@ from sluice.quota._model import Bucket, BucketState, Decision, Lease, LimitInfo
 
 _KIND_LABEL = {"requests": ("requests", "RPM"), "tokens": ("tokens", "TPM"),
                "input_tokens": ("input tokens", "ITPM"), "output_tokens": ("output tokens", "OTPM")}
-_HEADER_KINDS = ("requests", "tokens")
+_HEADER_NAMES = {kind: (f"x-ratelimit-limit-{kind}", f"x-ratelimit-remaining-{kind}", f"x-ratelimit-reset-{kind}")
+                 for kind in ("requests", "tokens")}  # in the order they are written
 _PERIOD_LABEL = {1: "sec", 60: "min", 3600: "hour", 86400: "day"}
 
 
@@ -19,13 +20,16 @@ def ratelimit_headers(buckets: Sequence[Bucket], states: Sequence[BucketState]) 
     tightest: dict[str, tuple[Bucket, BucketState]] = {}
     for bucket, state in zip(buckets, states, strict=True):
         kind = bucket.info.kind
-        if kind in _HEADER_KINDS and (kind not in tightest or state.remaining < tightest[kind][1].remaining):
-            tightest[kind] = (bucket, state)
+        if kind in _HEADER_NAMES:
+            held = tightest.get(kind)
+            if held is None or state.remaining < held[1].remaining:
+                tightest[kind] = (bucket, state)
     headers: dict[str, str] = {}
-    for header_kind, (bucket, state) in sorted(tightest.items()):
-        headers[f"x-ratelimit-limit-{header_kind}"] = str(bucket.info.amount)
-        headers[f"x-ratelimit-remaining-{header_kind}"] = str(state.remaining)
-        headers[f"x-ratelimit-reset-{header_kind}"] = duration(state.reset_s)
+    for kind, (limit, remaining, reset) in _HEADER_NAMES.items():
+        if (held := tightest.get(kind)) is not None:
+            headers[limit] = str(held[0].info.amount)
+            headers[remaining] = str(held[1].remaining)
+            headers[reset] = duration(held[1].reset_s)
     return headers
 
 

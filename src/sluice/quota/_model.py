@@ -21,7 +21,7 @@ class LimitInfo:
     per: str = "key"  # the rule's scope kind (key, user, tenant, tier, global): a bounded metric label
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # made per request: not frozen (a frozen __init__ costs 3x), never changed
 class Bucket:
     """One GCRA bucket to charge: ``capacity`` units, one unit dripping back every ``interval_s``."""
 
@@ -44,14 +44,14 @@ class Lease:
     per: str = "key"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # made per request: not frozen (a frozen __init__ costs 3x), never changed
 class BucketState:
     remaining: int  # units left (after the charge, if it was allowed)
     reset_s: float  # until the bucket is full again
     retry_after_s: float  # until this charge would fit (0 when it did; inf when it never can)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # made per request: not frozen (a frozen __init__ costs 3x), never changed
 class Decision:
     allowed: bool
     states: list[BucketState] = field(default_factory=list)  # one per bucket, in order

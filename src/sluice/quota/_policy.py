@@ -21,7 +21,7 @@ KINDS: tuple[Kind, ...] = ("requests", "tokens", "input_tokens", "output_tokens"
 _MAX_SHAPES = 10_000  # plans remembered (per principal, model and tightening) before the memory starts over
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # made per request: not frozen (a frozen __init__ costs 3x), never changed
 class Plan:
     buckets: tuple[Bucket, ...]
     leases: tuple[Lease, ...]
