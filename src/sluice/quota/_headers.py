@@ -25,8 +25,8 @@ def ratelimit_headers(buckets: Sequence[Bucket], states: Sequence[BucketState]) 
             if held is None or state.remaining < held[1].remaining:
                 tightest[kind] = (bucket, state)
     headers: dict[str, str] = {}
-    for kind, (limit, remaining, reset) in _HEADER_NAMES.items():
-        if (held := tightest.get(kind)) is not None:
+    for header_kind, (limit, remaining, reset) in _HEADER_NAMES.items():
+        if (held := tightest.get(header_kind)) is not None:
             headers[limit] = str(held[0].info.amount)
             headers[remaining] = str(held[1].remaining)
             headers[reset] = duration(held[1].reset_s)

@@ -23,7 +23,7 @@ from sluice.quota._tokenizer import PromptCounter
 PromptPart = str | list[int]
 
 
-@dataclass(slots=True)  # made per request: not frozen (a frozen __init__ costs 3x), never changed
+@dataclass(frozen=True, slots=True)
 class Price:
     """Tokens reserved for one request.
 
