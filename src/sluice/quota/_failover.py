@@ -7,8 +7,10 @@ traffic needed); this store only watches it, reports degraded mode, and never wa
 
 Concurrency permits stay counted across the switch, both ways:
 
-- the local store also holds the permits this process took in Redis and has not given back yet, so in degraded
-  mode a gateway admits at most its share *including* what it already runs (exact with one gateway);
+- from the moment decisions may go local (an outage, or a hand-over after a lost connection), the local store also
+  holds the permits this process took in Redis and has not given back yet (copied in at the switch, not kept there
+  per request), so in degraded mode a gateway admits at most its share *including* what it already runs (exact
+  with one gateway);
 - when Redis is back, before it decides again, every permit this process holds is taken again in Redis (a renew,
   which also restores permits a restarted Redis lost), the ones granted locally under their own id (``/local``):
   a request admitted during the outage still counts once Redis decides again.
@@ -70,7 +72,8 @@ class FailoverStore:
             else:
                 if decision.allowed and leases:
                     self._held[lease_id] = (leases, "shared")
-                    self.local.hold([self._share_lease(lease) for lease in leases], lease_id)
+                    if self.degraded:  # the switch came while it was on its way: the local store counts it too
+                        self.local.hold([self._share_lease(lease) for lease in leases], lease_id)
                 return decision
         if any(b.info.on_store_error == "closed" for b in buckets) or any(
                 lease.on_store_error == "closed" for lease in leases):
@@ -116,7 +119,8 @@ class FailoverStore:
         held = self._held.get(lease_id)
         if held is None:
             return  # settled meanwhile (or never granted here): nothing to keep
-        await self.local.renew([self._share_lease(lease) for lease in leases], lease_id)
+        if held[1] != "shared" or self.degraded:  # a shared one is in the local store while degraded only
+            await self.local.renew([self._share_lease(lease) for lease in leases], lease_id)
         if held[1] == "local" or self.degraded:
             return  # held in Redis by the hand-over, once Redis is back
         # If Redis is down, the lease may expire there; the hand-over takes it again once Redis is back.
@@ -141,6 +145,7 @@ class FailoverStore:
         the permits in flight, unless a hand-over is on its way already (its renewals are sent after this news)."""
         if available and self._handover is not None:
             return
+        self._mirror_shared()
         if self._handover is not None:
             self._handover.cancel()
             self._handover = None
@@ -148,6 +153,12 @@ class FailoverStore:
             self._handover = asyncio.get_running_loop().create_task(self._hand_over())
         else:
             self._report(True)
+
+    def _mirror_shared(self) -> None:
+        """Decisions may go local from now on: the local store counts the permits held in Redis too."""
+        for lease_id, (leases, origin) in self._held.items():
+            if origin == "shared":
+                self.local.hold([self._share_lease(lease) for lease in leases], lease_id)
 
     async def _hand_over(self) -> None:
         """Take again in Redis every permit this process holds, then decide in Redis again. Decisions stay local
