@@ -98,6 +98,7 @@ class Gate:
         self.tokens_in_flight = 0
         self.last_saturation = 0.0
         self._recent: deque[tuple[float, int]] = deque()  # (admitted at, tokens): not yet in the engines' metrics
+        self._recent_tokens = 0  # their sum (hundreds of them between two readings, at thousands of requests/s)
         self._running: set[Ticket] = set()  # dispatched, not yet released
         self._preempting = 0  # running requests told to stop, not yet released
         self._seq = itertools.count(1)
@@ -259,9 +260,8 @@ class Gate:
         if free is None:
             return True
         free_tokens, read_at = free
-        while self._recent and self._recent[0][0] < read_at:
-            self._recent.popleft()
-        return tokens <= free_tokens - sum(t for _, t in self._recent)
+        self._forget_recent(read_at)
+        return tokens <= free_tokens - self._recent_tokens
 
     def _check_slo(self, ticket: Ticket, target_s: float) -> None:
         """Refuse ``ticket`` (which would wait) at once when its predicted TTFT is past ``target_s``."""
@@ -310,9 +310,14 @@ class Gate:
             return
         now = self._clock.now()
         horizon = now - detector.stale_after_s  # any reading _kv_room uses is newer than this
-        while self._recent and self._recent[0][0] < horizon:
-            self._recent.popleft()
+        self._forget_recent(horizon)
         self._recent.append((now, tokens))
+        self._recent_tokens += tokens
+
+    def _forget_recent(self, before: float) -> None:
+        recent = self._recent
+        while recent and recent[0][0] < before:
+            self._recent_tokens -= recent.popleft()[1]
 
     def _undo_dispatch(self, ticket: Ticket) -> None:
         self._running.discard(ticket)
