@@ -94,7 +94,9 @@ class FairQueue:
 
     def charge(self, ticket: Ticket, prompt_tokens: int, output_tokens: int) -> None:
         """Bill the tenant for service received: at dispatch (prompt), and as output is produced."""
-        band = self._bands.setdefault(ticket.priority, _Band())
+        band = self._bands.get(ticket.priority)
+        if band is None:
+            band = self._bands[ticket.priority] = _Band()
         cost = (prompt_tokens + self._output_weight * output_tokens) / max(ticket.weight, 1e-9)
         band.counters[ticket.tenant] = band.counters.get(ticket.tenant, 0.0) + cost
 

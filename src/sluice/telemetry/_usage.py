@@ -110,8 +110,12 @@ class UsageLedger:
 
     def add(self, key_id: str, user: str, tenant: str, tokens_in: int, tokens_out: int) -> None:
         day = self.today()
+        pending = self._pending
         for scope, ident in (("key", key_id), ("user", user), ("tenant", tenant)):
-            fields = self._pending.setdefault(self._key(day, scope, ident), dict.fromkeys(FIELDS, 0))
+            key = self._key(day, scope, ident)
+            fields = pending.get(key)
+            if fields is None:
+                fields = pending[key] = dict.fromkeys(FIELDS, 0)
             fields["requests"] += 1
             fields["tokens_in"] += tokens_in
             fields["tokens_out"] += tokens_out
