@@ -46,7 +46,7 @@ async def test_clamp_reserves_what_is_left_per_answer_and_settles_the_rest(limit
     await limiter.settle(held, 10, 40)
     clamped = await limiter.reserve(caller("clamp"), "m", Price(10, 2 * 250, sequences=2))
     assert clamped.over_budget == "clamp" and clamped.price.max_output_tokens == 40  # 100 - 50 - 10
-    assert clamped.headers["x-ratelimit-remaining-tokens"] == "0"
+    assert clamped.ratelimit.headers()["x-ratelimit-remaining-tokens"] == "0"
     await limiter.settle(clamped, 10, 30)  # 10 unused: refunded
     with pytest.raises(RateLimitError):  # 10 left: less than the prompt and 16 per answer
         await limiter.reserve(caller("clamp"), "m", Price(10, 500))

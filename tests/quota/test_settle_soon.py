@@ -49,7 +49,7 @@ async def test_settlements_queued_when_the_store_closes_all_land_once_in_few_cal
     # The bucket holds exactly what was used (50 tokens a request): each refund applied once.
     fresh = QuotaLimiter(_policy(prefix), RedisStore.from_url(redis_server.url), MonotonicClock())
     probe = await fresh.reserve(CALLER, "m", PRICE)
-    remaining = int(probe.headers["x-ratelimit-remaining-tokens"])
+    remaining = int(probe.ratelimit.headers()["x-ratelimit-remaining-tokens"])
     expected = tokens.capacity - REQUESTS * 50 - PRICE.total
     assert expected <= remaining <= expected + 50  # what refilled while the test ran (12 tokens a second)
     await fresh.settle(probe, 0, 0)

@@ -142,7 +142,7 @@ async def test_shadow_refusals_are_counted_exactly_while_every_request_is_served
     quota = limiter(store, {"free": {"requests": "20/hour", "shadow": {"requests": "10/hour"}}}, observer=seen)
     records = [Record(f"req-{i}") for i in range(15)]
     reservations = [await quota.reserve(FREE, "m", SMALL, witness=r) for r in records]  # none refused
-    assert reservations[-1].headers["x-ratelimit-remaining-requests"] == "5"  # live: 20/hour, 15 taken
+    assert reservations[-1].ratelimit.headers()["x-ratelimit-remaining-requests"] == "5"  # live: 20/hour, 15 taken
     assert [r.request_id for r in seen.seen] == [f"req-{i}" for i in range(10, 15)]
     assert {(r.tier, r.scope, r.limit, r.reason) for r in seen.seen} == {("free", "key", "requests", "quota_requests")}
     assert "Limit 10" in seen.seen[0].message
@@ -302,4 +302,4 @@ async def test_a_caller_gone_between_the_live_grant_and_the_shadow_answer_holds_
         await asyncio.sleep(0)
     # The 500 tokens the cancelled request was granted live came back: a request of the whole 1000 fits.
     whole = await quota.reserve(FREE, "m", Price(100, 900))
-    assert whole.headers["x-ratelimit-remaining-tokens"] == "0"
+    assert whole.ratelimit.headers()["x-ratelimit-remaining-tokens"] == "0"

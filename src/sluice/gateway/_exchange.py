@@ -180,18 +180,19 @@ class Exchange:
 
     # Response
 
-    def respond(self, status: int, headers: Iterable[tuple[str, str]], content_type: str, body: bytes) -> None:
-        """The whole response, in one write."""
-        head = self._head(status, headers, b"content-type: %b\r\ncontent-length: %d\r\n"
-                          % (content_type.encode("latin-1"), len(body)))
+    def respond(self, status: int, headers: Iterable[tuple[str, str]], content_type: str, body: bytes,
+                header_lines: bytes = b"") -> None:
+        """The whole response, in one write. ``header_lines``: more headers, rendered already (CRLF-ended)."""
+        head = self._head(status, headers, b"content-type: %b\r\ncontent-length: %d\r\n%b"
+                          % (content_type.encode("latin-1"), len(body), header_lines))
         if not self.disconnected:
             self._transport.write(head + body)
         self._complete()
 
-    def start_stream(self, status: int, headers: Iterable[tuple[str, str]]) -> None:
+    def start_stream(self, status: int, headers: Iterable[tuple[str, str]], header_lines: bytes = b"") -> None:
         """The head of a streamed response (chunked), written with its first chunk (one write, not two: each is a
-        TCP send); ``send`` its chunks, then ``end_stream``."""
-        self._unsent_head = self._head(status, headers, b"transfer-encoding: chunked\r\n")
+        TCP send); ``send`` its chunks, then ``end_stream``. ``header_lines``: as ``respond``'s."""
+        self._unsent_head = self._head(status, headers, b"transfer-encoding: chunked\r\n" + header_lines)
 
     async def send(self, chunk: bytes, *, last: bool = False) -> None:
         """One chunk of a stream, once the client's connection can take it (the transport's flow control);

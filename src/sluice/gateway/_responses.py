@@ -17,11 +17,11 @@ async def write_reply(exchange: Exchange, reply: Reply) -> None:
     with the first, the end with the last). Call it ``watching()`` the client: when it leaves, the stream stops, and
     closing the chunks aborts the engine request."""
     if isinstance(reply, FullReply):
-        exchange.respond(reply.status, reply.headers.items(), reply.content_type, reply.body)
+        exchange.respond(reply.status, reply.headers.items(), reply.content_type, reply.body, reply.header_lines)
         return
     chunks = reply.chunks
     try:
-        exchange.start_stream(200, (*_SSE_HEADERS, *reply.headers.items()))
+        exchange.start_stream(200, (*_SSE_HEADERS, *reply.headers.items()), reply.header_lines)
         async for chunk in chunks:
             await exchange.send(chunk, last=reply.finished())
         exchange.end_stream()

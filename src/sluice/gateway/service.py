@@ -54,6 +54,7 @@ class FullReply:
     body: bytes
     content_type: str
     headers: Mapping[str, str] = field(default_factory=dict)
+    header_lines: bytes = b""  # more headers, rendered already (the x-ratelimit-* ones: ``Reservation.header_lines``)
 
 
 @dataclass(slots=True)  # made per request: not frozen (a frozen __init__ costs 3x), never changed
@@ -62,6 +63,7 @@ class StreamReply:
     headers: Mapping[str, str] = field(default_factory=dict)
     on_close: Callable[[], None] = lambda: None  # called once the stream is over, however it ended
     finished: Callable[[], bool] = lambda: False  # the chunk just taken is the stream's last ([DONE] came)
+    header_lines: bytes = b""  # as ``FullReply.header_lines``
 
 
 Reply = FullReply | StreamReply
@@ -141,7 +143,8 @@ class GatewayService:
                 upstream.close()
                 flight.finish({"completion_tokens": 0}, Outcome.IGNORED)
 
-            return StreamReply(chunks, reservation.headers, abandoned, lambda: tally.finished)
+            return StreamReply(chunks, reservation.headers, abandoned, lambda: tally.finished,
+                               reservation.header_lines())
         try:
             data = route.rename(await upstream.read())
         except BaseException as exc:
@@ -151,7 +154,8 @@ class GatewayService:
         whole = over is None or over.action == "tag"  # a clamped answer is not the answer to the request asked
         if key is not None and upstream.status == 200 and route.cache_ttl_s and whole:
             self.spawn(self.cache.set(key, data, route.cache_ttl_s))
-        return FullReply(upstream.status, data, upstream.content_type or "application/json", reservation.headers)
+        return FullReply(upstream.status, data, upstream.content_type or "application/json", reservation.headers,
+                         reservation.header_lines())
 
     def spawn(self, work: Coroutine[Any, Any, None]) -> None:
         """Run bookkeeping that must finish even if the request's task is cancelled; awaited at shutdown."""

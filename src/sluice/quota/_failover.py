@@ -72,7 +72,8 @@ class FailoverStore:
             else:
                 if decision.allowed and leases:
                     self._held[lease_id] = (leases, "shared")
-                    if self.degraded:  # the switch came while it was on its way: the local store counts it too
+                    # Degraded while it was on its way (the switch copied what was held then): count it here too.
+                    if not self._state.available or self._handover is not None:
                         self.local.hold([self._share_lease(lease) for lease in leases], lease_id)
                 return decision
         if any(b.info.on_store_error == "closed" for b in buckets) or any(

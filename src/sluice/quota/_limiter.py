@@ -19,7 +19,7 @@ from sluice.clock import Clock
 from sluice.errors import RateLimitError
 from sluice.identity import Principal
 from sluice.ids import IdSource
-from sluice.quota._headers import ratelimit_headers, refusal
+from sluice.quota._headers import RateLimit, refusal
 from sluice.quota._model import Bucket, Decision, Lease
 from sluice.quota._over_budget import BudgetAsk, OverBudget
 from sluice.quota._policy import Plan, QuotaPolicy
@@ -45,10 +45,15 @@ class Reservation:
     buckets: tuple[Bucket, ...]
     leases: tuple[Lease, ...]
     price: Price  # what it was charged: its output clamped to what was left, when its tier's over_budget did
-    headers: dict[str, str] = field(default_factory=dict)
+    ratelimit: RateLimit | None = None  # what its decision said of its limits: the answer's x-ratelimit-* headers
+    headers: dict[str, str] = field(default_factory=dict)  # more headers for its answer (over-budget's)
     settled: bool = False
     over_budget: OverBudget | None = None  # the policy that admitted it though its whole price did not fit
     shadow: ShadowHold | None = None  # what it holds in shadow limits (``_shadow``), settled with it
+
+    def header_lines(self) -> bytes:
+        """Its ``x-ratelimit-*`` headers as HTTP header lines (none for a request no limit applied to)."""
+        return b"" if self.ratelimit is None else self.ratelimit.lines()
 
 
 class QuotaLimiter:
@@ -156,7 +161,7 @@ class QuotaLimiter:
         buckets, acted = plan.buckets, False
         if ask is not None:
             buckets, price, acted = ask.granted(plan.buckets, decision)
-        reservation = Reservation(rid, buckets, plan.leases, price, ratelimit_headers(buckets, decision.states),
+        reservation = Reservation(rid, buckets, plan.leases, price, RateLimit.of(buckets, decision.states),
                                   over_budget=ask.policy if ask is not None and acted else None)
         if plan.leases:
             self._held[rid] = reservation

@@ -105,15 +105,11 @@ class RedisStore:
         reply = await self._call(
             keys, [_wire.acquire(buckets, leases, lease_id, marker, self._marker_ttl_ms, stretch)], lost=lost)
         granted, refused_bucket, refused_lease, retry_us, states = reply[:5]
-        return Decision(
-            allowed=granted == _wire.GRANTED,
-            states=[BucketState(int(r), float(reset) / _US, float(retry) / _US) for r, reset, retry in states],
-            refused_bucket=None if refused_bucket < 0 else int(refused_bucket),
-            refused_lease=None if refused_lease < 0 else int(refused_lease),
-            retry_after_s=float(retry_us) / _US,
-            voided=granted == _wire.VOIDED,
-            extra=int(reply[5]) if len(reply) > 5 else None,
-        )
+        # Integers come as integers; a retry may be b'inf' (never). Positional: a decision is made per request.
+        return Decision(granted == _wire.GRANTED,
+                        [BucketState(r, reset / _US, float(retry) / _US) for r, reset, retry in states],
+                        None if refused_bucket < 0 else refused_bucket, None if refused_lease < 0 else refused_lease,
+                        float(retry_us) / _US, granted == _wire.VOIDED, reply[5] if len(reply) > 5 else None)
 
     def settle_soon(self, buckets: Sequence[Bucket], deltas: Sequence[int], leases: Sequence[Lease],
                     lease_id: str, landed: Callable[[], None]) -> None:
@@ -163,7 +159,8 @@ class RedisStore:
 
     def _keys(self, buckets: Sequence[Bucket], leases: Sequence[Lease], lease_id: str) -> list[str]:
         """The keys of one decision's operation, its marker last."""
-        keys = [b.key for b in buckets] + [lease.key for lease in leases]
+        keys = [b.key for b in buckets]
+        keys += [lease.key for lease in leases]
         keys.append(_wire.marker_key(keys, lease_id, self._prefix))
         return keys
 

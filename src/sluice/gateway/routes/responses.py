@@ -32,9 +32,10 @@ class ResponsesTranslation:
         assert self.request is not None, "request_body() comes first"
         if isinstance(reply, FullReply):
             doc = response_from_chat(self.request, orjson.loads(reply.body), self.response_id, self.created_at)
-            return FullReply(reply.status, orjson.dumps(doc), "application/json", reply.headers)
+            return FullReply(reply.status, orjson.dumps(doc), "application/json", reply.headers, reply.header_lines)
         events = ResponseEvents(self.request, self.response_id, self.created_at)
-        return StreamReply(_told_as(events, reply.chunks), reply.headers, reply.on_close)
+        return StreamReply(_told_as(events, reply.chunks), reply.headers, reply.on_close,
+                           header_lines=reply.header_lines)
 
 
 async def _told_as(events: ResponseEvents, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
