@@ -78,6 +78,8 @@ class FairQueue:
     def peek(self) -> Ticket | None:
         """The request that goes next: the highest band, then its resumed requests, then the tenant with the lowest
         counter, oldest first."""
+        if not self.requests:
+            return None
         for priority in sorted(self._bands, reverse=True):
             head = self._bands[priority].head()
             if head is not None:
