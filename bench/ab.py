@@ -26,10 +26,8 @@ from typing import Any
 import redis
 
 from bench.harness import (
-    MODEL,
     RESULTS_DIR,
     ROOT,
-    WRK_LUA,
     Processes,
     command_line,
     exit_on_signals,
@@ -37,15 +35,12 @@ from bench.harness import (
     git_commit,
     machine,
     process_cpu_s,
-    request_body,
     run_wrk,
-    start_redis,
     wait_until_up,
     write_result,
 )
-from bench.peers.proxies import Started, Upstream, sluice_yaml, start
+from bench.peers.proxies import Started, Upstream, sluice_yaml, start, start_upstream, wrk_scripts
 from bench.peers.settings import PROXY_CPU
-from sluice.identity import generate_key
 
 RESULTS = RESULTS_DIR / "ab.json"
 CONNECTIONS = 64
@@ -62,9 +57,9 @@ def start_base(procs: Processes, up: Upstream, src: Path) -> Started:
     return Started(proc, f"http://127.0.0.1:{port}", config.read_text())
 
 
-def measure(targets: dict[str, Started], scripts: dict[bool, Path], redis_port: int, rounds: int,
+def measure(targets: dict[str, Started], scripts: dict[bool, Path], redis_url: str, rounds: int,
             duration_s: int) -> dict[str, list[dict[str, Any]]]:
-    client = redis.Redis(port=redis_port)
+    client = redis.Redis.from_url(redis_url)
     for started in targets.values():  # warm up: connections made, code paths run
         for script in scripts.values():
             run_wrk("wrk", started.base_url + "/v1/chat/completions", script, CONNECTIONS, 1)
@@ -126,20 +121,11 @@ def main() -> int:
             if "base" in names:
                 subprocess.run(["git", "worktree", "add", "--detach", "-q", str(worktree), args.base], cwd=ROOT,
                                check=True)
-            key, sim_port = generate_key(), free_port()
-            sim = procs.start("sim", "0", [sys.executable, "-m", "sluice.cli", "sim", "--model", MODEL, "--port",
-                                           str(sim_port), "--speed", "1e9", "--output-len-min", "16",
-                                           "--output-len-max", "16"])
-            wait_until_up(sim, f"http://127.0.0.1:{sim_port}/health")
-            _, redis_port = start_redis(procs, "0")
-            up = Upstream(f"http://127.0.0.1:{sim_port}", sim_port, key, f"redis://127.0.0.1:{redis_port}/0", workdir)
-            scripts = {}
-            for stream in (False, True):
-                scripts[stream] = workdir / f"{stream}.lua"
-                scripts[stream].write_text(WRK_LUA.format(body=request_body(stream, 16), key=key))
+            up = start_upstream(procs, workdir)
+            scripts = wrk_scripts(up)
             targets = {name: start_base(procs, up, worktree / "src") if name == "base" else start(name, procs, up, {})
                        for name in names}
-            runs = measure(targets, scripts, redis_port, args.rounds, args.duration)
+            runs = measure(targets, scripts, up.redis_url, args.rounds, args.duration)
         finally:
             procs.stop_all()
             if worktree.exists():

@@ -27,25 +27,18 @@ from pathlib import Path
 from typing import Any
 
 from bench.harness import (
-    MODEL,
     RESULTS_DIR,
-    WRK_LUA,
     Processes,
     command_line,
     exit_on_signals,
-    free_port,
     git_commit,
     log,
     machine,
-    request_body,
-    start_redis,
-    wait_until_up,
     write_result,
 )
 from bench.peers.install import wheel_command
-from bench.peers.proxies import Upstream, start
+from bench.peers.proxies import start, start_upstream, wrk_scripts
 from bench.peers.settings import PY_SPY, cache_dir
-from sluice.identity import generate_key
 
 RESULTS = RESULTS_DIR / "profile_gateway.json"
 CONNECTIONS = 64
@@ -197,20 +190,11 @@ def main() -> int:
         workdir = Path(tmp)
         procs = Processes(workdir)
         try:
-            key, sim_port = generate_key(), free_port()
-            sim = procs.start("sim", "0", [sys.executable, "-m", "sluice.cli", "sim", "--model", MODEL, "--port",
-                                           str(sim_port), "--speed", "1e9", "--output-len-min", "16",
-                                           "--output-len-max", "16"])
-            wait_until_up(sim, f"http://127.0.0.1:{sim_port}/health")
-            _, redis_port = start_redis(procs, "0")
-            up = Upstream(f"http://127.0.0.1:{sim_port}", sim_port, key, f"redis://127.0.0.1:{redis_port}/0", workdir)
+            up = start_upstream(procs, workdir)
             gateway = start("sluice_full", procs, up, {})
-            scripts = []
-            for stream in (False, True):
-                scripts.append(workdir / f"{stream}.lua")
-                scripts[-1].write_text(WRK_LUA.format(body=request_body(stream, 16), key=key))
-            profile = profile_under_load("wrk", gateway.proc.pid, gateway.base_url, scripts[0], scripts[1], py_spy,
-                                         args.seconds, workdir, args.rate)
+            scripts = wrk_scripts(up)
+            profile = profile_under_load("wrk", gateway.proc.pid, gateway.base_url, scripts[False], scripts[True],
+                                         py_spy, args.seconds, workdir, args.rate)
             if args.raw:
                 args.raw.mkdir(parents=True, exist_ok=True)
                 for raw in workdir.glob("profile-*.txt"):

@@ -8,9 +8,19 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.harness import MODEL, Proc, Processes, free_port, wait_port, wait_until_up
+from bench.harness import (
+    MODEL,
+    WRK_LUA,
+    Proc,
+    Processes,
+    free_port,
+    request_body,
+    start_redis,
+    wait_port,
+    wait_until_up,
+)
 from bench.peers.settings import LONG_STREAM_CONCURRENCY, PROXY_CPU
-from sluice.identity import hash_key
+from sluice.identity import generate_key, hash_key
 
 IN_FLIGHT = 2 * LONG_STREAM_CONCURRENCY  # room for every stream at once in Sluice's window and connection pool
 
@@ -31,6 +41,27 @@ class Started:
     proc: Proc
     base_url: str
     config: str  # the config file or flags, for the results
+
+
+def start_upstream(procs: Processes, workdir: Path, max_tokens: int = 16, cpu: str = "0") -> Upstream:
+    """The simulator (``--speed 1e9``, ``max_tokens``-token answers) and a Redis on ``cpu``, and a key for Sluice."""
+    sim_port = free_port()
+    sim = procs.start("sim", cpu, [sys.executable, "-m", "sluice.cli", "sim", "--model", MODEL, "--port", str(sim_port),
+                                   "--speed", "1e9", "--output-len-min", str(max_tokens), "--output-len-max",
+                                   str(max_tokens)])
+    wait_until_up(sim, f"http://127.0.0.1:{sim_port}/health")
+    _, redis_port = start_redis(procs, cpu)
+    return Upstream(f"http://127.0.0.1:{sim_port}", sim_port, generate_key(), f"redis://127.0.0.1:{redis_port}/0",
+                    workdir)
+
+
+def wrk_scripts(up: Upstream, max_tokens: int = 16) -> dict[bool, Path]:
+    """wrk's scripts for a chat request with ``up``'s key, non-streamed (False) and streamed (True)."""
+    scripts = {}
+    for stream in (False, True):
+        scripts[stream] = up.workdir / f"{'stream' if stream else 'full'}.lua"
+        scripts[stream].write_text(WRK_LUA.format(body=request_body(stream, max_tokens), key=up.key))
+    return scripts
 
 
 def sluice_yaml(port: int, up: Upstream, *, full: bool) -> str:

@@ -138,9 +138,8 @@ class RedisStore:
 
     async def renew(self, leases: Sequence[Lease], lease_id: str) -> None:
         """Raises ``StateUnavailableError`` when Redis is unavailable (the lease may then expire)."""
-        keys = [lease.key for lease in leases]
-        marker = _wire.marker_key(keys, lease_id, self._prefix)
-        await self._call([*keys, marker], [_wire.renew(leases, lease_id, marker)])
+        keys = self._keys((), leases, lease_id)
+        await self._call(keys, [_wire.renew(leases, lease_id, keys[-1])])
 
     async def flush(self) -> None:
         """Wait until every operation queued so far has had its script call (shutdown: no settlement is lost)."""
