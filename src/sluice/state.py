@@ -140,14 +140,19 @@ class StoreDeadline:
 
     def _expire(self, loop: asyncio.AbstractEventLoop) -> None:
         self._handle = None
-        late_s = loop.time() - self._deadline
-        if late_s > self.LATE_FRACTION * self._timeout_s and self._extensions < self.MAX_EXTENSIONS:
+        if busy_loop_late(loop.time() - self._deadline, self._timeout_s, self._extensions):
             self._extensions += 1
             self._arm(loop, loop.time() + self._timeout_s)
             return
         self._expired = True
         if self._task is not None:
             self._task.cancel()
+
+
+def busy_loop_late(late_s: float, timeout_s: float, extensions: int) -> bool:
+    """Whether a deadline's timer, run ``late_s`` after the deadline, proves the loop was busy rather than the store
+    slow (``StoreDeadline``): the deadline is then extended by another timeout, at most ``MAX_EXTENSIONS`` times."""
+    return late_s > StoreDeadline.LATE_FRACTION * timeout_s and extensions < StoreDeadline.MAX_EXTENSIONS
 
 
 _CURRENT_DEADLINE: contextvars.ContextVar[StoreDeadline | None] = contextvars.ContextVar("sluice_store_deadline",
@@ -280,10 +285,15 @@ class RedisState:
                 await self.drop_idle_connections()
                 async with StoreDeadline(budget_s):
                     result = await call(self.client)
-                self._tell(True)  # a lost connection, and Redis answers: it may have restarted, and forgotten
+                self.reconnected()
                 return result
         except STATE_ERRORS as exc:
             raise self.failed(exc, what) from exc
+
+    def reconnected(self) -> None:
+        """A call that lost its connection was answered on a fresh one: Redis may have restarted, and forgotten
+        what the watchers hold."""
+        self._tell(True)
 
     def failed(self, exc: BaseException, what: str) -> StateUnavailableError:
         """The translation of a failed call (to raise ``from exc``). A connection error or a timeout marks Redis

@@ -1,11 +1,17 @@
 """The Redis store: every operation is the Lua script lua/quota.lua, run with EVALSHA (reloaded on NOSCRIPT),
-its operations sent as one JSON argument (see ``_wire``), through the process's one state layer (``sluice.state``:
-the deadline, the retry on a fresh connection, the translation of errors and Redis' health are all there).
+its operations sent as one JSON argument (see ``_wire``).
 
 At most ``MAX_CALLS_IN_FLIGHT`` script calls are on the wire at once; the operations issued meanwhile are sent
 together in the next call (at most ``MAX_BATCH`` a call): under load one round trip carries many decisions (each
 still atomic and all-or-nothing), which keeps a shared store cheap per request; at low load a decision costs one
-round trip, sent from the caller's own task (it never waits for a batch when nothing else is in flight).
+round trip (it never waits for a batch when nothing else is in flight).
+
+A call is written at once on the store's own connection (``_pipe``), and its reply resolves its callers in the
+connection's read, where the next batch is written too: no task, stream reader or state-layer frame per call.
+Without a connection (the first call, after a loss, Redis down, a cluster), a batch goes through the process's one
+state layer (``sluice.state``: the deadline, the retry on a fresh connection, the translation of errors and Redis'
+health are all there), which also opens the connection; the pipe's failures are judged as the state layer would:
+a timeout marks Redis down, an error Redis answered fails the call, a lost connection sends the batch again once.
 
 Every operation is idempotent or fenced by its decision's marker (lua/quota.lua), which is what makes failures
 safe: a batch whose connection broke is sent again once on a fresh connection; a decision whose caller will never
@@ -18,7 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
@@ -26,7 +32,7 @@ from typing import Any
 import hiredis
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.connection import Connection
-from redis.exceptions import AskError, NoScriptError, TryAgainError
+from redis.exceptions import AskError, NoScriptError, ResponseError, TryAgainError
 
 from sluice.clock import Clock, MonotonicClock
 from sluice.config import QuotaSettings
@@ -34,6 +40,7 @@ from sluice.errors import StateUnavailableError
 from sluice.quota import _wire
 from sluice.quota._give_back import GiveBack, GiveBackQueue
 from sluice.quota._model import Bucket, BucketState, Decision, Lease, Stretch
+from sluice.quota._pipe import Pipe
 from sluice.quota._store import until_landed
 from sluice.state import Client, RedisState
 
@@ -41,10 +48,9 @@ _US = 1_000_000
 # Calls (one or two script operations each) per script call: a call must stay well inside the store timeout even
 # under a burst (a burst of thousands in one call would time out and push every gateway into fail-open at once).
 MAX_BATCH = 16
-# Two calls overlap: one large call at a time wakes its waiters in one wave, and the gateway then alternates
-# between a burst of work and waiting (~9% of its CPU idle at 64 connections); more calls carry fewer decisions
-# each, and every call costs the gateway a task, a deadline, two system calls and a parse (measured at 64
-# connections, everything on: 0.40 calls a request with 4, 0.23 with 2, about 5% less CPU a request; 1 no better).
+# Two calls overlap: a decision waits for at most one call ahead of its own. At 64 connections, everything on
+# (docs/benchmarks.md): the quota step's own wait p50 1.8 ms with 2, 2.4-2.8 ms with 1 (9 operations a call
+# instead of 5.5, ~8% less Redis CPU a request); more than 2 carry fewer decisions each for no shorter wait.
 MAX_CALLS_IN_FLIGHT = 2
 DEFAULT_MARKER_TTL_S = 60.0
 
@@ -78,8 +84,9 @@ class RedisStore:
         self._owns_state = owns_state
         self._queue: list[_Pending] = []
         self._calls_in_flight = 0
-        self._idle: list[Connection] = []  # the store's own connections, between calls (at most MAX_CALLS_IN_FLIGHT)
-        self._sending: set[asyncio.Task[None]] = set()  # the batches on their way
+        self._pipe: Pipe | None = None  # the store's own connection (``_pipe``), once a call has opened it
+        self._opening = asyncio.Lock()
+        self._sending: set[asyncio.Task[None]] = set()  # the batches sent through the state layer
         self.give_back = GiveBackQueue(self._deliver, state, clock)
 
     @classmethod
@@ -143,16 +150,17 @@ class RedisStore:
 
     async def flush(self) -> None:
         """Wait until every operation queued so far has had its script call (shutdown: no settlement is lost)."""
-        while self._queue or self._sending:
+        while self._queue or self._calls_in_flight:
             if self._sending:
                 await asyncio.wait(list(self._sending))
-            else:  # queued behind calls sent from their callers' tasks: the last of them to end sends the queue
+            else:  # written on the pipe: answered (or timed out) in its read
                 await asyncio.sleep(0.001)
 
     async def close(self) -> None:
         await self.flush()
         await self.give_back.close()
-        await self._drop_idle()
+        if self._pipe is not None:
+            self._pipe.close()
         if self._owns_state:
             await self.state.close()
 
@@ -172,8 +180,6 @@ class RedisStore:
     async def _call(self, keys: list[str], ops: list[list[Any]], *, lost: Callable[[Any], None] | None = None) -> Any:
         if not self.state.available:
             raise self.state.refusal("quota")
-        if not self._queue and self._calls_in_flight < MAX_CALLS_IN_FLIGHT:
-            return await self._call_now(keys, ops, lost)
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._queue.append(_Pending(keys, ops, future, lost))
         self._kick()
@@ -187,49 +193,81 @@ class RedisStore:
         finally:
             del future  # a failure raised here keeps this frame in its traceback: the frame must not keep the failure
 
-    async def _call_now(self, keys: list[str], ops: list[list[Any]], lost: Callable[[Any], None] | None) -> Any:
-        """A call nothing is queued for: sent from the caller's own task at once (no batch, task or future). A
-        call that failed or was interrupted (its caller cancelled) may have run: ``lost`` hears of it."""
-        self._calls_in_flight += 1
-        try:
-            replies = await self._script(ops, keys)
-        except (StateUnavailableError, asyncio.CancelledError):
-            if lost is not None:
-                lost(None)
-            raise
-        finally:
-            self._next_call()
-        return replies[-1]
-
     def _kick(self) -> None:
+        """Send what is queued, as far as calls may be in flight: written at once on the store's connection, or, when
+        it has none (not yet, lost, a cluster, Redis down), through the state layer in a task."""
         while self._queue and self._calls_in_flight < MAX_CALLS_IN_FLIGHT:
             batch, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
             self._calls_in_flight += 1
-            task = asyncio.get_running_loop().create_task(self._send(batch))
-            self._sending.add(task)
-            task.add_done_callback(self._sending.discard)
+            pipe = self._pipe
+            if pipe is not None and not pipe.closed and self.state.available:
+                self._write(pipe, batch)
+            else:
+                self._start(self._send(batch))
 
-    async def _send(self, batch: list[_Pending]) -> None:
+    def _write(self, pipe: Pipe, batch: list[_Pending]) -> None:
+        """The batch's script call on the pipe; its reply is taken in the pipe's read (``_answered``). NOSCRIPT (a
+        restarted or flushed Redis) loads the script and sends the call again, once."""
+        wire_keys, args = _wire.encode((o for p in batch for o in p.ops), (k for p in batch for k in p.keys))
+        command = self._evalsha_command(wire_keys, args)
+
+        def answered(reply: Any) -> None:
+            if _no_script(reply) and not pipe.closed:
+                pipe.send(_resp("SCRIPT", "LOAD", self._source), _ignore)
+                pipe.send(command, lambda again: self._answered(batch, again))
+                return
+            self._answered(batch, reply)
+
+        pipe.send(command, answered)
+
+    def _answered(self, batch: list[_Pending], reply: Any) -> None:
+        if isinstance(reply, ConnectionError):  # the connection broke: sent again, once, on a fresh one
+            self._start(self._send(batch, resent=True))
+            return
+        self._next_call()  # the next call goes out before this one's waiters wake: Redis works on it while they run
+        if isinstance(reply, (TimeoutError, hiredis.ReplyError)):
+            cause = ResponseError(str(reply)) if isinstance(reply, hiredis.ReplyError) else reply
+            failure = self.state.failed(cause, "quota")  # a timeout marks Redis down; an error it answered does not
+            failure.__cause__ = cause
+            self._failed(batch, failure)
+            return
+        self._resolve(batch, reply)
+
+    def _start(self, sending: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(sending)
+        self._sending.add(task)
+        task.add_done_callback(self._sending.discard)
+
+    async def _send(self, batch: list[_Pending], *, resent: bool = False) -> None:
+        """The batch through the state layer (its deadline, retry and translation of errors); ``resent``: its call
+        was written once already, and the connection broke (it is not retried again)."""
         try:
-            replies = await self._script((o for p in batch for o in p.ops), (k for p in batch for k in p.keys))
+            replies = await self._script((o for p in batch for o in p.ops), (k for p in batch for k in p.keys),
+                                         retry=not resent)
         except StateUnavailableError as exc:
             self._next_call()
             exc.with_traceback(None)  # each waiter raises it in its own frame; this frame holds the batch holding it
-            for pending in batch:
-                if pending.future is None:  # a settlement: kept, and applied once Redis is back
-                    self._give_back(pending.keys, pending.ops, None)
-                    pending.landed()
-                    continue
-                if pending.lost is not None:  # it may have run: nobody will act on it
-                    pending.lost(None)
-                if not pending.future.done():
-                    pending.future.set_exception(exc)
+            self._failed(batch, exc)
             return
         except BaseException:
             self._next_call()
             raise
-        # The next call goes out before this one's waiters wake: Redis works on it while they run.
         self._next_call()
+        self._resolve(batch, replies)
+
+    def _failed(self, batch: list[_Pending], failure: StateUnavailableError) -> None:
+        for pending in batch:
+            if pending.future is None:  # a settlement: kept, and applied once Redis is back
+                self._give_back(pending.keys, pending.ops, None)
+                pending.landed()
+                continue
+            if pending.lost is not None:  # it may have run: nobody will act on it
+                pending.lost(None)
+            if not pending.future.done():
+                pending.future.set_exception(failure)
+
+    @staticmethod
+    def _resolve(batch: list[_Pending], replies: list[Any]) -> None:
         at = 0
         for pending in batch:
             at += len(pending.ops)
@@ -242,47 +280,45 @@ class RedisStore:
             elif pending.lost is not None:
                 pending.lost(reply)
 
-    async def _script(self, ops: Iterable[list[Any]], keys: Iterable[str]) -> Any:
+    async def _script(self, ops: Iterable[list[Any]], keys: Iterable[str], *, retry: bool = True) -> Any:
         """One script call carrying ``ops`` (one reply each), through the state layer (deadline, retry, errors)."""
         wire_keys, args = _wire.encode(ops, keys)
-        return await self.state.run(lambda client: self._evalsha(client, wire_keys, args), "quota")
+        return await self.state.run(lambda client: self._evalsha(client, wire_keys, args), "quota", idempotent=retry)
 
     async def _evalsha(self, client: Client, keys: list[str], args: list[bytes]) -> Any:
-        """EVALSHA on a connection of the store's own, loading the script on NOSCRIPT (a restarted or flushed
-        Redis). Straight on the connection: redis-py's per-command path (retries, metrics hooks) cost ~180 µs of
-        CPU per call here, its argument packing (an encoder call and type checks per argument) ~8% of a
-        decision's client CPU, and its pool's checkout (a lock, observability hooks, and a zero-timeout read to
-        check the connection) as much again. The store keeps the connections it made (made by the client's pool,
-        with its settings); an interrupted call drops its connection (redis-py does, on any error while sending
-        or reading), and with it every idle one: after a Redis restart they are all dead, and the state layer's
-        retry must find a fresh one."""
+        """EVALSHA on the store's own pipe (opened by the client's pool, with its settings), loading the script on
+        NOSCRIPT. Not through redis-py's per-command path: its retries, hooks, pool checkout and stream reader
+        cost more CPU than the decisions a call carries. An interrupted call ends the pipe (a reply may still be
+        on its way): the state layer's retry, and the next calls, open a fresh one."""
         if isinstance(client, RedisCluster):
             return await self._evalsha_on_cluster(client, keys, args)
-        conn = self._idle.pop() if self._idle else client.connection_pool.make_connection()  # type: ignore[no-untyped-call]
+        pipe, reopened = self._pipe, False
+        if pipe is None or pipe.closed:
+            async with self._opening:
+                pipe = self._pipe
+                if pipe is None or pipe.closed:
+                    reopened = pipe is not None and pipe.lost
+                    pipe = self._pipe = await Pipe.open(client, self.state.timeout_s)
+        command = self._evalsha_command(keys, args)
         try:
-            result = await self._evalsha_on(conn, keys, args)
-        except Exception:
-            await self._drop_idle()
+            for attempt in range(2):
+                try:
+                    reply = await pipe.call(command)
+                except hiredis.ReplyError as exc:
+                    if attempt or not _no_script(exc):
+                        raise ResponseError(str(exc)) from None
+                    await pipe.call(_resp("SCRIPT", "LOAD", self._source))
+                    continue
+                if reopened:  # Redis had ended the last connection, and answers on a new one: it may have restarted
+                    self.state.reconnected()
+                return reply
+        except (OSError, asyncio.CancelledError):
+            pipe.close()
             raise
-        self._idle.append(conn)
-        return result
-
-    async def _drop_idle(self) -> None:
-        idle, self._idle = self._idle, []
-        for conn in idle:
-            await conn.disconnect(nowait=True)
-
-    async def _evalsha_on(self, conn: Connection, keys: list[str], args: list[bytes]) -> Any:
-        for attempt in range(2):
-            await conn.send_packed_command(_resp("EVALSHA", self._sha, str(len(keys)), *keys, *args))
-            try:
-                return await conn.read_response()
-            except NoScriptError:
-                if attempt:
-                    raise
-                await conn.send_command("SCRIPT", "LOAD", self._source)
-                await conn.read_response()
         raise AssertionError("unreachable")
+
+    def _evalsha_command(self, keys: list[str], args: list[bytes]) -> bytes:
+        return _resp("EVALSHA", self._sha, str(len(keys)), *keys, *args)
 
     async def _evalsha_on_cluster(self, client: RedisCluster, keys: list[str], args: list[bytes]) -> Any:
         """On a cluster: straight on a connection to the master of the keys' one slot (they share a hash tag), as
@@ -310,9 +346,31 @@ class RedisStore:
                 await client.execute_command("SCRIPT LOAD", self._source, target_nodes=owner)
         raise AssertionError("unreachable")
 
+    async def _evalsha_on(self, conn: Connection, keys: list[str], args: list[bytes]) -> Any:
+        """EVALSHA on a redis-py connection (a cluster node's)."""
+        for attempt in range(2):
+            await conn.send_packed_command(self._evalsha_command(keys, args))
+            try:
+                return await conn.read_response()
+            except NoScriptError:
+                if attempt:
+                    raise
+                await conn.send_command("SCRIPT", "LOAD", self._source)
+                await conn.read_response()
+        raise AssertionError("unreachable")
+
     def _next_call(self) -> None:
         self._calls_in_flight -= 1
         self._kick()
+
+
+def _no_script(reply: Any) -> bool:
+    """Whether Redis answered NOSCRIPT (the script is not loaded: a restarted or flushed Redis)."""
+    return isinstance(reply, hiredis.ReplyError) and str(reply).startswith("NOSCRIPT")
+
+
+def _ignore(reply: Any) -> None:
+    return None
 
 
 def _resp(*args: str | bytes) -> bytes:
