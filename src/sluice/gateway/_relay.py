@@ -126,7 +126,7 @@ class StreamTally:
     wants_usage: bool
     cut_at: int | None = None  # stop after this many frames carrying generated text (the tier's over-budget cut)
     usage: Any = None
-    generated: int = 0  # data frames: about one token each, the charge when the stream is cut before its usage
+    generated: int = 0  # data frames: about one token each, the charge when the stream ends without its usage
     produced: int = 0  # frames carrying generated text: one token each (vLLM and the simulator send them so)
     finished: bool = False  # [DONE] came
     cut: bool = False  # cut at ``cut_at``: nothing more goes to the client
@@ -134,10 +134,15 @@ class StreamTally:
     def take_whole(self, chunk: bytes) -> bytes | None:
         """What goes on to the client of a chunk of whole frames (the usual chunk), tallied without splitting it
         into frames: only the frame carrying usage, if any, is taken apart (``take``). None (nothing tallied)
-        for any other chunk (a frame cut across chunks, CRs to normalize, usage twice): ``take`` its frames."""
+        for any other chunk (a frame cut across chunks, CRs to normalize, usage twice): ``take`` its frames.
+
+        Usage is looked for in the chunk's last two frames only: the stream's usage frame is its last before
+        [DONE] (OpenAI's ``include_usage``; with vLLM's ``continuous_usage_stats`` every frame carries the usage so
+        far, and the last one holds it all). A chunk is scanned once, to count its frames: scanning all of it for
+        usage and [DONE] as well was a quarter of the gateway's CPU per frame of a long stream."""
         if not chunk.endswith(b"\n\n") or b"\r" in chunk:
             return None
-        at = _usage_at(chunk, 0)
+        at = _usage_at(chunk, _last_frames(chunk))
         if at < 0:
             self._count(chunk)
             return chunk
@@ -154,10 +159,13 @@ class StreamTally:
         return before + b"".join(kept) + after
 
     def _count(self, frames: bytes) -> None:
-        """Tally whole frames that carry no usage."""
-        ends = frames.startswith(b"data: [DONE]") + frames.count(b"\n\ndata: [DONE]")
-        self.finished = self.finished or ends > 0
-        self.generated += frames.count(b"\n\n") - ends
+        """Tally whole frames that carry no usage: the data frames, and the [DONE] that ends the stream (its last
+        frame: looked for at the end)."""
+        data = frames.count(b"\n\ndata:") + frames.startswith(b"data:")
+        if frames.endswith(b"data: [DONE]\n\n"):
+            self.finished = True
+            data -= 1
+        self.generated += data
 
     def take(self, frames: list[bytes]) -> list[bytes]:
         """The frames that go on to the client."""
@@ -171,10 +179,8 @@ class StreamTally:
                 self.usage = doc.get("usage")
                 if not doc.get("choices") and not self.wants_usage:
                     continue
-            elif frame.startswith(b"data: [DONE]"):
-                self.finished = True
             else:
-                self.generated += 1
+                self._count(frame)
             out.append(frame)
         return out
 
@@ -198,6 +204,16 @@ def has_generated_text(frames: bytes) -> bool:
                 return True
             at = frames.find(marker, at + len(marker))
     return False
+
+
+def _last_frames(chunk: bytes) -> int:
+    """Where the last two frames of a chunk of whole frames begin (0: it has no more)."""
+    end = len(chunk) - 2  # the last frame's own blank line
+    for _ in range(2):
+        end = chunk.rfind(b"\n\n", 0, end)
+        if end < 0:
+            return 0
+    return end + 2
 
 
 def _usage_at(chunk: bytes, start: int) -> int:
