@@ -34,6 +34,8 @@ class Upstream:
     key: str
     redis_url: str
     workdir: Path
+    sim_pid: int | None = None  # when started here (``start_upstream``): their CPU can be counted
+    redis_pid: int | None = None
 
 
 @dataclass(frozen=True)
@@ -50,9 +52,9 @@ def start_upstream(procs: Processes, workdir: Path, max_tokens: int = 16, cpu: s
                                    "--speed", "1e9", "--output-len-min", str(max_tokens), "--output-len-max",
                                    str(max_tokens)])
     wait_until_up(sim, f"http://127.0.0.1:{sim_port}/health")
-    _, redis_port = start_redis(procs, cpu)
+    redis, redis_port = start_redis(procs, cpu)
     return Upstream(f"http://127.0.0.1:{sim_port}", sim_port, generate_key(), f"redis://127.0.0.1:{redis_port}/0",
-                    workdir)
+                    workdir, sim.pid, redis.pid)
 
 
 def wrk_scripts(up: Upstream, max_tokens: int = 16) -> dict[bool, Path]:
@@ -147,15 +149,17 @@ http {{
 """
 
 
-def start(name: str, procs: Processes, up: Upstream, commands: dict[str, Path]) -> Started:
-    """Start target ``name`` on the proxy CPU and wait until it answers."""
+def start(name: str, procs: Processes, up: Upstream, commands: dict[str, Path],
+          env: dict[str, str] | None = None) -> Started:
+    """Start target ``name`` on the proxy CPU and wait until it answers (Sluice with ``env`` added)."""
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     one_thread = {"TOKIO_WORKER_THREADS": "1"}  # the routers' tokio runtime: one worker thread
     if name in ("sluice_open", "sluice_full"):
         config = up.workdir / f"{name}.yaml"
         config.write_text(sluice_yaml(port, up, full=name == "sluice_full"))
-        proc = procs.start(name, PROXY_CPU, [sys.executable, "-m", "sluice.cli", "serve", "--config", str(config)])
+        proc = procs.start(name, PROXY_CPU, [sys.executable, "-m", "sluice.cli", "serve", "--config", str(config)],
+                           env=env)
         wait_until_up(proc, base + "/health")
         return Started(proc, base, config.read_text())
     if name == "bare_proxy":

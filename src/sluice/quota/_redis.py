@@ -49,8 +49,9 @@ _US = 1_000_000
 # under a burst (a burst of thousands in one call would time out and push every gateway into fail-open at once).
 MAX_BATCH = 16
 # Two calls overlap: a decision waits for at most one call ahead of its own. At 64 connections, everything on
-# (docs/benchmarks.md): the quota step's own wait p50 1.8 ms with 2, 2.4-2.8 ms with 1 (9 operations a call
-# instead of 5.5, ~8% less Redis CPU a request); more than 2 carry fewer decisions each for no shorter wait.
+# (docs/benchmarks.md), the quota step's time p50 / p99: 2.0 / 6.3 ms with 2; 2.8-3.3 / 8.2-8.6 with 1 (9 operations
+# a call instead of 5.5: ~4% less Redis CPU a request); 1.5-1.8 / 5.2-5.4 with 4, for ~15% more Redis CPU a
+# request and ~3% more of the gateway's (each call is a write, a read and a parse), and fewer requests a second.
 MAX_CALLS_IN_FLIGHT = 2
 DEFAULT_MARKER_TTL_S = 60.0
 
