@@ -90,10 +90,12 @@ def quota_waits(started: Started, path: Path) -> dict[str, float]:
     path.unlink(missing_ok=True)
     os.kill(started.proc.pid, signal.SIGUSR1)
     for _ in range(200):
-        if path.exists() and path.stat().st_size:
+        if path.exists():
             break
         time.sleep(0.01)
     waits = sorted(json.loads(path.read_text()))
+    if not waits:
+        return {}
     return {f"quota_wait_p{q}_ms": 1e3 * waits[int(q / 100 * (len(waits) - 1))] for q in (50, 90, 99)}
 
 
