@@ -87,6 +87,7 @@ class RedisStore:
         self._calls_in_flight = 0
         self._pipe: Pipe | None = None  # the store's own connection (``_pipe``), once a call has opened it
         self._opening = asyncio.Lock()
+        self._closed = False
         self._sending: set[asyncio.Task[None]] = set()  # the batches sent through the state layer
         self.give_back = GiveBackQueue(self._deliver, state, clock)
 
@@ -160,6 +161,7 @@ class RedisStore:
     async def close(self) -> None:
         await self.flush()
         await self.give_back.close()
+        self._closed = True  # what the pipe still carries (a give-back cut short) is not sent again
         if self._pipe is not None:
             self._pipe.close()
         if self._owns_state:
@@ -222,10 +224,13 @@ class RedisStore:
         pipe.send(command, answered)
 
     def _answered(self, batch: list[_Pending], reply: Any) -> None:
-        if isinstance(reply, ConnectionError):  # the connection broke: sent again, once, on a fresh one
+        if isinstance(reply, ConnectionError) and not self._closed:  # it broke: sent again, once, on a fresh one
             self._start(self._send(batch, resent=True))
             return
         self._next_call()  # the next call goes out before this one's waiters wake: Redis works on it while they run
+        if isinstance(reply, ConnectionError):  # the store closed under it
+            self._failed(batch, self.state.refusal("quota"))
+            return
         if isinstance(reply, (TimeoutError, hiredis.ReplyError)):
             cause = ResponseError(str(reply)) if isinstance(reply, hiredis.ReplyError) else reply
             failure = self.state.failed(cause, "quota")  # a timeout marks Redis down; an error it answered does not
