@@ -39,6 +39,7 @@ from bench.harness import (
     ROOT,
     Processes,
     command_line,
+    cpu_ticks,
     exit_on_signals,
     free_port,
     git_commit,
@@ -75,16 +76,6 @@ def probe_env(name: str, workdir: Path) -> dict[str, str] | None:
     return {"PYTHONPATH": str(PROBES), "SLUICE_PROBE_QUOTA_WAIT": str(workdir / f"quota-wait-{name}.json")}
 
 
-def cpu0_ticks() -> tuple[int, int]:
-    """CPU 0's busy and total ticks so far (/proc/stat)."""
-    with open("/proc/stat") as f:
-        for line in f:
-            if line.startswith("cpu0 "):
-                ticks = [int(x) for x in line.split()[1:]]
-                return sum(ticks) - ticks[3] - ticks[4], sum(ticks)  # idle and iowait are not busy
-    raise RuntimeError("no cpu0 in /proc/stat")
-
-
 def quota_waits(started: Started, path: Path) -> dict[str, float]:
     """The probe's quota-step times since its last report, as p50/p90/p99 in ms."""
     path.unlink(missing_ok=True)
@@ -115,9 +106,9 @@ def measure(targets: dict[str, Started], scripts: dict[bool, Path], up: Upstream
                     quota_waits(started, probes[name])  # what the warm-up and the last run left: dropped
                 cpu0 = process_cpu_s(started.proc.pid)
                 load0 = {k: process_cpu_s(pid) for k, pid in load.items() if pid is not None}
-                busy0, total0 = cpu0_ticks()
+                busy0, total0 = cpu_ticks("cpu0")
                 result = run_wrk("wrk", started.base_url + "/v1/chat/completions", script, CONNECTIONS, duration_s)
-                busy1, total1 = cpu0_ticks()
+                busy1, total1 = cpu_ticks("cpu0")
                 cpu = process_cpu_s(started.proc.pid) - cpu0
                 n = result["requests"]
                 calls = int(client.info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0))

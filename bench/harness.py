@@ -152,6 +152,18 @@ def wait_port(proc: Proc, port: int, timeout_s: float = 30.0) -> None:
     raise RuntimeError(f"{proc.name} did not listen on port {port} within {timeout_s} s:\n{proc.log_tail()}")
 
 
+def cpu_ticks(cpu: str = "cpu") -> tuple[int, int]:
+    """Busy and total clock ticks so far of ``cpu`` ("cpu": every CPU of the machine; "cpu0": the first one), from
+    /proc/stat; busy is neither idle nor waiting for I/O (guest time is in user time already)."""
+    with open("/proc/stat") as f:
+        for line in f:
+            name, _, values = line.partition(" ")
+            if name == cpu:
+                ticks = [int(v) for v in values.split()[:8]]
+                return sum(ticks) - ticks[3] - ticks[4], sum(ticks)
+    raise RuntimeError(f"no {cpu} in /proc/stat")
+
+
 def process_cpu_s(pid: int) -> float:
     """User + system CPU seconds process ``pid`` (all its threads) has used so far (from /proc)."""
     with open(f"/proc/{pid}/stat") as f:

@@ -38,6 +38,7 @@ from bench.harness import (
     Processes,
     children_cpu_s,
     command_line,
+    cpu_ticks,
     exit_on_signals,
     free_port,
     git_commit,
@@ -74,8 +75,7 @@ def tree_cpu_s(pid: int) -> float:
 
 def machine_busy_s() -> float:
     """CPU seconds every CPU of the machine has spent busy so far (not idle, not waiting for I/O), from /proc/stat."""
-    fields = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
-    return (sum(fields[:8]) - fields[3] - fields[4]) / CLK_TCK
+    return cpu_ticks()[0] / CLK_TCK
 
 
 def gateway_yaml(port: int, sim_url: str, state: str, key: str, workers: int, access_log: Path) -> str:

@@ -74,3 +74,12 @@ def test_suite_replaces_its_block_in_place_or_appends_it() -> None:
 def test_every_suite_benchmark_is_a_module() -> None:
     for name in suite.BENCHMARKS:
         assert (harness.BENCH_DIR / f"{name}.py").exists() or (harness.BENCH_DIR / name / "__main__.py").exists(), name
+
+
+def test_cpu_ticks_reads_one_cpu_or_the_machine() -> None:
+    busy, total = harness.cpu_ticks()
+    busy0, total0 = harness.cpu_ticks("cpu0")
+    assert 0 < busy <= total and 0 < busy0 <= total0
+    assert total0 < total or os.cpu_count() == 1  # one CPU's line, not the machine's
+    with pytest.raises(RuntimeError):
+        harness.cpu_ticks("cpu9999")
