@@ -59,7 +59,10 @@ class KeyRing:
         self._directory = directory
 
     def authenticate(self, authorization: str | None, api_key: str | None = None) -> Principal:
-        key = presented_key(authorization, api_key)
+        return self.principal_of(presented_key(authorization, api_key))
+
+    def principal_of(self, key: str | None) -> Principal:
+        """Who presented ``key`` (None: no key was presented)."""
         if key is not None:
             principal = self._principal_for(hash_key(key))
             if principal is not None:
