@@ -20,9 +20,7 @@ async def open_gate(model: ModelSettings, replicas: ReplicaSet, scraper: LoadScr
     ``max_connections`` (the pool's) caps the window."""
     readings = None
     if scraper is not None:
-        def readings() -> list[LoadReading | None]:
-            samples = [scraper.latest(r.url) for r in replicas.routable()]
-            return [None if s is None else _reading(s) for s in samples]
+        readings = _ReadingsOf(replicas, scraper)
 
     pool = PoolView(count=lambda: len(replicas), readings=readings, max_connections=max_connections,
                     kv_capacity_tokens=_kv_capacity(model))
@@ -36,6 +34,33 @@ async def open_gate(model: ModelSettings, replicas: ReplicaSet, scraper: LoadScr
     gate.start()
     stack.push_async_callback(gate.close)
     return gate
+
+
+class _ReadingsOf:
+    """The routable replicas' load as the gate reads it (asked at every admission under load): a sample is
+    converted once, when the scraper has a new one, not per request."""
+
+    def __init__(self, replicas: ReplicaSet, scraper: LoadScraper) -> None:
+        self._replicas = replicas
+        self._scraper = scraper
+        self._converted: dict[str, tuple[LoadSample, LoadReading]] = {}  # replica URL -> its sample, converted
+
+    def __call__(self) -> list[LoadReading | None]:
+        converted = self._converted
+        readings: list[LoadReading | None] = []
+        routable = self._replicas.routable()
+        if len(converted) > 2 * len(routable) + 8:  # replicas came and went: forget the ones gone
+            converted.clear()
+        for replica in routable:
+            sample = self._scraper.latest(replica.url)
+            if sample is None:
+                readings.append(None)
+                continue
+            held = converted.get(replica.url)
+            if held is None or held[0] is not sample:
+                held = converted[replica.url] = (sample, _reading(sample))
+            readings.append(held[1])
+        return readings
 
 
 def _reading(sample: LoadSample) -> LoadReading:
