@@ -58,7 +58,8 @@ def main() -> int:
                                      description="Sluice beside the Rust routers, Envoy and nginx, in one run.")
     parser.add_argument("--duration", type=int, default=5, help="seconds of each timed wrk run (default 5)")
     parser.add_argument("--warmup", type=int, default=1, help="seconds of warm-up before each run (default 1)")
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of every scenario (default 3: the median of three is robust to one disturbed run)")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="interleaved rounds of every scenario (default 3: a median robust to one disturbed run)")
     parser.add_argument("--max-tokens", type=int, default=16, help="tokens per answer (default 16)")
     parser.add_argument("--targets", default=",".join(TARGETS), help="comma-separated subset of: " + ", ".join(TARGETS))
     parser.add_argument("--no-long-streams", dest="long_streams", action="store_false",
