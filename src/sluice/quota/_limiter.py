@@ -106,17 +106,16 @@ class QuotaLimiter:
         stretch = None if ask is None else ask.stretch
         if not plan.buckets and not plan.leases:
             return Reservation(self._ids.next(), (), (), price)
-        line, arrived = self._line, self._clock.now()
-        arrival = line.arrival()
+        arrival = self._line.arrival()
+        deadline = self._clock.now() + self.policy.max_wait_s(principal)
         first: Decision | None = None
-        if not line.busy(plan.buckets):  # nobody waits ahead of it here: ask the store straight away
+        if not self._line.busy(plan.buckets):  # nobody waits ahead of it here: ask the store straight away
             rid = self._ids.next()
             first = await self.store.acquire(plan.buckets, plan.leases, rid, stretch)
             if first.allowed:
                 return self._granted(rid, plan, price, first, ask)
-        deadline = arrived + self.policy.max_wait_s(principal)
-        if first is not None and (first.never or self._clock.now() + first.retry_after_s > deadline):
-            raise refusal(plan.buckets, plan.leases, first)
+            if first.never or self._clock.now() + first.retry_after_s > deadline:
+                raise refusal(plan.buckets, plan.leases, first)
         return await self._wait_in_line(arrival, plan, price, deadline, first, ask)
 
     async def _wait_in_line(self, arrival: int, plan: Plan, price: Price, deadline: float,
@@ -182,8 +181,7 @@ class QuotaLimiter:
         self._held.pop(reservation.rid, None)
         price, buckets = reservation.price, reservation.buckets
         used_in = price.prompt_tokens if prompt_tokens is None else prompt_tokens
-        by_kind = _deltas(price, used_in, completion_tokens)
-        deltas = [by_kind[b.info.kind] for b in buckets]
+        deltas = [_delta(b, price, used_in, completion_tokens) for b in buckets]
 
         def refunded() -> None:  # once the store has it: a waiter woken now will find it
             self._line.refund(buckets, deltas)
@@ -196,8 +194,8 @@ class QuotaLimiter:
             refunded()
         if reservation.shadow is None:
             return None
-        return self.shadow.spawn(self.shadow.settle(
-            reservation.shadow, lambda b, p: _deltas(p, used_in, completion_tokens)[b.info.kind]))
+        return self.shadow.spawn(self.shadow.settle(reservation.shadow,
+                                                    lambda b, p: _delta(b, p, used_in, completion_tokens)))
 
     async def settle(self, reservation: Reservation, prompt_tokens: int | None, completion_tokens: int) -> None:
         """``settle_soon``, returning once the store has it (and the shadow limits theirs)."""
@@ -239,7 +237,12 @@ def _too_late(turn: Decision, last: Decision | None, wait_s: float) -> Decision:
     return dataclasses.replace(last, retry_after_s=wait_s)
 
 
-def _deltas(price: Price, used_in: int, used_out: int) -> dict[str, int]:
-    """What a request used past (or short of) what it was charged, per bucket kind."""
-    return {"requests": 0, "tokens": used_in + used_out - price.total, "input_tokens": used_in - price.prompt_tokens,
-            "output_tokens": used_out - price.max_output_tokens}
+def _delta(bucket: Bucket, price: Price, used_in: int, used_out: int) -> int:
+    kind = bucket.info.kind
+    if kind == "tokens":
+        return used_in + used_out - price.total
+    if kind == "input_tokens":
+        return used_in - price.prompt_tokens
+    if kind == "output_tokens":
+        return used_out - price.max_output_tokens
+    return 0

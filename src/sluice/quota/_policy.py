@@ -33,7 +33,6 @@ class _Shape:
 
     buckets: tuple[Bucket, ...]  # with cost 0
     leases: tuple[Lease, ...]
-    kinds: tuple[int, ...]  # each bucket's kind, as its place in KINDS
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,9 +65,10 @@ class QuotaPolicy:
             if len(self._shapes) >= _MAX_SHAPES:
                 self._shapes.clear()
             shape = self._shapes[(principal, model, tighten)] = self._shape(principal, model, tighten)
-        costs = (1, price.total, price.prompt_tokens, price.max_output_tokens)  # in the order of KINDS
-        return Plan(tuple([Bucket(b.key, b.interval_s, b.capacity, costs[kind], b.info)
-                           for b, kind in zip(shape.buckets, shape.kinds, strict=True)]), shape.leases)
+        costs = {"requests": 1, "tokens": price.total, "input_tokens": price.prompt_tokens,
+                 "output_tokens": price.max_output_tokens}
+        return Plan(tuple(Bucket(b.key, b.interval_s, b.capacity, costs[b.info.kind], b.info) for b in shape.buckets),
+                    shape.leases)
 
     def _shape(self, principal: Principal, model: str, tighten: float) -> _Shape:
         buckets: list[Bucket] = []
@@ -92,7 +92,7 @@ class QuotaPolicy:
             if rule.concurrent is not None:
                 leases.append(Lease(f"{where}:concurrent", rule.concurrent, self.quota.lease_ttl_s, scope,
                                     rule.on_store_error, rule.per))
-        return _Shape(tuple(buckets), tuple(leases), tuple(KINDS.index(b.info.kind) for b in buckets))
+        return _Shape(tuple(buckets), tuple(leases))
 
 
 def _scope_id(rule: LimitRule, p: Principal) -> str:
