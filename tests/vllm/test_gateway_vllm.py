@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -100,10 +101,16 @@ def test_models_and_readiness(gateway: LiveServer) -> None:
 
 
 def _output_tokens(gateway: LiveServer) -> float:
-    text = httpx.get(gateway.url + "/metrics", timeout=10).text
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            output = {"model": "tiny", "tenant": "default", "direction": "output"}
-            if s.name == "sluice_tokens_total" and s.labels == output:
-                return s.value
-    return 0.0
+    """Output tokens counted so far, once no chat request is in flight: a stream's client may read its [DONE] before
+    the gateway has recorded the request (its accounting comes after the last write)."""
+    deadline = time.monotonic() + 10
+    while True:
+        text = httpx.get(gateway.url + "/metrics", timeout=10).text
+        samples = [s for family in text_string_to_metric_families(text) for s in family.samples]
+        busy = any(s.name == "sluice_requests_in_flight" and s.labels == {"route": CHAT} and s.value
+                   for s in samples)
+        if not busy or time.monotonic() > deadline:
+            break
+        time.sleep(0.02)
+    output = {"model": "tiny", "tenant": "default", "direction": "output"}
+    return next((s.value for s in samples if s.name == "sluice_tokens_total" and s.labels == output), 0.0)
